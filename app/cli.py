@@ -1,0 +1,173 @@
+"""The `workshop` console command for operators."""
+
+import sys
+from pathlib import Path
+
+import click
+from sqlmodel import Session
+
+from app import backup as backups
+from app import db, posts, tokens, transfer
+from app.config import Settings
+from app.errors import WorkshopError
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@click.group()
+def main() -> None:
+    """Workshop: the publishing app for the debate engine's essays."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the web server (upgrades an empty or old SQLite database first)."""
+    import uvicorn
+
+    settings = _settings()
+    if settings.is_sqlite:
+        db.upgrade(settings)
+    elif not db.is_at_head(db.make_engine(settings)):
+        raise click.ClickException("the database is not at the latest migration: run `workshop db upgrade`")
+    uvicorn.run(
+        "app.main:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=False,
+        server_header=False,
+        log_level="warning",
+    )
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration."""
+    db.upgrade(_settings())
+    click.echo("database at head")
+
+
+@main.group("token")
+def token_group() -> None:
+    """Engine API tokens."""
+
+
+@token_group.command("create")
+@click.argument("name")
+def token_create(name: str) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    token = _run(lambda: tokens.create_token(db.make_engine(_settings()), name))
+    click.echo(token)
+    click.echo(f"token {name!r} created; it is shown only this once", err=True)
+
+
+@token_group.command("list")
+def token_list() -> None:
+    """Name, created, last used and revoked time of every token."""
+    click.echo(f"{'NAME':<24} {'CREATED':<20} {'LAST USED':<20} REVOKED")
+    for t in tokens.list_tokens(db.make_engine(_settings())):
+        click.echo(f"{t.name:<24} {_when(t.created_at):<20} {_when(t.last_used_at):<20} {_when(t.revoked_at)}")
+
+
+@token_group.command("revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke a token; the next request that uses it gets 401."""
+    _run(lambda: tokens.revoke_token(db.make_engine(_settings()), name))
+    click.echo(f"token {name!r} revoked")
+
+
+@main.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def import_(files: tuple[Path, ...]) -> None:
+    """Import essays in the blog's export format; one line per file."""
+    settings = _settings()
+    if settings.is_sqlite:
+        db.upgrade(settings)
+    engine = db.make_engine(settings)
+    refused = 0
+    with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) as bar:
+        results = []
+        for path in bar:
+            results.append(transfer.import_file(engine, settings, path))
+    for result in results:
+        refused += result.outcome == "refused"
+        click.echo(result.line())
+    if refused:
+        raise SystemExit(1)
+
+
+@main.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def export(directory: Path) -> None:
+    """Write every published essay to DIRECTORY in the export format."""
+    settings = _settings()
+    count = sum(1 for _ in transfer.export_all(db.make_engine(settings), settings, directory))
+    click.echo(f"exported {count} essays to {directory}")
+
+
+@main.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def backup(file: Path) -> None:
+    """Consistent online backup of the whole database to FILE."""
+    _run(lambda: backups.backup(_settings(), file))
+    click.echo(f"backup written to {file}")
+
+
+@main.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def restore(file: Path) -> None:
+    """Replace the database's contents with the backup in FILE."""
+    _run(lambda: backups.restore(_settings(), file))
+    click.echo(f"restored from {file}")
+
+
+@main.group("post")
+def post_group() -> None:
+    """Inspect and repair posts."""
+
+
+@post_group.command("revisions")
+@click.argument("post_id", type=int)
+def post_revisions(post_id: int) -> None:
+    """List a post's earlier versions."""
+    with Session(db.make_engine(_settings())) as session:
+        for rev in _run(lambda: posts.revisions(session, post_id)):
+            click.echo(f"{rev.id:>6}  v{rev.version:<4} {rev.reason:<8} {_when(rev.created_at)}")
+
+
+@post_group.command("restore")
+@click.argument("post_id", type=int)
+@click.argument("revision_id", type=int)
+def post_restore(post_id: int, revision_id: int) -> None:
+    """Bring back an earlier version of a post (the current one becomes a revision)."""
+    settings = _settings()
+    with db.write_session(db.make_engine(settings)) as session:
+        _run(lambda: posts.restore_revision(session, post_id, revision_id, settings.author))
+    click.echo(f"post {post_id} restored from revision {revision_id}")
+
+
+def _when(instant: object) -> str:
+    return instant.strftime("%Y-%m-%d %H:%M:%S") if instant else "-"  # type: ignore[attr-defined]
+
+
+def _run(action):  # type: ignore[no-untyped-def]
+    try:
+        return action()
+    except WorkshopError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Settings, read from WORKSHOP_* environment variables and a .env file."""
+
+from functools import cached_property
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting is documented in the README's Settings table (a test checks it)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WORKSHOP_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///./workshop.db"
+    site_url: str = "http://127.0.0.1:8000"
+    site_name: str = "Workshop"
+    site_description: str = "Essays from a market-debate engine, one per cycle."
+    timezone: str = "America/Los_Angeles"
+    author: str = "Workshop"
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    page_size: int = Field(default=20, ge=1, le=200)
+    feed_size: int = Field(default=20, ge=1, le=200)
+    auth_fail_limit: int = Field(default=10, ge=1)
+    auth_fail_window_seconds: int = Field(default=300, ge=1)
+    trusted_proxies: str = ""
+    response_cache: bool = True
+    websub_hub: str = ""
+    log_json: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises on an unknown zone, so a typo fails at start, not per page
+        return value
+
+    @field_validator("site_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,212 @@
+"""The blog's export format (one essay per text file), parsed and written.
+
+    # <title>
+    *<author> · <YYYY-MM-DD HH:MM:SS in UTC>*
+    **Cycle <n> | <Month D, YYYY — H:MM AM/PM in site time>**
+    <body ...>
+    ---
+    *Debate: <outcome> | Conviction: <p>% | <Mind>: <p>% ...*
+    *Tags: <tag>, <tag>*                                  (Workshop's addition, optional)
+    *Stories: <title> (<status>); <title> (<status>)*     (Workshop's addition, optional)
+    ---
+    Permanent link: <url ending in /read/<id>/<slug>>
+
+The cycle line, the footer and the permanent link may be missing; the body may contain `---`.
+Tags and stories are not in the old blog's files; Workshop writes them in the footer so that
+export -> import keeps the whole site.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
+
+from pydantic import ValidationError
+
+from app.models import PostIn
+from app.timefmt import cycle_line
+
+_AUTHOR_LINE = re.compile(r"^\*(?P<author>.+) · (?P<when>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})\*$")
+_CYCLE_LINE = re.compile(r"^\*\*Cycle (?P<cycle>\d+) \| (?P<local>.+)\*\*$")
+_PERMALINK = re.compile(r"^Permanent link: (?P<url>\S*/read/(?P<id>\d+)(?:/[^/\s]*)?/?)$")
+_META_LINE = re.compile(r"^\*(?P<key>Debate|Tags|Stories): (?P<value>.*)\*$")
+_PERCENT = re.compile(r"^(?P<num>\d+(?:\.\d+)?)%$")
+_STORY = re.compile(r"^(?P<title>.+) \((?P<status>[^()]+)\)$")
+
+
+class FormatError(ValueError):
+    """A malformed export file; `line` is 1-based."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+        self.message = message
+
+
+@dataclass
+class ExportedPost:
+    post: PostIn
+    post_id: int | None
+
+
+def parse(text: str) -> ExportedPost:
+    lines = text.replace("\r\n", "\n").split("\n")
+    numbered = [(i + 1, line) for i, line in enumerate(lines)]
+    # Header: title, author line, optional cycle line (blank lines between are allowed).
+    content = [(n, line) for n, line in numbered if line.strip()]
+    if not content:
+        raise FormatError(1, "the file is empty")
+    n, first = content[0]
+    if not first.startswith("# ") or not first[2:].strip():
+        raise FormatError(n, "expected the title line '# <title>'")
+    title = first[2:].strip()
+    if len(content) < 2:
+        raise FormatError(n + 1, "expected the author line '*<author> · <YYYY-MM-DD HH:MM:SS>*'")
+    n, second = content[1]
+    match = _AUTHOR_LINE.match(second.strip())
+    if not match:
+        raise FormatError(n, "expected the author line '*<author> · <YYYY-MM-DD HH:MM:SS>*'")
+    author = match["author"].strip()
+    try:
+        published_at = datetime.strptime(match["when"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        raise FormatError(n, f"invalid date and time {match['when']!r}") from None
+    body_start = n  # index into `lines` of the line after the author line
+    cycle: int | None = None
+    if len(content) > 2 and (cm := _CYCLE_LINE.match(content[2][1].strip())):
+        cycle = int(cm["cycle"])
+        body_start = content[2][0]
+
+    # Footer, read from the end: permanent link, then the metadata block, each after a `---`.
+    end = len(lines)
+    while end > body_start and not lines[end - 1].strip():
+        end -= 1
+    post_id = None
+    footer: dict[str, tuple[int, str]] = {}
+    if end > body_start and (pm := _PERMALINK.match(lines[end - 1].strip())):
+        post_id = int(pm["id"])
+        end = _drop_rule(lines, end - 1, body_start)
+    elif end > body_start and lines[end - 1].startswith("Permanent link:"):
+        raise FormatError(end, "the permanent link must end in /read/<id>/<slug>")
+    meta_end = end
+    while end > body_start and not lines[end - 1].strip():
+        end -= 1
+    while end > body_start and (mm := _META_LINE.match(lines[end - 1].strip())):
+        if mm["key"] in footer:
+            raise FormatError(end, f"two {mm['key']} lines")
+        footer[mm["key"]] = (end, mm["value"])
+        end -= 1
+    if footer:
+        end = _drop_rule(lines, end, body_start)
+    elif meta_end != end:
+        end = meta_end
+    body = "\n".join(lines[body_start:end]).strip("\n")
+    if not body.strip():
+        raise FormatError(body_start + 1, "the essay has no body")
+
+    doc: dict[str, object] = {
+        "title": title,
+        "body": body,
+        "author": author,
+        "published_at": published_at,
+        "cycle": cycle,
+    }
+    if "Debate" in footer:
+        doc["debate"] = _parse_debate(*footer["Debate"])
+    if "Tags" in footer:
+        doc["tags"] = [t.strip() for t in footer["Tags"][1].split(",") if t.strip()]
+    if "Stories" in footer:
+        doc["stories"] = _parse_stories(*footer["Stories"])
+    try:
+        post = PostIn.model_validate(doc)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "essay"
+        line = _line_of_field(field, footer, n)
+        raise FormatError(line, f"{field}: {error['msg']}") from None
+    return ExportedPost(post, post_id)
+
+
+def _drop_rule(lines: list[str], end: int, start: int) -> int:
+    """Step back over blank lines and one `---` rule above line index `end`."""
+    i = end
+    while i > start and not lines[i - 1].strip():
+        i -= 1
+    if i > start and lines[i - 1].strip() == "---":
+        return i - 1
+    return end
+
+
+def _line_of_field(field: str, footer: dict[str, tuple[int, str]], author_line: int) -> int:
+    key = {"debate": "Debate", "tags": "Tags", "stories": "Stories"}.get(field)
+    if key and key in footer:
+        return footer[key][0]
+    return 1 if field == "title" else author_line
+
+
+def _percent(text: str, line: int, what: str) -> float:
+    match = _PERCENT.match(text.strip())
+    if not match:
+        raise FormatError(line, f"{what}: expected a percentage like 37%, got {text.strip()!r}")
+    try:
+        return float(Decimal(match["num"]) / 100)
+    except InvalidOperation:
+        raise FormatError(line, f"{what}: invalid number {text!r}") from None
+
+
+def _parse_debate(line: int, value: str) -> dict[str, object]:
+    parts = [p.strip() for p in value.split(" | ")]
+    debate: dict[str, object] = {"outcome": parts[0], "minds": []}
+    for part in parts[1:]:
+        name, sep, amount = part.rpartition(":")
+        if not sep or not name.strip():
+            raise FormatError(line, f"expected '<Mind>: <p>%', got {part!r}")
+        name = name.strip()
+        if name == "Conviction":
+            debate["conviction"] = _percent(amount, line, "Conviction")
+        else:
+            debate["minds"].append({"name": name, "confidence": _percent(amount, line, name)})  # type: ignore[attr-defined]
+    return debate
+
+
+def _parse_stories(line: int, value: str) -> list[dict[str, str]]:
+    stories = []
+    for part in value.split("; "):
+        match = _STORY.match(part.strip())
+        if not match:
+            raise FormatError(line, f"expected '<story> (<status>)', got {part.strip()!r}")
+        stories.append({"title": match["title"].strip(), "status": match["status"].strip()})
+    return stories
+
+
+def _format_percent(value: float) -> str:
+    text = f"{Decimal(repr(value)) * 100:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def render(post: PostIn, *, permalink: str | None, tz: ZoneInfo) -> str:
+    """The inverse of parse(): the same text the old blog exported, plus tags and stories."""
+    assert post.published_at is not None
+    out = [f"# {post.title}", "", f"*{post.author} · {post.published_at:%Y-%m-%d %H:%M:%S}*", ""]
+    if post.cycle is not None:
+        out += [f"**{cycle_line(post.cycle, post.published_at, tz)}**", ""]
+    out += [post.body, ""]
+    meta = []
+    if post.debate is not None:
+        parts = [post.debate.outcome]
+        if post.debate.conviction is not None:
+            parts.append(f"Conviction: {_format_percent(post.debate.conviction)}")
+        parts += [f"{m.name}: {_format_percent(m.confidence)}" for m in post.debate.minds]
+        meta.append(f"*Debate: {' | '.join(parts)}*")
+    if post.tags:
+        meta.append(f"*Tags: {', '.join(post.tags)}*")
+    if post.stories:
+        meta.append(f"*Stories: {'; '.join(f'{s.title} ({s.status})' for s in post.stories)}*")
+    if meta:
+        out += ["---", *meta, ""]
+    if permalink:
+        out += ["---", f"Permanent link: {permalink}", ""]
+    return "\n".join(out)

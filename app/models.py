@@ -1,0 +1,361 @@
+"""Database tables (SQLModel) and the API's input schema.
+
+Tables are the source of truth for Alembic autogenerate; a test checks that the migrations in
+`migrations/` produce exactly these tables.
+"""
+
+import unicodedata
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, Text, TypeDecorator, UniqueConstraint
+from sqlmodel import Field as SQLField
+from sqlmodel import SQLModel
+
+STATUS_PUBLISHED = "published"
+STATUS_DELETED = "deleted"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores instants in UTC and always hands back aware datetimes (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: store only aware instants")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_column(index: bool = False, nullable: bool = False) -> Any:
+    return SQLField(sa_column=Column(UTCDateTime(), index=index, nullable=nullable))
+
+
+class Post(SQLModel, table=True):
+    __tablename__ = "posts"
+    __table_args__ = (
+        # Newest-first lists, feeds and keyset pagination: (status, published_at, id).
+        Index("ix_posts_status_published", "status", "published_at", "id"),
+    )
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    slug: str = SQLField(max_length=200)
+    title: str = SQLField(sa_column=Column(Text, nullable=False))
+    body: str = SQLField(sa_column=Column(Text, nullable=False))
+    body_html: str = SQLField(sa_column=Column(Text, nullable=False))
+    excerpt: str = SQLField(sa_column=Column(Text, nullable=False))
+    author: str = SQLField(max_length=200)
+    published_at: datetime = _utc_column(index=True)
+    updated_at: datetime = _utc_column()
+    cycle: int | None = SQLField(default=None, sa_column=Column(Integer, unique=True, nullable=True))
+    status: str = SQLField(default=STATUS_PUBLISHED, max_length=16)
+    debate_outcome: str | None = SQLField(default=None, max_length=100)
+    debate_conviction: float | None = None
+    content_hash: str = SQLField(max_length=64)
+    version: int = 1
+
+
+class Mind(SQLModel, table=True):
+    """One mind's confidence in one post's debate; rows so they can be queried and charted."""
+
+    __tablename__ = "minds"
+    __table_args__ = (
+        UniqueConstraint("post_id", "position"),
+        UniqueConstraint("post_id", "name"),
+    )
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    post_id: int = SQLField(sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), nullable=False))
+    position: int
+    name: str = SQLField(max_length=100, index=True)
+    confidence: float
+
+
+class Tag(SQLModel, table=True):
+    __tablename__ = "tags"
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    name: str = SQLField(max_length=100)
+    slug: str = SQLField(max_length=120, unique=True)
+
+
+class PostTag(SQLModel, table=True):
+    __tablename__ = "post_tags"
+    __table_args__ = (
+        # A tag's page lists newest first without sorting every post that carries the tag.
+        Index("ix_post_tags_tag_published", "tag_id", "published_at", "post_id"),
+    )
+
+    post_id: int = SQLField(
+        sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True)
+    )
+    tag_id: int = SQLField(
+        sa_column=Column(Integer, ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+    )
+    position: int
+    published_at: datetime = _utc_column()
+
+
+class Story(SQLModel, table=True):
+    __tablename__ = "stories"
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    title: str = SQLField(max_length=300)
+    slug: str = SQLField(max_length=120, unique=True)
+
+
+class PostStory(SQLModel, table=True):
+    """A story's status word at one post's cycle."""
+
+    __tablename__ = "post_stories"
+    __table_args__ = (Index("ix_post_stories_story_published", "story_id", "published_at", "post_id"),)
+
+    post_id: int = SQLField(
+        sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True)
+    )
+    story_id: int = SQLField(
+        sa_column=Column(Integer, ForeignKey("stories.id", ondelete="CASCADE"), primary_key=True)
+    )
+    position: int
+    status: str = SQLField(max_length=100)
+    published_at: datetime = _utc_column()
+
+
+class Revision(SQLModel, table=True):
+    """A post as it was before a change (JSON snapshot); nothing is lost by an edit or delete."""
+
+    __tablename__ = "revisions"
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    post_id: int = SQLField(sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), nullable=False, index=True))
+    version: int
+    reason: str = SQLField(max_length=20)
+    created_at: datetime = _utc_column()
+    snapshot: str = SQLField(sa_column=Column(Text, nullable=False))
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    name: str = SQLField(max_length=100, unique=True)
+    token_hash: str = SQLField(max_length=64, unique=True)
+    created_at: datetime = _utc_column()
+    last_used_at: datetime | None = _utc_column(nullable=True)
+    revoked_at: datetime | None = _utc_column(nullable=True)
+
+
+class IdempotencyKey(SQLModel, table=True):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("scope", "key"),)
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    scope: str = SQLField(max_length=100)
+    key: str = SQLField(max_length=255)
+    request_hash: str = SQLField(max_length=64)
+    state: str = SQLField(max_length=16)
+    response_status: int | None = None
+    response_body: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    response_location: str | None = SQLField(default=None, max_length=500)
+    created_at: datetime = _utc_column()
+
+
+class AuthFailure(SQLModel, table=True):
+    """Failed authentications per client and window, shared by every worker through the DB."""
+
+    __tablename__ = "auth_failures"
+
+    client: str = SQLField(max_length=100, primary_key=True)
+    window_start: datetime = _utc_column()
+    failures: int = 0
+
+
+class SiteState(SQLModel, table=True):
+    """Small shared counters, e.g. the content version every write bumps (cache keys)."""
+
+    __tablename__ = "site_state"
+
+    name: str = SQLField(max_length=50, primary_key=True)
+    value: int = 0
+
+
+# --- API / import input -------------------------------------------------------------------------
+
+_CONTROL_OK = {"\n", "\t", "\r"}
+
+
+def _no_control_chars(value: str, field: str, allow_newlines: bool) -> str:
+    for ch in value:
+        if unicodedata.category(ch) == "Cc" and not (allow_newlines and ch in _CONTROL_OK):
+            raise ValueError(f"{field} contains a control character (U+{ord(ch):04X})")
+        if unicodedata.category(ch) == "Cs":
+            raise ValueError(f"{field} contains an unpaired surrogate")
+    return value
+
+
+def _clean_line(value: str, field: str) -> str:
+    value = _no_control_chars(value, field, allow_newlines=False).strip()
+    if not value:
+        raise ValueError(f"{field} must not be empty")
+    return value
+
+
+class MindIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"name": "Macro", "confidence": 0.25}})
+
+    name: str = Field(min_length=1, max_length=100)
+    confidence: float = Field(ge=0, le=1, allow_inf_nan=False)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _clean_line(value, "name")
+
+
+class DebateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: str = Field(default="unknown", min_length=1, max_length=100)
+    conviction: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    minds: list[MindIn] = Field(default_factory=list, max_length=50)
+
+    @field_validator("outcome")
+    @classmethod
+    def _outcome(cls, value: str) -> str:
+        return _clean_line(value, "outcome")
+
+    @field_validator("minds")
+    @classmethod
+    def _unique_minds(cls, minds: list[MindIn]) -> list[MindIn]:
+        seen: set[str] = set()
+        for mind in minds:
+            key = mind.name.casefold()
+            if key in seen:
+                raise ValueError(f"duplicate mind name: {mind.name!r}")
+            seen.add(key)
+        return minds
+
+
+class StoryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=300)
+    status: str = Field(default="developing", min_length=1, max_length=100)
+
+    @field_validator("title", "status")
+    @classmethod
+    def _line(cls, value: str) -> str:
+        return _clean_line(value, "story field")
+
+
+class PostIn(BaseModel):
+    """An essay as the engine (and the importer) submits it. Only title and body are required."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "title": "Breadth Is Thinning Under a Calm Index",
+                "body": "The minds disagreed about *why* the index held up...",
+                "cycle": 812,
+                "published_at": "2026-04-05T15:04:00Z",
+                "author": "Workshop",
+                "debate": {
+                    "outcome": "split",
+                    "conviction": 0.42,
+                    "minds": [
+                        {"name": "Macro", "confidence": 0.35},
+                        {"name": "Flow", "confidence": 0.6},
+                        {"name": "Contrarian", "confidence": 0.3},
+                    ],
+                },
+                "tags": ["QQQ", "breadth"],
+                "stories": [{"title": "Narrow Leadership", "status": "developing"}],
+            }
+        },
+    )
+
+    title: str = Field(min_length=1, max_length=300)
+    body: str = Field(min_length=1, max_length=500_000)
+    cycle: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
+    published_at: AwareDatetime | None = None
+    author: str | None = Field(default=None, min_length=1, max_length=200)
+    debate: DebateIn | None = None
+    tags: list[str] = Field(default_factory=list, max_length=30)
+    stories: list[StoryIn] = Field(default_factory=list, max_length=30)
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str) -> str:
+        return _clean_line(value, "title")
+
+    @field_validator("author")
+    @classmethod
+    def _author(cls, value: str | None) -> str | None:
+        return None if value is None else _clean_line(value, "author")
+
+    @field_validator("body")
+    @classmethod
+    def _body(cls, value: str) -> str:
+        value = _no_control_chars(value, "body", allow_newlines=True).replace("\r\n", "\n").strip("\n")
+        if not value.strip():
+            raise ValueError("body must not be empty")
+        return value
+
+    @field_validator("published_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        if not 1970 <= value.year <= 9998:
+            raise ValueError("published_at must be between 1970 and 9998")
+        # Store to the second: the export format (and most feeds) carry no fractions.
+        return value.replace(microsecond=0)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str]) -> list[str]:
+        from app.slugs import slugify
+
+        out: list[str] = []
+        seen: set[str] = set()
+        for tag in tags:
+            tag = _clean_line(tag, "tag")
+            if len(tag) > 100:
+                raise ValueError("a tag is at most 100 characters")
+            key = slugify(tag, fallback="")
+            if not key:
+                raise ValueError(f"tag {tag!r} has no letters or digits")
+            if key not in seen:
+                seen.add(key)
+                out.append(tag)
+        return out
+
+    @model_validator(mode="after")
+    def _unique_stories(self) -> "PostIn":
+        from app.slugs import slugify
+
+        seen: set[str] = set()
+        for story in self.stories:
+            key = slugify(story.title, fallback="")
+            if not key:
+                raise ValueError(f"story {story.title!r} has no letters or digits")
+            if key in seen:
+                raise ValueError(f"duplicate story: {story.title!r}")
+            seen.add(key)
+        return self

@@ -1,0 +1,429 @@
+"""The post service: create, update, delete, restore and query essays.
+
+Used by the ingest API, the reader pages, the feeds and the CLI alike; every write commits here.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from app.errors import CycleConflict, IdTaken, PostGone, PostNotFound, PreconditionFailed, RevisionNotFound
+from app.models import (
+    STATUS_DELETED,
+    STATUS_PUBLISHED,
+    Mind,
+    Post,
+    PostIn,
+    PostStory,
+    PostTag,
+    Revision,
+    SiteState,
+    Story,
+    Tag,
+    utcnow,
+)
+from app.render import excerpt, render_markdown
+from app.slugs import slugify
+
+CONTENT_VERSION = "content_version"
+
+
+@dataclass
+class SaveResult:
+    post: Post
+    created: bool = False
+    changed: bool = False
+
+
+@dataclass
+class PostView:
+    """A post with its debate minds, tags and stories, loaded without N+1 queries."""
+
+    post: Post
+    minds: list[Mind] = field(default_factory=list)
+    tags: list[Tag] = field(default_factory=list)
+    stories: list[tuple[Story, str]] = field(default_factory=list)
+
+    def to_input(self) -> PostIn:
+        """The post as an input document: what export writes and a revision snapshot keeps."""
+        p = self.post
+        debate = None
+        if p.debate_outcome is not None:
+            debate = {
+                "outcome": p.debate_outcome,
+                "conviction": p.debate_conviction,
+                "minds": [{"name": m.name, "confidence": m.confidence} for m in self.minds],
+            }
+        return PostIn.model_validate(
+            {
+                "title": p.title,
+                "body": p.body,
+                "cycle": p.cycle,
+                "published_at": p.published_at,
+                "author": p.author,
+                "debate": debate,
+                "tags": [t.name for t in self.tags],
+                "stories": [{"title": s.title, "status": status} for s, status in self.stories],
+            }
+        )
+
+
+def etag(post: Post) -> str:
+    return f'"p{post.id}v{post.version}"'
+
+
+def content_hash(data: PostIn, default_author: str) -> str:
+    """Hash of everything a retry must repeat; published_at is compared separately, because a
+    request that leaves it out (defaulting to now) must still match its own retry."""
+    doc = data.model_dump(mode="json", exclude={"published_at"})
+    doc["author"] = data.author or default_author
+    raw = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _matches(post: Post, data: PostIn, digest: str) -> bool:
+    return post.content_hash == digest and (
+        data.published_at is None or data.published_at == post.published_at
+    )
+
+
+# --- writes ---------------------------------------------------------------------------------------
+
+
+def create_post(
+    session: Session, data: PostIn, default_author: str, *, post_id: int | None = None
+) -> SaveResult:
+    """Create a post, or return the existing one when this is a retry of the same cycle.
+
+    The same cycle with other content raises CycleConflict; a concurrent duplicate that wins
+    the race is caught by the unique index on cycle and answered like a retry.
+    """
+    digest = content_hash(data, default_author)
+    if data.cycle is not None:
+        existing = _by_cycle(session, data.cycle)
+        if existing is not None:
+            return _retry_or_conflict(existing, data, digest)
+    if post_id is not None and session.get(Post, post_id) is not None:
+        raise IdTaken(f"post id {post_id} already exists", post_id=post_id)
+
+    now = utcnow()
+    post = Post(
+        id=post_id,
+        published_at=data.published_at or now.replace(microsecond=0),
+        updated_at=now,
+        content_hash=digest,
+    )
+    try:
+        _apply(session, post, data, default_author)
+        if post_id is not None:
+            _advance_id_sequence(session)
+        _bump_content_version(session)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = _by_cycle(session, data.cycle) if data.cycle is not None else None
+        if existing is None:
+            if post_id is not None and session.get(Post, post_id) is not None:
+                raise IdTaken(f"post id {post_id} already exists", post_id=post_id) from None
+            raise
+        return _retry_or_conflict(existing, data, digest)
+    session.refresh(post)
+    return SaveResult(post, created=True, changed=True)
+
+
+def update_post(
+    session: Session,
+    post_id: int,
+    data: PostIn,
+    default_author: str,
+    *,
+    if_match: str | None = None,
+    reason: Literal["update", "restore", "import"] = "update",
+) -> SaveResult:
+    """Replace a post's content, keeping the previous version as a revision.
+
+    An omitted published_at keeps the current one. An identical replacement changes nothing.
+    A deleted post is published again (that is how a revision is restored after a delete).
+    """
+    post = _locked_post(session, post_id)
+    _check_if_match(post, if_match)
+    if data.published_at is None:
+        data = data.model_copy(update={"published_at": post.published_at})
+    digest = content_hash(data, default_author)
+    if _matches(post, data, digest) and post.status == STATUS_PUBLISHED:
+        session.rollback()
+        return SaveResult(post)
+    if data.cycle is not None and data.cycle != post.cycle:
+        other = _by_cycle(session, data.cycle)
+        if other is not None:
+            raise CycleConflict(
+                f"cycle {data.cycle} already belongs to post {other.id}", post_id=other.id
+            )
+    _snapshot(session, post, reason)
+    post.status = STATUS_PUBLISHED
+    post.content_hash = digest
+    post.version += 1
+    post.updated_at = utcnow()
+    _apply(session, post, data, default_author)
+    _bump_content_version(session)
+    session.commit()
+    session.refresh(post)
+    return SaveResult(post, changed=True)
+
+
+def delete_post(session: Session, post_id: int, *, if_match: str | None = None) -> SaveResult:
+    """Unpublish: the page answers 410 and the post leaves lists and feeds; nothing is erased."""
+    post = _locked_post(session, post_id)
+    _check_if_match(post, if_match)
+    if post.status == STATUS_DELETED:
+        session.rollback()
+        return SaveResult(post)
+    _snapshot(session, post, "delete")
+    post.status = STATUS_DELETED
+    post.version += 1
+    post.updated_at = utcnow()
+    session.add(post)
+    _bump_content_version(session)
+    session.commit()
+    session.refresh(post)
+    return SaveResult(post, changed=True)
+
+
+def restore_revision(
+    session: Session, post_id: int, revision_id: int, default_author: str
+) -> SaveResult:
+    revision = session.get(Revision, revision_id)
+    if revision is None or revision.post_id != post_id:
+        raise RevisionNotFound(f"post {post_id} has no revision {revision_id}")
+    snapshot = json.loads(revision.snapshot)
+    data = PostIn.model_validate(snapshot["input"])
+    return update_post(session, post_id, data, default_author, reason="restore")
+
+
+def _by_cycle(session: Session, cycle: int) -> Post | None:
+    return session.exec(select(Post).where(Post.cycle == cycle)).scalars().first()  # type: ignore[call-overload]
+
+
+def _retry_or_conflict(existing: Post, data: PostIn, digest: str) -> SaveResult:
+    if existing.status == STATUS_PUBLISHED and _matches(existing, data, digest):
+        return SaveResult(existing)
+    state = "a deleted" if existing.status == STATUS_DELETED else "another"
+    raise CycleConflict(
+        f"cycle {data.cycle} already has {state} essay: post {existing.id}",
+        post_id=existing.id,
+    )
+
+
+def _locked_post(session: Session, post_id: int) -> Post:
+    # FOR UPDATE on PostgreSQL serialises concurrent edits of one post (If-Match stays honest);
+    # SQLite write sessions already hold the database lock.
+    post = session.exec(select(Post).where(Post.id == post_id).with_for_update()).scalars().first()  # type: ignore[call-overload]
+    if post is None:
+        session.rollback()
+        raise PostNotFound(f"no post with id {post_id}")
+    return post
+
+
+def _check_if_match(post: Post, if_match: str | None) -> None:
+    if if_match is None:
+        return
+    tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
+    if "*" not in tags and etag(post) not in tags:
+        raise PreconditionFailed(
+            f"If-Match {if_match} does not match the current ETag {etag(post)}", etag=etag(post)
+        )
+
+
+def _snapshot(session: Session, post: Post, reason: str) -> None:
+    view = load_views(session, [post])[0]
+    snapshot = {
+        "id": post.id,
+        "slug": post.slug,
+        "status": post.status,
+        "version": post.version,
+        "updated_at": post.updated_at.isoformat(),
+        "input": view.to_input().model_dump(mode="json"),
+    }
+    session.add(
+        Revision(
+            post_id=post.id,  # type: ignore[arg-type]
+            version=post.version,
+            reason=reason,
+            created_at=utcnow(),
+            snapshot=json.dumps(snapshot, ensure_ascii=False),
+        )
+    )
+
+
+def _apply(session: Session, post: Post, data: PostIn, default_author: str) -> None:
+    """Write every field of `data` onto `post` and replace its minds, tags and stories."""
+    post.title = data.title
+    post.slug = slugify(data.title)
+    post.body = data.body
+    post.body_html = render_markdown(data.body)
+    post.excerpt = excerpt(data.body)
+    post.author = data.author or default_author
+    if data.published_at is not None:
+        post.published_at = data.published_at
+    post.cycle = data.cycle
+    post.debate_outcome = data.debate.outcome if data.debate else None
+    post.debate_conviction = data.debate.conviction if data.debate else None
+    session.add(post)
+    session.flush()
+    assert post.id is not None
+
+    for table in (Mind, PostTag, PostStory):
+        session.execute(delete(table).where(table.post_id == post.id))  # type: ignore[attr-defined]
+    for position, mind in enumerate(data.debate.minds if data.debate else []):
+        session.add(Mind(post_id=post.id, position=position, name=mind.name, confidence=mind.confidence))
+    for position, name in enumerate(data.tags):
+        tag_id = _get_or_create(session, Tag, slugify(name), {"name": name})
+        session.add(PostTag(post_id=post.id, tag_id=tag_id, position=position, published_at=post.published_at))
+    for position, story in enumerate(data.stories):
+        story_id = _get_or_create(session, Story, slugify(story.title), {"title": story.title})
+        session.add(
+            PostStory(
+                post_id=post.id,
+                story_id=story_id,
+                position=position,
+                status=story.status,
+                published_at=post.published_at,
+            )
+        )
+    session.flush()
+
+
+def _get_or_create(session: Session, table: type[Tag] | type[Story], slug: str, values: dict[str, Any]) -> int:
+    """Insert-if-absent that two concurrent writers cannot turn into a unique violation."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).values(slug=slug, **values).on_conflict_do_nothing(index_elements=["slug"])
+    session.execute(stmt)
+    return session.execute(select(table.id).where(table.slug == slug)).scalar_one()  # type: ignore[arg-type]
+
+
+def _advance_id_sequence(session: Session) -> None:
+    """Imported posts keep their ids; PostgreSQL's sequence must then skip past them."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(
+                func.setval(
+                    func.pg_get_serial_sequence("posts", "id"),
+                    select(func.coalesce(func.max(Post.id), 1)).scalar_subquery(),
+                )
+            )
+        )
+
+
+def _bump_content_version(session: Session) -> None:
+    session.execute(
+        update(SiteState).where(SiteState.name == CONTENT_VERSION).values(value=SiteState.value + 1)  # type: ignore[arg-type]
+    )
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+
+def content_version(session: Session) -> int:
+    value = session.execute(select(SiteState.value).where(SiteState.name == CONTENT_VERSION)).scalar()  # type: ignore[arg-type]
+    return int(value or 0)
+
+
+def get_post(session: Session, post_id: int, *, include_deleted: bool = False) -> Post:
+    post = session.get(Post, post_id)
+    if post is None:
+        raise PostNotFound(f"no post with id {post_id}")
+    if post.status == STATUS_DELETED and not include_deleted:
+        raise PostGone(f"post {post_id} was deleted", post_id=post_id)
+    return post
+
+
+def post_id_for_cycle(session: Session, cycle: int) -> int:
+    post_id = session.execute(
+        select(Post.id).where(Post.cycle == cycle, Post.status == STATUS_PUBLISHED)  # type: ignore[arg-type]
+    ).scalar()
+    if post_id is None:
+        raise PostNotFound(f"no essay for cycle {cycle}")
+    return int(post_id)
+
+
+Cursor = tuple[datetime, int]
+
+
+def list_published(session: Session, limit: int, before: Cursor | None = None) -> list[Post]:
+    """Newest first, by key (published_at, id) so deep pages cost the same as the first."""
+    query = select(Post).where(Post.status == STATUS_PUBLISHED)  # type: ignore[arg-type]
+    if before is not None:
+        at, post_id = before
+        query = query.where(
+            (Post.published_at < at) | ((Post.published_at == at) & (Post.id < post_id))  # type: ignore[arg-type, operator]
+        )
+    query = query.order_by(Post.published_at.desc(), Post.id.desc()).limit(limit)  # type: ignore[attr-defined, union-attr]
+    return list(session.execute(query).scalars())
+
+
+def neighbours(session: Session, post: Post) -> tuple[Post | None, Post | None]:
+    """(previous = older, next = newer) published essays around `post`."""
+    at, pid = post.published_at, post.id
+    published = Post.status == STATUS_PUBLISHED
+    older = session.execute(
+        select(Post)
+        .where(published, (Post.published_at < at) | ((Post.published_at == at) & (Post.id < pid)))  # type: ignore[arg-type, operator]
+        .order_by(Post.published_at.desc(), Post.id.desc())  # type: ignore[attr-defined, union-attr]
+        .limit(1)
+    ).scalars().first()
+    newer = session.execute(
+        select(Post)
+        .where(published, (Post.published_at > at) | ((Post.published_at == at) & (Post.id > pid)))  # type: ignore[arg-type, operator]
+        .order_by(Post.published_at.asc(), Post.id.asc())  # type: ignore[attr-defined, union-attr]
+        .limit(1)
+    ).scalars().first()
+    return older, newer
+
+
+def load_views(session: Session, posts: list[Post]) -> list[PostView]:
+    """Attach minds, tags and stories to `posts` in three queries, whatever their number."""
+    views = {p.id: PostView(p) for p in posts}
+    if not views:
+        return []
+    ids = list(views)
+    for mind in session.execute(
+        select(Mind).where(Mind.post_id.in_(ids)).order_by(Mind.post_id, Mind.position)  # type: ignore[attr-defined]
+    ).scalars():
+        views[mind.post_id].minds.append(mind)
+    for post_id, tag in session.execute(
+        select(PostTag.post_id, Tag)
+        .join(Tag, Tag.id == PostTag.tag_id)  # type: ignore[arg-type]
+        .where(PostTag.post_id.in_(ids))  # type: ignore[attr-defined]
+        .order_by(PostTag.post_id, PostTag.position)
+    ):
+        views[post_id].tags.append(tag)
+    for post_id, story, status in session.execute(
+        select(PostStory.post_id, Story, PostStory.status)
+        .join(Story, Story.id == PostStory.story_id)  # type: ignore[arg-type]
+        .where(PostStory.post_id.in_(ids))  # type: ignore[attr-defined]
+        .order_by(PostStory.post_id, PostStory.position)
+    ):
+        views[post_id].stories.append((story, status))
+    return [views[p.id] for p in posts]
+
+
+def revisions(session: Session, post_id: int) -> list[Revision]:
+    get_post(session, post_id, include_deleted=True)
+    return list(
+        session.execute(
+            select(Revision).where(Revision.post_id == post_id).order_by(Revision.id)  # type: ignore[arg-type]
+        ).scalars()
+    )
+
+
+def iter_all_ids(session: Session, batch: int = 500) -> "list[int]":
+    """Every post id (published or not), ascending; used by export and backups."""
+    return list(session.execute(select(Post.id).order_by(Post.id)).scalars())  # type: ignore[arg-type]

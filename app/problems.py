@@ -1,0 +1,53 @@
+"""RFC 9457 problem responses: one place that maps errors to HTTP answers."""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from app.errors import WorkshopError
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(WorkshopError)
+    async def _domain(request: Request, exc: WorkshopError) -> Response:
+        if wants_html(request):
+            from app.routes.reader import error_page
+
+            return error_page(request, exc.status, exc.title, exc.detail)
+        extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float)}
+        headers = {"ETag": str(exc.extra["etag"])} if "etag" in exc.extra else None
+        return problem(exc.status, exc.title, exc.detail, headers=headers, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err["loc"] if p != "body") or "body",
+                "message": err["msg"],
+            }
+            for err in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if wants_html(request):
+            from app.routes.reader import error_page
+
+            return error_page(request, exc.status_code, str(exc.detail), "")
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=exc.headers)

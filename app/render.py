@@ -1,0 +1,54 @@
+"""Markdown -> safe HTML. Raw HTML is off and only harmless link schemes pass."""
+
+import re
+from functools import lru_cache
+
+from markdown_it import MarkdownIt
+from mdit_py_plugins.footnote import footnote_plugin
+
+# Anything not on this list (javascript:, vbscript:, data:, file:, ...) is refused.
+# markdown-it normalises the URL (entity and percent decoding) before this check runs.
+_SAFE_SCHEME = re.compile(r"^(?:https?:|mailto:|#|/|\./|\.\./|[^:/?#]*(?:[/?#]|$))", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x20\x7f]+")
+
+
+def is_safe_url(url: str) -> bool:
+    # Browsers ignore whitespace and control characters inside a scheme ("java\tscript:").
+    return bool(_SAFE_SCHEME.match(_CONTROL.sub("", url)))
+
+
+@lru_cache(maxsize=1)
+def _markdown() -> MarkdownIt:
+    md = (
+        MarkdownIt("commonmark", {"html": False, "typographer": True, "linkify": False})
+        .enable(["table", "strikethrough", "replacements", "smartquotes"])
+        .use(footnote_plugin)
+    )
+    md.validateLink = is_safe_url  # type: ignore[method-assign]
+    return md
+
+
+def render_markdown(text: str) -> str:
+    return _markdown().render(text)
+
+
+def excerpt(text: str, limit: int = 280) -> str:
+    """Plain text of the first paragraphs, cut at a word boundary."""
+    words: list[str] = []
+    length = 0
+    in_heading = False
+    for token in _markdown().parse(text):
+        if token.type in ("heading_open", "heading_close"):
+            in_heading = token.type == "heading_open"
+        if in_heading or token.type != "inline" or not token.children:
+            continue
+        for child in token.children:
+            if child.type in ("text", "code_inline"):
+                for word in child.content.split():
+                    if length + len(word) + 1 > limit:
+                        return " ".join(words) + "…"
+                    words.append(word)
+                    length += len(word) + 1
+            elif child.type in ("softbreak", "hardbreak"):
+                continue
+    return " ".join(words)
