@@ -122,8 +122,8 @@ def parse(text: str) -> ExportedPost:
         post = PostIn.model_validate(doc)
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "essay"
-        line = _line_of_field(field, footer, n)
+        field = ".".join(str(part) for part in error["loc"]) or "essay"
+        line = _line_of_field(field.split(".")[0], footer, n)
         raise FormatError(line, f"{field}: {error['msg']}") from None
     return ExportedPost(post, post_id)
 

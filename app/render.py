@@ -33,8 +33,8 @@ def render_markdown(text: str) -> str:
 
 
 def excerpt(text: str, limit: int = 280) -> str:
-    """Plain text of the first paragraphs, cut at a word boundary."""
-    words: list[str] = []
+    """Plain text of the first paragraphs (headings skipped), cut at a word boundary."""
+    paragraphs: list[str] = []
     length = 0
     in_heading = False
     for token in _markdown().parse(text):
@@ -42,13 +42,16 @@ def excerpt(text: str, limit: int = 280) -> str:
             in_heading = token.type == "heading_open"
         if in_heading or token.type != "inline" or not token.children:
             continue
-        for child in token.children:
-            if child.type in ("text", "code_inline"):
-                for word in child.content.split():
-                    if length + len(word) + 1 > limit:
-                        return " ".join(words) + "…"
-                    words.append(word)
-                    length += len(word) + 1
-            elif child.type in ("softbreak", "hardbreak"):
-                continue
-    return " ".join(words)
+        parts = [
+            child.content if child.type in ("text", "code_inline") else " "
+            for child in token.children
+            if child.type in ("text", "code_inline", "softbreak", "hardbreak")
+        ]
+        paragraphs.append(" ".join("".join(parts).split()))
+        length += len(paragraphs[-1])
+        if length > limit:
+            break
+    plain = " ".join(p for p in paragraphs if p)
+    if len(plain) <= limit:
+        return plain
+    return plain[:limit].rsplit(" ", 1)[0] + "…"

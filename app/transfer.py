@@ -50,6 +50,13 @@ def import_file(engine: Engine, settings: Settings, path: Path) -> ImportResult:
 
 def _store(session: Session, settings: Settings, path: Path, parsed: exportfmt.ExportedPost) -> ImportResult:
     author = settings.author
+    if parsed.post_id is None and parsed.post.cycle is None:
+        # Nothing identifies the essay but its title and time: re-importing must not duplicate it.
+        parsed.post_id = session.execute(
+            select(Post.id).where(
+                Post.title == parsed.post.title, Post.published_at == parsed.post.published_at  # type: ignore[arg-type]
+            )
+        ).scalar()
     if parsed.post_id is not None and session.get(Post, parsed.post_id) is not None:
         result = posts.update_post(session, parsed.post_id, parsed.post, author, reason="import")
         return ImportResult(path, "updated" if result.changed else "unchanged", result.post.id)

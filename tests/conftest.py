@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -43,6 +44,9 @@ def test_settings(database_url: str, **overrides: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 # --- databases --------------------------------------------------------------------------------
 
 
@@ -69,8 +73,9 @@ def template_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield str(path)
 
 
-@pytest.fixture
-def database_url(template_database: str, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def fresh_database(template_database: str, directory: Path, filename: str = "workshop.db") -> Iterator[str]:
+    """An empty, migrated database of the kind under test, dropped afterwards."""
     if PG_URL:
         name = f"workshop_t_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
@@ -79,9 +84,22 @@ def database_url(template_database: str, tmp_path: Path) -> Iterator[str]:
         with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     else:
-        path = tmp_path / "workshop.db"
+        path = directory / filename
         shutil.copyfile(template_database, path)
         yield f"sqlite:///{path}"
+
+
+@pytest.fixture
+def database_url(template_database: str, tmp_path: Path) -> Iterator[str]:
+    with fresh_database(template_database, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def second_database_url(template_database: str, tmp_path: Path) -> Iterator[str]:
+    """Another empty database, e.g. to restore a backup or import an export into."""
+    with fresh_database(template_database, tmp_path, "second.db") as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,0 +1,166 @@
+"""The blog's export format: parse, import (idempotent, line-numbered refusals), export round trip."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from app import exportfmt, posts, transfer
+from app.config import Settings
+from app.exportfmt import FormatError, parse
+
+DATA = Path(__file__).parent / "data"
+
+ESSAY = """# Breadth Is Thinning Under a Calm Index
+
+*Workshop · 2026-04-05 15:04:00*
+
+**Cycle 900 | April 5, 2026 — 8:04 AM**
+
+Flow saw money leave the small names while the index held.
+
+---
+
+Macro disagreed, and the rule above is part of the body.
+
+---
+*Debate: split | Conviction: 42% | Macro: 35% | Flow: 60% | Contrarian: 30%*
+*Tags: QQQ, breadth*
+*Stories: Narrow Leadership (developing)*
+
+---
+Permanent link: https://old.example/read/4242/breadth-is-thinning-under-a-calm-index
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_parse_full_essay() -> None:
+    parsed = parse(ESSAY)
+    post = parsed.post
+    assert parsed.post_id == 4242
+    assert post.title == "Breadth Is Thinning Under a Calm Index"
+    assert post.cycle == 900 and post.author == "Workshop"
+    assert post.published_at is not None and post.published_at.isoformat() == "2026-04-05T15:04:00+00:00"
+    assert post.body.count("---") == 1 and post.body.endswith("part of the body.")
+    assert post.debate is not None
+    assert (post.debate.outcome, post.debate.conviction) == ("split", 0.42)
+    assert [(m.name, m.confidence) for m in post.debate.minds] == [("Macro", 0.35), ("Flow", 0.6), ("Contrarian", 0.3)]
+    assert post.tags == ["QQQ", "breadth"]
+    assert [(s.title, s.status) for s in post.stories] == [("Narrow Leadership", "developing")]
+
+
+def test_parse_minimal_essay_keeps_rule_in_body() -> None:
+    parsed = parse((DATA / "essay-minimal.txt").read_text())
+    assert parsed.post_id is None and parsed.post.cycle is None and parsed.post.debate is None
+    assert "---" in parsed.post.body
+
+
+def test_render_is_the_inverse_of_parse(settings: Settings) -> None:
+    parsed = parse(ESSAY)
+    link = "https://old.example/read/4242/breadth-is-thinning-under-a-calm-index"
+    assert exportfmt.render(parsed.post, permalink=link, tz=settings.tz) == ESSAY
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("", 1, "empty"),
+        ("Title without hash\n", 1, "title line"),
+        ("# Title\n\nno author line\n", 3, "author line"),
+        ("# Title\n\n*Workshop · 2026-02-30 10:00:00*\n\nBody\n", 3, "invalid date"),
+        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n", 4, "no body"),
+        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n---\n*Debate: split | Conviction: lots*\n", 8, "percentage"),
+        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n---\n*Debate: split | Conviction: 140%*\n", 8, "conviction"),
+        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n---\n*Debate: x | Macro: 1% | Macro: 2%*\n", 8, "duplicate mind"),
+        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n---\nPermanent link: https://x.example/about\n", 8, "permanent link"),
+    ],
+)
+def test_malformed_files_name_the_line(text: str, line: int, words: str) -> None:
+    with pytest.raises(FormatError) as info:
+        parse(text)
+    assert info.value.line == line
+    assert words in str(info.value).lower()
+
+
+def test_import_is_idempotent_and_keeps_ids(tmp_path: Path, engine, settings: Settings) -> None:
+    good = write(tmp_path, "good.txt", ESSAY)
+    minimal = DATA / "essay-minimal.txt"
+    first = [transfer.import_file(engine, settings, p) for p in (good, minimal)]
+    assert [r.outcome for r in first] == ["imported", "imported"]
+    assert first[0].post_id == 4242
+    second = [transfer.import_file(engine, settings, p) for p in (good, minimal)]
+    assert [r.outcome for r in second] == ["unchanged", "unchanged"]
+    with Session(engine) as session:
+        assert len(posts.list_published(session, 10)) == 2
+        assert posts.revisions(session, 4242) == []
+
+
+def test_reimport_of_an_edited_file_updates_and_keeps_a_revision(tmp_path: Path, engine, settings: Settings) -> None:
+    transfer.import_file(engine, settings, write(tmp_path, "a.txt", ESSAY))
+    edited = ESSAY.replace("Flow saw money", "Flow saw more money")
+    result = transfer.import_file(engine, settings, write(tmp_path, "a.txt", edited))
+    assert result.outcome == "updated"
+    with Session(engine) as session:
+        assert "more money" in posts.get_post(session, 4242).body
+        assert len(posts.revisions(session, 4242)) == 1
+
+
+def test_new_posts_after_import_do_not_collide_with_imported_ids(tmp_path: Path, engine, settings: Settings) -> None:
+    from conftest import add_post
+
+    transfer.import_file(engine, settings, write(tmp_path, "a.txt", ESSAY))
+    post = add_post(engine, cycle=901, title="After the import")
+    assert post.id is not None and post.id > 4242
+
+
+def test_cli_import_reports_each_file_and_goes_on(tmp_path: Path, database_url: str) -> None:
+    bad = write(tmp_path, "bad.txt", "# Title\n\nno author line\n")
+    good = write(tmp_path, "good.txt", ESSAY)
+    env = {"WORKSHOP_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, "-m", "app.cli", "import", str(bad), str(good)],
+        env=env, cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert run.returncode == 1
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].startswith("refused") and "bad.txt" in lines[0] and "line 3" in lines[0]
+    assert lines[1].startswith("imported") and "post 4242" in lines[1]
+    again = subprocess.run(
+        [sys.executable, "-m", "app.cli", "import", str(good)],
+        env=env, cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert again.returncode == 0 and again.stdout.startswith("unchanged")
+
+
+def test_export_import_export_gives_identical_files(
+    tmp_path: Path, engine, settings: Settings, second_database_url: str
+) -> None:
+    from conftest import add_post, test_settings
+
+    from app import db
+
+    transfer.import_file(engine, settings, write(tmp_path, "a.txt", ESSAY))
+    transfer.import_file(engine, settings, DATA / "essay-minimal.txt")
+    add_post(engine, cycle=950, title="Déjà Vu: It’s the Same Rotation 🚀", tags=["NVDA", "rotation"],
+             debate={"outcome": "contested", "conviction": 0.125, "minds": [{"name": "Volatility", "confidence": 0.875}]})
+    add_post(engine, cycle=951, title="No Debate This Time", debate=None, tags=[], stories=[])
+    first = sorted(transfer.export_all(engine, settings, tmp_path / "first"))
+    assert len(first) == 4
+
+    # A second, empty database of the same kind receives the export.
+    other = test_settings(second_database_url)
+    other_engine = db.make_engine(other)
+    results = [transfer.import_file(other_engine, other, p) for p in first]
+    assert {r.outcome for r in results} == {"imported"}
+    second = sorted(transfer.export_all(other_engine, other, tmp_path / "second"))
+    assert [p.name for p in first] == [p.name for p in second]
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    other_engine.dispose()

@@ -1,0 +1,82 @@
+import pytest
+from htmlcheck import executable_parts, tags
+
+from app.render import excerpt, is_safe_url, render_markdown
+
+HOSTILE_BODIES = [
+    "<script>alert(1)</script>",
+    "<SCRIPT SRC=//evil.example/x.js></SCRIPT>",
+    '<img src=x onerror="alert(1)">',
+    "<iframe src=javascript:alert(1)></iframe>",
+    '<a href="javascript:alert(1)">x</a>',
+    "[click](javascript:alert(1))",
+    "[click](JAVASCRIPT:alert(1))",
+    "[click]( javascript:alert(1) )",
+    "[click](java&#x09;script:alert(1))",
+    "[click](&#106;avascript:alert(1))",
+    "[click](&#x6A;avascript:alert(1))",
+    "[click](javascript&colon;alert(1))",
+    "[click](vbscript:msgbox(1))",
+    "[click](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    "![img](data:image/svg+xml;base64,PHN2ZyBvbmxvYWQ9YWxlcnQoMSk+)",
+    "![img](javascript:alert(1))",
+    "[ref][1]\n\n[1]: javascript:alert(1)",
+    "<javascript:alert(1)>",
+    "<svg onload=alert(1)>",
+    '<div style="background:url(javascript:alert(1))">x</div>',
+    "[a](file:///etc/passwd)",
+    "`<script>alert(1)</script>`",
+    "```html\n<script>alert(1)</script>\n```",
+    "> <img src=x onerror=alert(1)>",
+    "| a | b |\n|---|---|\n| <script>x</script> | [y](javascript:z) |",
+    "x[^1]\n\n[^1]: <script>alert(1)</script> [z](javascript:alert(1))",
+    '<a href="https://ok.example" onclick="alert(1)">x</a>',
+    "<!-- <script>alert(1)</script> -->",
+    "<style>body{display:none}</style>",
+    "<math><mi xlink:href=\"javascript:alert(1)\">x</mi></math>",
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+def test_nothing_executable_survives(body: str) -> None:
+    html = render_markdown(body)
+    assert executable_parts(html) == [], html
+
+
+def test_commonmark_extensions() -> None:
+    html = render_markdown(
+        'A "quote" -- and ~~struck~~.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nNote[^n].\n\n[^n]: Footnote.'
+    )
+    found = set(tags(html))
+    assert {"table", "thead", "td", "s", "sup", "section"} <= found
+    assert "“quote”" in html and "–" in html
+
+
+def test_safe_links_are_kept() -> None:
+    html = render_markdown("[a](https://example.com/x?y=1) [b](/read/1/x) [c](#fn) [d](mailto:a@b.c)")
+    assert tags(html).count("a") == 4
+
+
+@pytest.mark.parametrize(
+    ("url", "safe"),
+    [
+        ("https://example.com", True),
+        ("/read/1/x", True),
+        ("relative/path", True),
+        ("#anchor", True),
+        ("javascript:alert(1)", False),
+        ("java\tscript:alert(1)", False),
+        (" JavaScript:alert(1)", False),
+        ("data:text/html,x", False),
+        ("vbscript:x", False),
+    ],
+)
+def test_url_policy(url: str, safe: bool) -> None:
+    assert is_safe_url(url) is safe
+
+
+def test_excerpt_skips_headings_and_markup() -> None:
+    text = "# Heading\n\nSome *emphasis* and `code`.\n\n" + "word " * 200
+    result = excerpt(text, limit=100)
+    assert result.startswith("Some emphasis and code.")
+    assert len(result) <= 101 and result.endswith("…")
