@@ -27,8 +27,14 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=int)
 def serve(host: str, port: int, workers: int) -> None:
     """Run the web server (upgrades an empty or old SQLite database first)."""
+    import os
+    import tempfile
+
     import uvicorn
 
+    # Metrics summed over every worker (prometheus_client multiprocess mode); set before the
+    # workers import the app.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="workshop-metrics-"))
     settings = _settings()
     if settings.is_sqlite:
         db.upgrade(settings)

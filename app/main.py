@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import problems
+from app.observability import RequestLogMiddleware, configure_logging, metrics_response
 from app.config import Settings
 from app.db import make_engine
 from app.routes import ops, reader
@@ -25,6 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(ops.router)
     app.include_router(reader.router)
+    app.add_route("/metrics", metrics_response, include_in_schema=False)
+    configure_logging(settings.log_json)
+    app.add_middleware(RequestLogMiddleware)  # outermost: sees every answer, cached or not
     app.mount("/static", StaticFiles(directory=str(files("app.static"))), name="static")
     return app
 

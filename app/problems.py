@@ -4,6 +4,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -43,6 +45,22 @@ def install(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem(422, "Invalid request", detail, errors=errors)
+
+    async def _database_unavailable(request: Request, exc: Exception) -> Response:
+        # The database is down, restarting or locked past busy_timeout: a retryable 503, never a
+        # 500. (Data errors never get here: inputs are validated before any SQL runs.)
+        headers = {"Retry-After": "5"}
+        detail = "the database is unavailable; retry shortly"
+        if wants_html(request):
+            from app.routes.reader import error_page
+
+            response = error_page(request, 503, "Temporarily unavailable", detail)
+            response.headers.update(headers)
+            return response
+        return problem(503, "Service unavailable", detail, headers=headers)
+
+    app.add_exception_handler(DBAPIError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _database_unavailable)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

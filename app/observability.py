@@ -1,0 +1,122 @@
+"""Request ids, one JSON log line per request, and Prometheus metrics.
+
+Metrics work with several uvicorn workers through prometheus_client's multiprocess mode: `workshop
+serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory, so /metrics on any worker reports
+the sum over all of them.
+"""
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter("workshop_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "workshop_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+POSTS_INGESTED = Counter("workshop_posts_ingested_total", "Essays created or changed", ["action"])
+AUTH_FAILURES = Counter("workshop_auth_failures_total", "Refused API authentications", ["reason"])
+CACHE_LOOKUPS = Counter("workshop_response_cache_total", "Response cache lookups", ["result"])
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_log = logging.getLogger("workshop.access")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        doc.update(getattr(record, "fields", {}))
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def configure_logging(as_json: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter("%(message)s %(fields)s"))
+    _log.handlers[:] = [handler]
+    _log.setLevel(logging.INFO)
+    _log.propagate = False
+
+
+class RequestLogMiddleware:
+    """Pure ASGI (no per-request Request objects): adds X-Request-ID, logs, counts and times."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - start
+            route = scope.get("route")
+            label = getattr(route, "path", None) or scope.get("workshop.route_label", "unmatched")
+            REQUESTS.labels(scope["method"], label, str(status)).inc()
+            LATENCY.labels(label).observe(duration)
+            _log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 2),
+                        "request_id": request_id,
+                    }
+                },
+            )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def metrics_response(_: Request) -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+    else:
+        body = generate_latest()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

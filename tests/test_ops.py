@@ -1,0 +1,58 @@
+"""Operator endpoints and observability: health, readiness, metrics, request ids, 503s."""
+
+import httpx
+from conftest import add_post
+
+
+def test_healthz_and_readyz(client) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_readyz_reports_pending_migrations(settings, engine, client) -> None:
+    from app import db
+
+    db.downgrade(settings, "base")
+    assert client.get("/readyz").status_code == 503
+    db.upgrade(settings)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_request_id_is_echoed_or_made(client) -> None:
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+    made = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers["x-request-id"]
+    assert made and " " not in made
+
+
+def test_metrics_in_prometheus_format(engine, client) -> None:
+    post = add_post(engine)
+    client.get(f"/read/{post.id}/{post.slug}")
+    body = client.get("/metrics").text
+    assert "# TYPE workshop_http_requests_total counter" in body
+    assert 'route="/read/{post_id}/{slug}"' in body
+
+
+def test_metrics_and_logs_from_a_real_server(engine, live_server) -> None:
+    import json
+
+    httpx.get(live_server.url + "/", headers={"X-Request-ID": "req-42"})
+    metrics = httpx.get(live_server.url + "/metrics")
+    assert metrics.status_code == 200 and "workshop_http_request_duration_seconds" in metrics.text
+    lines = [json.loads(line) for line in live_server.log.read_text().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == "req-42"]
+    assert mine and mine[0]["path"] == "/" and mine[0]["status"] == 200 and "duration_ms" in mine[0]
+
+
+def test_database_down_is_503_with_retry_after(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from conftest import test_settings
+
+    # A database that cannot be opened: the directory does not exist.
+    app = create_app(test_settings(f"sqlite:///{tmp_path}/missing/dir/x.db"))
+    with TestClient(app) as client:
+        api = client.get("/read/1/x")
+        assert api.status_code == 503 and api.headers["retry-after"] == "5"
+        page = client.get("/", headers={"accept": "text/html"})
+        assert page.status_code == 503 and "<html" in page.text
