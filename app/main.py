@@ -3,13 +3,13 @@
 from importlib.resources import files
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import GZipMiddleware
 
 from app import problems
 from app.config import Settings
 from app.db import make_engine
 from app.routes import ops, reader
-from app.templating import make_templates
+from app.templating import StaticAssets, make_templates
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,7 +25,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(ops.router)
     app.include_router(reader.router)
-    app.mount("/static", StaticFiles(directory=str(files("app.static"))), name="static")
+    app.add_middleware(GZipMiddleware, minimum_size=500)
+    app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
     return app
 
 
