@@ -64,8 +64,17 @@ def parse_query(raw: str) -> Query:
     return Query(words[:MAX_TERMS], shortened=len(words) > MAX_TERMS or len(raw) > 4000)
 
 
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)")
+_MD_SYNTAX = re.compile(r"[*`#>~]+|\[\^?|\]")
+_MD_RULES = re.compile(r"\||-{3,}|={3,}")
+_SPACE = re.compile(r"\s+")
+
+
 def _highlight(raw: str) -> Markup:
-    escaped = html.escape(raw, quote=False)
+    """Snippets come from the Markdown source: drop its syntax, escape, then add the marks."""
+    plain = _MD_SYNTAX.sub("", _MD_LINK.sub(r"\1", raw))
+    plain = _SPACE.sub(" ", _MD_RULES.sub(" ", plain)).strip()
+    escaped = html.escape(plain, quote=False)
     return Markup(escaped.replace(_OPEN, "<mark>").replace(_CLOSE, "</mark>"))
 
 
