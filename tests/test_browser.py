@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
-
 from conftest import IN_CI, LiveServer, add_post
+from sqlalchemy import Engine
 
 pytestmark = pytest.mark.browser
 
@@ -51,8 +50,14 @@ def browser() -> Iterator[Browser]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         yield browser
         browser.close()
@@ -67,31 +72,49 @@ def open_page(browser: Browser, width: str, url: str) -> Page:
 
 
 def no_horizontal_scroll(page: Page) -> bool:
-    return bool(page.evaluate(
-        "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
-    ))
+    return bool(
+        page.evaluate(
+            "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        )
+    )
 
 
 @pytest.fixture
 def site(engine: Engine, live_server: LiveServer) -> dict[str, str]:
-    add_post(engine, cycle=801, title="Rates Stay Put While Credit Wobbles",
-             published_at="2026-04-01T16:00:00Z", stories=[
-                 {"title": "Mega-Cap Tech Synchronized Decline", "status": "developing"}])
+    add_post(
+        engine,
+        cycle=801,
+        title="Rates Stay Put While Credit Wobbles",
+        published_at="2026-04-01T16:00:00Z",
+        stories=[{"title": "Mega-Cap Tech Synchronized Decline", "status": "developing"}],
+    )
     essay = add_post(
         engine,
         cycle=803,
         title="The Selloff Is Real, But It's Not a Regime Signal Yet",
         published_at="2026-04-03T17:51:27Z",
         body=RICH_BODY,
-        debate={"outcome": "unknown", "conviction": 0.37, "minds": [
-            {"name": "Macro", "confidence": 0.25}, {"name": "Flow", "confidence": 0.5},
-            {"name": "Contrarian", "confidence": 0.3}, {"name": "Volatility", "confidence": 0.65}]},
+        debate={
+            "outcome": "unknown",
+            "conviction": 0.37,
+            "minds": [
+                {"name": "Macro", "confidence": 0.25},
+                {"name": "Flow", "confidence": 0.5},
+                {"name": "Contrarian", "confidence": 0.3},
+                {"name": "Volatility", "confidence": 0.65},
+            ],
+        },
         tags=["TSLA", "META", "QQQ", "rotation"],
         stories=[{"title": "Mega-Cap Tech Synchronized Decline", "status": "accelerating"}],
     )
-    add_post(engine, cycle=805, title="No Debate Today", published_at="2026-04-04T16:00:00Z",
-             debate=None, stories=[
-                 {"title": "Mega-Cap Tech Synchronized Decline", "status": "partially reversing"}])
+    add_post(
+        engine,
+        cycle=805,
+        title="No Debate Today",
+        published_at="2026-04-04T16:00:00Z",
+        debate=None,
+        stories=[{"title": "Mega-Cap Tech Synchronized Decline", "status": "partially reversing"}],
+    )
     return {
         "home": live_server.url + "/",
         "essay": f"{live_server.url}/read/{essay.id}/{essay.slug}",
@@ -127,21 +150,36 @@ def test_dark_theme_follows_the_system(browser: Browser, site: dict[str, str]) -
     context.close()
 
 
-HOSTILE_TITLE = '</title><script>document.title="pwned";alert(1)</script><img src=x onerror=alert(2)>'
+HOSTILE_TITLE = (
+    '</title><script>document.title="pwned";alert(1)</script><img src=x onerror=alert(2)>'
+)
 HOSTILE_BODY = """<script>alert(3)</script>
 
-<img src=x onerror="alert(4)"> [click](javascript:alert(5)) [data](data:text/html,<script>alert(6)</script>)
+<img src=x onerror="alert(4)"> [click](javascript:alert(5))
+
+[data](data:text/html,<script>alert(6)</script>)
 
 <a href="javascript:alert(7)">raw</a> <svg onload=alert(8)>
 """
 
 
-def test_hostile_essay_runs_no_script(browser: Browser, engine: Engine, live_server: LiveServer) -> None:
-    post = add_post(engine, title=HOSTILE_TITLE, body=HOSTILE_BODY, tags=["<script>alert(9)</script>"],
-                    stories=[{"title": "\"><script>alert(10)</script>", "status": "<b>x</b>"}])
+def test_hostile_essay_runs_no_script(
+    browser: Browser, engine: Engine, live_server: LiveServer
+) -> None:
+    post = add_post(
+        engine,
+        title=HOSTILE_TITLE,
+        body=HOSTILE_BODY,
+        tags=["<script>alert(9)</script>"],
+        stories=[{"title": '"><script>alert(10)</script>', "status": "<b>x</b>"}],
+    )
     dialogs: list[str] = []
-    for url in (f"{live_server.url}/read/{post.id}/{post.slug}", f"{live_server.url}/",
-                f"{live_server.url}/search?q=script+alert", f"{live_server.url}/tags/script-alert-9-script"):
+    for url in (
+        f"{live_server.url}/read/{post.id}/{post.slug}",
+        f"{live_server.url}/",
+        f"{live_server.url}/search?q=script+alert",
+        f"{live_server.url}/tags/script-alert-9-script",
+    ):
         page = browser.new_page()
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(url)
@@ -151,7 +189,9 @@ def test_hostile_essay_runs_no_script(browser: Browser, engine: Engine, live_ser
             assert page.title() == f"{HOSTILE_TITLE} — Workshop"
             assert page.locator("h1").inner_text() == HOSTILE_TITLE
         for link in page.locator("a").all():
-            assert not (link.get_attribute("href") or "").lower().startswith(("javascript:", "data:"))
+            assert (
+                not (link.get_attribute("href") or "").lower().startswith(("javascript:", "data:"))
+            )
         page.close()
     assert dialogs == []
 

@@ -55,7 +55,11 @@ def test_essay_page_shows_everything(client: TestClient, engine: Engine) -> None
         cycle=901,
         title="Newer One",
         published_at="2026-04-06T10:00:00Z",
-        debate={"outcome": "consensus", "conviction": 0.8, "minds": [{"name": "Macro", "confidence": 0.9}]},
+        debate={
+            "outcome": "consensus",
+            "conviction": 0.8,
+            "minds": [{"name": "Macro", "confidence": 0.9}],
+        },
     )
     doc = page(client, f"/read/{post.id}/{post.slug}")
     assert texts(doc, "//main//h1") == ["Breadth Is Thinning Under a Calm Index"]
@@ -66,16 +70,22 @@ def test_essay_page_shows_everything(client: TestClient, engine: Engine) -> None
     panel = doc.xpath("//section[contains(@class,'debate')]")[0]
     assert texts(panel, ".//dd[contains(@class,'outcome')]") == ["split"]
     assert "42%" in texts(panel, ".//div[@class='conviction']")[0]
-    minds = [(m.xpath(".//*[@class='mind-name']")[0].text, m.xpath(".//*[@class='value']")[0].text)
-             for m in panel.xpath(".//li[contains(@class,'mind')]")]
+    minds = [
+        (m.xpath(".//*[@class='mind-name']")[0].text, m.xpath(".//*[@class='value']")[0].text)
+        for m in panel.xpath(".//li[contains(@class,'mind')]")
+    ]
     assert minds == [("Macro", "35%"), ("Flow", "60%"), ("Contrarian", "30%")]
     widths = panel.xpath(".//li[contains(@class,'mind')]//span[@class='bar']/span/@style")
     assert widths == ["width: 35.0%", "width: 60.0%", "width: 30.0%"]
     # tags, stories, previous / next
     assert hrefs(doc, "//ul[@class='tags']//a") == ["/tags/qqq", "/tags/breadth"]
     assert hrefs(doc, "//ul[@class='stories']//a") == ["/stories/narrow-leadership"]
-    assert hrefs(doc, "//nav[contains(@class,'neighbours')]//a[@rel='prev']") == [f"/read/{older.id}/{older.slug}"]
-    assert hrefs(doc, "//nav[contains(@class,'neighbours')]//a[@rel='next']") == [f"/read/{newer.id}/{newer.slug}"]
+    assert hrefs(doc, "//nav[contains(@class,'neighbours')]//a[@rel='prev']") == [
+        f"/read/{older.id}/{older.slug}"
+    ]
+    assert hrefs(doc, "//nav[contains(@class,'neighbours')]//a[@rel='next']") == [
+        f"/read/{newer.id}/{newer.slug}"
+    ]
     # landmarks and one h1
     assert doc.xpath("//header") and doc.xpath("//main") and doc.xpath("//footer")
     assert len(doc.xpath("//h1")) == 1
@@ -92,8 +102,10 @@ def test_new_and_absent_minds(client: TestClient, engine: Engine) -> None:
         },
     )
     doc = page(client, f"/read/{post.id}/{post.slug}")
-    rows = {texts(li, ".//*[@class='mind-name']")[0]: texts(li, ".//*[@class='value']")[0]
-            for li in doc.xpath("//li[contains(@class,'mind')]")}
+    rows = {
+        texts(li, ".//*[@class='mind-name']")[0]: texts(li, ".//*[@class='value']")[0]
+        for li in doc.xpath("//li[contains(@class,'mind')]")
+    }
     assert rows == {"Macro": "20%", "Vol": "70%", "Flow": "absent", "Contrarian": "absent"}
 
 
@@ -112,7 +124,13 @@ def test_head_canonical_sharing_and_feeds(client: TestClient, engine: Engine) ->
     assert doc.xpath("//meta[@property='og:url']/@content") == [url]
     assert doc.xpath("//meta[@property='og:type']/@content") == ["article"]
     assert doc.xpath("//meta[@name='twitter:card']/@content") == ["summary"]
-    feeds = dict(zip(doc.xpath("//link[@rel='alternate']/@type"), doc.xpath("//link[@rel='alternate']/@href"), strict=True))
+    feeds = dict(
+        zip(
+            doc.xpath("//link[@rel='alternate']/@type"),
+            doc.xpath("//link[@rel='alternate']/@href"),
+            strict=True,
+        )
+    )
     assert feeds == {
         "application/rss+xml": f"{SITE_URL}/feed.xml",
         "application/atom+xml": f"{SITE_URL}/atom.xml",
@@ -127,7 +145,9 @@ def test_head_canonical_sharing_and_feeds(client: TestClient, engine: Engine) ->
     assert "dateModified" in data
 
 
-@pytest.mark.parametrize("path", ["/", "/archive", "/search", "/tags/qqq", "/stories/narrow-leadership"])
+@pytest.mark.parametrize(
+    "path", ["/", "/archive", "/search", "/tags/qqq", "/stories/narrow-leadership"]
+)
 def test_every_page_has_canonical_and_feeds(client: TestClient, engine: Engine, path: str) -> None:
     add_post(engine)
     doc = page(client, path)
@@ -137,7 +157,9 @@ def test_every_page_has_canonical_and_feeds(client: TestClient, engine: Engine, 
 
 
 @pytest.mark.parametrize("kind", ["tags/qqq", "stories/narrow-leadership"])
-def test_tag_and_story_pages_link_their_feeds(client: TestClient, engine: Engine, kind: str) -> None:
+def test_tag_and_story_pages_link_their_feeds(
+    client: TestClient, engine: Engine, kind: str
+) -> None:
     add_post(engine)
     links = page(client, f"/{kind}").xpath("//link[@rel='alternate']/@href")
     for name in ("feed.xml", "atom.xml", "feed.json"):
@@ -152,8 +174,12 @@ HOSTILE_TITLES = [
 
 
 @pytest.mark.parametrize("title", HOSTILE_TITLES)
-def test_hostile_title_is_escaped_everywhere(client: TestClient, engine: Engine, title: str) -> None:
-    post = add_post(engine, title=title, tags=["<b>x</b>"], stories=[{"title": "<i>s</i>", "status": "<u>"}])
+def test_hostile_title_is_escaped_everywhere(
+    client: TestClient, engine: Engine, title: str
+) -> None:
+    post = add_post(
+        engine, title=title, tags=["<b>x</b>"], stories=[{"title": "<i>s</i>", "status": "<u>"}]
+    )
     response = client.get(f"/read/{post.id}/{post.slug}", headers=HTML)
     doc = lxml.html.fromstring(response.text)
     scripts = doc.xpath("//script")
@@ -185,9 +211,19 @@ def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
         response = client.get(path)
         assert (response.status_code, response.headers["location"]) == (301, canonical)
     assert client.get("/cycle/900").headers["location"] == canonical
-    for path in ("/read/999", "/read/999/x", "/read/abc", "/read/99999999999999/x", "/cycle/5",
-                 "/cycle/99999999999999999999", "/tags/none", "/stories/none", "/archive/2026/13",
-                 "/archive/x/y", "/nowhere"):
+    for path in (
+        "/read/999",
+        "/read/999/x",
+        "/read/abc",
+        "/read/99999999999999/x",
+        "/cycle/5",
+        "/cycle/99999999999999999999",
+        "/tags/none",
+        "/stories/none",
+        "/archive/2026/13",
+        "/archive/x/y",
+        "/nowhere",
+    ):
         doc = page(client, path, status=404)
         assert doc.xpath("//main//h1") and doc.xpath("//link[@rel='stylesheet']")
     with db.write_session(engine) as session:
@@ -197,7 +233,9 @@ def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
     assert page(client, "/").xpath("//ol[@class='entries']/li") == []
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "", "a" * 500, "MjAyNi0wMS0wMXwx", "%00", "bm90fGFuaWQ"])
+@pytest.mark.parametrize(
+    "cursor", ["garbage", "", "a" * 500, "MjAyNi0wMS0wMXwx", "%00", "bm90fGFuaWQ"]
+)
 def test_bad_cursor_is_a_clear_400(client: TestClient, engine: Engine, cursor: str) -> None:
     add_post(engine)
     for path in ("/", "/tags/qqq", "/stories/narrow-leadership"):
@@ -208,7 +246,7 @@ def test_bad_cursor_is_a_clear_400(client: TestClient, engine: Engine, cursor: s
     assert client.get("/", params={"before": "garbage"}, headers=HTML).status_code == 400
 
 
-# --- lists -----------------------------------------------------------------------------------------
+# --- lists ---------------------------------------------------------------------------------------
 
 
 def _walk(client: TestClient, start: str) -> tuple[list[str], list[lxml.html.HtmlElement]]:
@@ -227,7 +265,9 @@ def _walk(client: TestClient, start: str) -> tuple[list[str], list[lxml.html.Htm
 
 def test_home_paginates_by_key_both_ways(client: TestClient, engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]
     made = many(engine, 45)
-    newest_first = [p.title for p in sorted(made, key=lambda p: (p.published_at, p.id), reverse=True)]
+    newest_first = [
+        p.title for p in sorted(made, key=lambda p: (p.published_at, p.id), reverse=True)
+    ]
     titles, docs = _walk(client, "/")
     assert titles == newest_first and len(docs) == 3
     entry = docs[0].xpath("//li[@class='entry']")[0]
@@ -239,7 +279,10 @@ def test_home_paginates_by_key_both_ways(client: TestClient, engine: Engine, set
     back = hrefs(docs[2], "//link[@rel='prev']")[0]
     assert parse_qs(urlsplit(back).query).get("after")
     assert texts(page(client, back), "//ol[@class='entries']//h2") == newest_first[20:40]
-    assert hrefs(docs[1], "//link[@rel='prev']") == ["/"] or "after=" in hrefs(docs[1], "//link[@rel='prev']")[0]
+    assert (
+        hrefs(docs[1], "//link[@rel='prev']") == ["/"]
+        or "after=" in hrefs(docs[1], "//link[@rel='prev']")[0]
+    )
 
 
 def test_tag_and_story_lists(client: TestClient, engine: Engine) -> None:
@@ -248,7 +291,9 @@ def test_tag_and_story_lists(client: TestClient, engine: Engine) -> None:
     with db.write_session(engine) as session:
         posts.delete_post(session, made[0].id)  # type: ignore[arg-type]
     titles, _ = _walk(client, "/tags/qqq")
-    expected = [p.title for p in sorted(made[1:], key=lambda p: (p.published_at, p.id), reverse=True)]
+    expected = [
+        p.title for p in sorted(made[1:], key=lambda p: (p.published_at, p.id), reverse=True)
+    ]
     assert titles == expected
     doc = page(client, "/stories/long-story")
     assert texts(doc, "//main//h1") == ["Long Story"]
@@ -267,16 +312,22 @@ def test_archive_by_month_in_site_time(client: TestClient, engine: Engine) -> No
     doc = page(client, "/archive")
     assert texts(doc, "//section[@class='year']/h2") == ["2026", "2025"]
     assert hrefs(doc, "//ul[@class='months']//a") == [
-        "/archive/2026/04", "/archive/2026/03", "/archive/2026/02", "/archive/2025/12"]
+        "/archive/2026/04",
+        "/archive/2026/03",
+        "/archive/2026/02",
+        "/archive/2025/12",
+    ]
     assert texts(doc, "//p[@class='lede']") == ["4 essays, month by month."]
     april = page(client, "/archive/2026/04")
     assert texts(april, "//main//h1") == ["April 2026"]
     assert texts(april, "//ol[@class='compact']//a") == ["Late April"]
-    assert texts(page(client, "/archive/2026/02"), "//ol[@class='compact']//a") == ["Last of February"]
+    assert texts(page(client, "/archive/2026/02"), "//ol[@class='compact']//a") == [
+        "Last of February"
+    ]
     assert texts(page(client, "/archive/2026/01"), "//ol[@class='compact']//a") == []
 
 
-# --- HTTP ------------------------------------------------------------------------------------------
+# --- HTTP ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", ["/", "/archive", "/search?q=breadth", "/tags/qqq", "ESSAY"])
@@ -302,7 +353,9 @@ def test_gzip_and_static_cache_busting(client: TestClient, engine: Engine) -> No
     response = client.get("/", headers={"accept-encoding": "gzip"})
     assert response.headers["content-encoding"] == "gzip"
     assert "<html" in response.text  # httpx decoded it
-    assert "content-encoding" not in client.get("/", headers={"accept-encoding": "identity"}).headers
+    assert (
+        "content-encoding" not in client.get("/", headers={"accept-encoding": "identity"}).headers
+    )
     href = page(client, "/").xpath("//link[@rel='stylesheet']/@href")[0]
     assert "?v=" in href
     assert client.get(href).headers["cache-control"] == "public, max-age=31536000, immutable"

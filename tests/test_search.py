@@ -1,13 +1,13 @@
-"""Full-text search on SQLite FTS5 and PostgreSQL tsvector: ranking, snippets, sync, hostile input."""
+"""Full-text search (SQLite FTS5, PostgreSQL tsvector): ranking, snippets, sync, hostile input."""
 
 import lxml.html
 import pytest
+from conftest import add_post, sample_input
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from app import db, posts, search
-from conftest import add_post, sample_input
 
 HTML = {"accept": "text/html"}
 
@@ -16,7 +16,9 @@ def results(client: TestClient, q: str) -> tuple[list[str], lxml.html.HtmlElemen
     response = client.get("/search", params={"q": q}, headers=HTML)
     assert response.status_code == 200, response.text[:300]
     doc = lxml.html.fromstring(response.text)
-    return [" ".join(a.text_content().split()) for a in doc.xpath("//ol[@class='entries']//h3/a")], doc
+    return [
+        " ".join(a.text_content().split()) for a in doc.xpath("//ol[@class='entries']//h3/a")
+    ], doc
 
 
 def test_ranked_title_first_with_highlighted_snippet(client: TestClient, engine: Engine) -> None:
@@ -59,9 +61,29 @@ def test_snippet_escapes_the_body(client: TestClient, engine: Engine) -> None:
 
 
 HOSTILE = [
-    '"', '"unterminated', "a OR", "NOT", "AND AND", "NEAR(a b", "title:x", "*", "a*", "^x",
-    "'; DROP TABLE posts; --", "1) OR (1=1", "!!!", "&|!:*()<>", "\\", "%", "\u0000x",
-    "emoji 🚀 text", "x" * 10_000, "word " * 2_000, "-breadth", "{title}: x", "ÄÖÜ déjà",
+    '"',
+    '"unterminated',
+    "a OR",
+    "NOT",
+    "AND AND",
+    "NEAR(a b",
+    "title:x",
+    "*",
+    "a*",
+    "^x",
+    "'; DROP TABLE posts; --",
+    "1) OR (1=1",
+    "!!!",
+    "&|!:*()<>",
+    "\\",
+    "%",
+    "\u0000x",
+    "emoji 🚀 text",
+    "x" * 10_000,
+    "word " * 2_000,
+    "-breadth",
+    "{title}: x",
+    "ÄÖÜ déjà",
 ]
 
 
