@@ -66,7 +66,7 @@ def parse_query(raw: str) -> Query:
 
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)")
 _MD_SYNTAX = re.compile(r"[*`~]+|\[\^?|\]|(?m:^[ \t]*[#>]+)")
-_MD_RULES = re.compile(r"\||-{3,}|={3,}")
+_MD_RULES = re.compile(r"\||:?-{3,}:?|={3,}")
 _SPACE = re.compile(r"\s+")
 
 
