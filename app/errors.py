@@ -41,3 +41,13 @@ class PreconditionFailed(WorkshopError):
 class RevisionNotFound(WorkshopError):
     status = 404
     title = "Revision not found"
+
+
+class PageNotFound(WorkshopError):
+    status = 404
+    title = "Page not found"
+
+
+class BadCursor(WorkshopError):
+    status = 400
+    title = "Invalid page link"

@@ -3,14 +3,14 @@
 from importlib.resources import files
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import GZipMiddleware
 
 from app import problems
-from app.observability import RequestLogMiddleware, configure_logging, metrics_response
 from app.config import Settings
 from app.db import make_engine
+from app.observability import RequestLogMiddleware, configure_logging, metrics_response
 from app.routes import ops, reader
-from app.templating import make_templates
+from app.templating import StaticAssets, make_templates
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,9 +27,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(reader.router)
     app.add_route("/metrics", metrics_response, include_in_schema=False)
+    app.add_middleware(GZipMiddleware, minimum_size=500)
     configure_logging(settings.log_json)
     app.add_middleware(RequestLogMiddleware)  # outermost: sees every answer, cached or not
-    app.mount("/static", StaticFiles(directory=str(files("app.static"))), name="static")
+    app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
     return app
 
 

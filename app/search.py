@@ -5,6 +5,17 @@ generated tsvector column with a GIN index does. Both are created in the migrati
 create, edit and delete (from any worker) updates the index in the same transaction.
 """
 
+import html
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from markupsafe import Markup
+from sqlalchemy import text
+from sqlmodel import Session
+
+from app.models import STATUS_PUBLISHED
+
 SQLITE_FTS_TABLE = "posts_fts"
 PG_VECTOR_COLUMN = "search_vector"
 
@@ -13,3 +24,114 @@ def is_search_object(name: str | None, type_: str) -> bool:
     if name is None:
         return False
     return name.startswith(SQLITE_FTS_TABLE) or name in (PG_VECTOR_COLUMN, "ix_posts_search_vector")
+
+
+MAX_TERMS = 12
+MAX_TERM_LENGTH = 64
+# Private-use characters mark the highlights, so the snippet can be HTML-escaped as a whole
+# (the body is raw Markdown and may hold "<script>") before the marks become <mark> elements.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Query:
+    terms: list[str]
+    shortened: bool
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.terms)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    slug: str
+    title: str
+    published_at: datetime
+    cycle: int | None
+    snippet: Markup
+
+
+def parse_query(raw: str) -> Query:
+    """Reduce any input to plain words: FTS operators, quotes and SQL become harmless text.
+
+    Every word must match (AND); the search engines' own syntax is never exposed, so no input
+    can be a syntax error, and a 10 KB query is cut to its first MAX_TERMS words.
+    """
+    words = [w[:MAX_TERM_LENGTH] for w in _WORD.findall(raw[:4000]) if w.strip("_")]
+    return Query(words[:MAX_TERMS], shortened=len(words) > MAX_TERMS or len(raw) > 4000)
+
+
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)")
+_MD_SYNTAX = re.compile(r"[*`~]+|\[\^?|\]|(?m:^[ \t]*[#>]+)")
+_MD_RULES = re.compile(r"\||:?-{3,}:?|={3,}")
+_SPACE = re.compile(r"\s+")
+
+
+def _highlight(raw: str) -> Markup:
+    """Snippets come from the Markdown source: drop its syntax, escape, then add the marks."""
+    plain = _MD_SYNTAX.sub("", _MD_LINK.sub(r"\1", raw))
+    plain = _SPACE.sub(" ", _MD_RULES.sub(" ", plain)).strip()
+    escaped = html.escape(plain, quote=False)
+    return Markup(escaped.replace(_OPEN, "<mark>").replace(_CLOSE, "</mark>"))
+
+
+def _sqlite_match(terms: list[str]) -> str:
+    # Each word as an FTS5 string ("..." with quotes doubled): never an operator or column filter.
+    return " ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+_SQLITE_SEARCH = text(
+    f"""
+    SELECT p.id, p.slug, p.title, p.published_at, p.cycle,
+           snippet(posts_fts, 1, '{_OPEN}', '{_CLOSE}', '…', 32) AS snip
+    FROM posts_fts JOIN posts AS p ON p.id = posts_fts.rowid
+    WHERE posts_fts MATCH :match AND p.status = :published
+    ORDER BY bm25(posts_fts, 10.0, 1.0), p.published_at DESC
+    LIMIT :limit OFFSET :offset
+    """
+)
+
+# Rank in the inner query over the GIN index; build headlines only for the rows shown.
+_PG_SEARCH = text(
+    f"""
+    SELECT p.id, p.slug, p.title, p.published_at, p.cycle,
+           ts_headline('english', p.body, q.query,
+                       'StartSel={_OPEN}, StopSel={_CLOSE}, MaxWords=40, MinWords=15, '
+                       'MaxFragments=2, FragmentDelimiter=" … "') AS snip
+    FROM (
+        SELECT p.id, ts_rank_cd(p.search_vector, query) AS rank
+        FROM posts AS p, plainto_tsquery('english', :q) AS query
+        WHERE p.search_vector @@ query AND p.status = :published
+        ORDER BY rank DESC, p.published_at DESC
+        LIMIT :limit OFFSET :offset
+    ) AS ranked
+    JOIN posts AS p ON p.id = ranked.id, plainto_tsquery('english', :q) AS q(query)
+    ORDER BY ranked.rank DESC, p.published_at DESC
+    """
+)
+
+
+def search(session: Session, query: Query, limit: int, offset: int = 0) -> list[Hit]:
+    """Published essays matching every word, best first, with a highlighted body snippet."""
+    if not query.terms:
+        return []
+    params = {"published": STATUS_PUBLISHED, "limit": limit, "offset": offset}
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(_PG_SEARCH, {**params, "q": query.text}).all()
+    else:
+        match = _sqlite_match(query.terms)
+        rows = session.execute(_SQLITE_SEARCH, {**params, "match": match}).all()
+    return [
+        Hit(r.id, r.slug, r.title, _as_instant(r.published_at), r.cycle, _highlight(r.snip or ""))
+        for r in rows
+    ]
+
+
+def _as_instant(value: datetime | str) -> datetime:
+    # Raw SQL bypasses the UTCDateTime column type; SQLite hands back naive UTC text.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,35 +1,120 @@
-"""Jinja2 environment: autoescaped templates, site-wide globals and date filters."""
+"""Jinja2 environment (autoescaped, site-wide globals and filters) and cache-busted static files."""
 
 import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+from starlette.responses import Response
+from starlette.types import Scope
 
 from app import timefmt, urls
 from app.config import Settings
 
+IMMUTABLE = "public, max-age=31536000, immutable"
+STATIC_REVALIDATE = "public, max-age=300"
 
-def static_url_factory() -> "callable":  # type: ignore[valid-type]
-    root = Path(str(files("app.static")))
+# Characters that could end a <script> element or start an HTML comment inside JSON-LD;
+# JSON allows the \uXXXX forms anywhere in a string, so the data stays identical.
+_JSON_SCRIPT_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def _static_root() -> Path:
+    return Path(str(files("app.static")))
+
+
+def _templates_root() -> Path:
+    return Path(str(files("app.templates")))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def static_url_factory() -> Callable[[str], str]:
+    root = _static_root()
     cache: dict[str, str] = {}
 
     def static_url(name: str) -> str:
         # Cache-busting: the file's content hash in the query, so it can be cached for a year.
         if name not in cache:
-            digest = hashlib.sha256((root / name).read_bytes()).hexdigest()[:12]
-            cache[name] = f"/static/{name}?v={digest}"
+            cache[name] = f"/static/{name}?v={_digest(root / name)}"
         return cache[name]
 
     return static_url
 
 
+def build_fingerprint() -> str:
+    """A hash of every template and static file: part of page ETags, so a deploy that changes
+    the design (with the same content) never answers 304 with yesterday's page."""
+    h = hashlib.sha256()
+    for root in (_templates_root(), _static_root()):
+        for path in sorted(root.iterdir()):
+            if path.is_file() and path.suffix in {".html", ".xml", ".css", ".svg", ".js"}:
+                h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:10]
+
+
+class StaticAssets(StaticFiles):
+    """Static files: a year and `immutable` when the URL carries the file's current hash."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code in (200, 304):
+            query = scope.get("query_string", b"").decode("latin-1")
+            current = None
+            try:
+                current = _digest(Path(self.directory or "") / path)  # type: ignore[arg-type]
+            except OSError:
+                pass
+            fresh = current is not None and f"v={current}" in query.split("&")
+            response.headers["Cache-Control"] = IMMUTABLE if fresh else STATIC_REVALIDATE
+        return response
+
+
+def json_script(value: Any) -> Markup:
+    """JSON safe inside <script type="application/ld+json">, whatever the strings hold."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for char, escape in _JSON_SCRIPT_ESCAPES.items():
+        text = text.replace(char, escape)
+    return Markup(text)
+
+
 def make_templates(settings: Settings) -> Jinja2Templates:
-    templates = Jinja2Templates(directory=str(files("app.templates")))
+    templates = Jinja2Templates(directory=str(_templates_root()))
     env = templates.env
     env.autoescape = True
-    env.globals.update(settings=settings, static_url=static_url_factory(), urls=urls)
-    env.filters["cycle_line"] = lambda post: timefmt.cycle_line(post.cycle, post.published_at, settings.tz)
-    env.filters["long_date"] = lambda instant: timefmt.long_date(instant, settings.tz)
+    env.trim_blocks = True
+    env.lstrip_blocks = True
+    env.globals.update(
+        settings=settings,
+        static_url=static_url_factory(),
+        urls=urls,
+        build_fingerprint=build_fingerprint(),
+    )
+    tz = settings.tz
+
+    def cycle_line(post: Any) -> str:
+        return timefmt.cycle_line(post.cycle, post.published_at, tz)
+
+    def iso(instant: datetime) -> str:
+        return instant.astimezone(tz).isoformat(timespec="seconds")
+
+    env.filters["cycle_line"] = cycle_line
+    env.filters["long_date"] = lambda instant: timefmt.long_date(instant, tz)
     env.filters["percent"] = lambda value: f"{round(value * 100)}%"
+    env.filters["iso"] = iso
+    env.filters["json_script"] = json_script
     return templates

@@ -1,54 +1,214 @@
-"""Reader pages: thin handlers that call the post service and pick a template."""
+"""Reader pages: thin handlers that call the services and pick a template.
+
+Every page is a pure function of (path + query, content version), which is what makes the
+HTTP caching below honest: the ETag is derived from exactly those two things (plus the build),
+so answering If-None-Match costs one tiny query and no rendering, and a later response cache
+can key on the same values.
+"""
+
+import hashlib
+from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import posts
+from app import browse, posts, search
 from app.db import SessionDep
-from app.errors import PostGone
+from app.errors import PostGone, PostNotFound
 from app.urls import post_path
 
 router = APIRouter(include_in_schema=False)
 
+# Short for browsers, longer for a CDN, and a CDN may serve a stale copy while it revalidates.
+PAGE_CACHE_CONTROL = "public, max-age=60, s-maxage=300, stale-while-revalidate=600"
+MAX_SEARCH_PAGE = 50
 
-def render(request: Request, template: str, status_code: int = 200, **context: object) -> HTMLResponse:
+
+def render(
+    request: Request, template: str, status_code: int = 200, **context: object
+) -> HTMLResponse:
     return request.app.state.templates.TemplateResponse(
         request, template, context, status_code=status_code
     )
 
 
 def error_page(request: Request, status: int, title: str, detail: str) -> HTMLResponse:
-    return render(request, "error.html", status_code=status, status=status, title=title, detail=detail)
+    return render(
+        request, "error.html", status_code=status, status=status, title=title, detail=detail
+    )
+
+
+def page_etag(request: Request, version: int) -> str:
+    build = request.app.state.templates.env.globals["build_fingerprint"]
+    key = f"{request.url.path}?{request.url.query}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    # Weak: the gzip middleware may change the bytes, never the meaning.
+    return f'W/"{version}-{build}-{digest}"'
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    wanted = etag.removeprefix("W/")
+    return any(t.strip() in ("*", etag, wanted) or t.strip().removeprefix("W/") == wanted
+               for t in header.split(","))
+
+
+def cached(request: Request, session: SessionDep, build: Callable[[], Response]) -> Response:
+    """Answer 304 when the client holds this page at the current content version, else build it."""
+    etag = page_etag(request, posts.content_version(session))
+    headers = {"ETag": etag, "Cache-Control": PAGE_CACHE_CONTROL}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    response = build()
+    if response.status_code == 200:
+        response.headers.update(headers)
+    return response
+
+
+def _path_int(text: str, what: str, minimum: int = 1) -> int:
+    """Path numbers: anything that is not a plausible id is a 404 page, never a 422 or a 500."""
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise PostNotFound(f"no {what} {text[:40]!r}")
+    value = int(text)
+    if not minimum <= value <= browse.MAX_POST_ID:
+        raise PostNotFound(f"no {what} {value}")
+    return value
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, session: SessionDep) -> HTMLResponse:
-    settings = request.app.state.settings
-    newest = posts.list_published(session, settings.page_size)
-    return render(request, "index.html", views=posts.load_views(session, newest))
+def index(
+    request: Request, session: SessionDep, before: str | None = None, after: str | None = None
+) -> Response:
+    def build() -> Response:
+        page = browse.newest(session, request.app.state.settings.page_size, before, after)
+        return render(request, "index.html", page=page, base_path="/")
+
+    return cached(request, session, build)
+
+
+@router.get("/archive", response_class=HTMLResponse)
+def archive(request: Request, session: SessionDep) -> Response:
+    def build() -> Response:
+        months = browse.archive_months(session, request.app.state.settings.tz)
+        years: dict[int, list[browse.Month]] = {}
+        for month in months:
+            years.setdefault(month.year, []).append(month)
+        return render(request, "archive.html", years=years, total=sum(m.count for m in months))
+
+    return cached(request, session, build)
+
+
+@router.get("/archive/{year}/{month}", response_class=HTMLResponse)
+def archive_month(request: Request, session: SessionDep, year: str, month: str) -> Response:
+    def build() -> Response:
+        if not (len(year) == 4 and year.isdigit() and len(month) == 2 and month.isdigit()):
+            raise browse.PageNotFound("archive pages look like /archive/2026/04")
+        tz = request.app.state.settings.tz
+        entries = browse.month_entries(session, int(year), int(month), tz)
+        label = browse.Month(int(year), int(month), len(entries)).label
+        return render(request, "archive_month.html", entries=entries, label=label)
+
+    return cached(request, session, build)
+
+
+@router.get("/tags/{tag_slug}", response_class=HTMLResponse)
+def tag(
+    request: Request,
+    session: SessionDep,
+    tag_slug: str,
+    before: str | None = None,
+    after: str | None = None,
+) -> Response:
+    def build() -> Response:
+        found = browse.tag_by_slug(session, tag_slug)
+        size = request.app.state.settings.page_size
+        page = browse.tagged(session, found, size, before, after)
+        return render(request, "tag.html", tag=found, page=page, base_path=request.url.path)
+
+    return cached(request, session, build)
+
+
+@router.get("/stories/{story_slug}", response_class=HTMLResponse)
+def story(
+    request: Request,
+    session: SessionDep,
+    story_slug: str,
+    before: str | None = None,
+    after: str | None = None,
+) -> Response:
+    def build() -> Response:
+        found = browse.story_by_slug(session, story_slug)
+        size = request.app.state.settings.page_size
+        page = browse.story_timeline(session, found, size, before, after)
+        return render(request, "story.html", story=found, page=page, base_path=request.url.path)
+
+    return cached(request, session, build)
+
+
+@router.get("/search", response_class=HTMLResponse)
+def search_page(request: Request, session: SessionDep, q: str = "", page: str = "1") -> Response:
+    def build() -> Response:
+        number = int(page) if page.isascii() and page.isdigit() and len(page) < 4 else 1
+        number = min(max(number, 1), MAX_SEARCH_PAGE)
+        query = search.parse_query(q)
+        size = request.app.state.settings.page_size
+        hits = search.search(session, query, size + 1, (number - 1) * size)
+        return render(
+            request,
+            "search.html",
+            q=q[:200],
+            query=query,
+            hits=hits[:size],
+            number=number,
+            more=len(hits) > size and number < MAX_SEARCH_PAGE,
+        )
+
+    return cached(request, session, build)
 
 
 @router.get("/read/{post_id}", response_class=RedirectResponse)
 @router.get("/read/{post_id}/", response_class=RedirectResponse)
-def read_without_slug(post_id: int, session: SessionDep) -> Response:
-    return _redirect_to(posts.get_post(session, post_id))
+def read_without_slug(post_id: str, session: SessionDep) -> Response:
+    return _redirect_to(posts.get_post(session, _path_int(post_id, "essay")))
 
 
 @router.get("/read/{post_id}/{slug}", response_class=HTMLResponse)
-def read(request: Request, post_id: int, slug: str, session: SessionDep) -> Response:
-    post = posts.get_post(session, post_id, include_deleted=True)
-    if post.status == posts.STATUS_DELETED:
-        raise PostGone(f"essay {post_id} was withdrawn")
-    if slug != post.slug:
-        return _redirect_to(post)
-    view = posts.load_views(session, [post])[0]
-    older, newer = posts.neighbours(session, post)
-    return render(request, "post.html", view=view, post=post, older=older, newer=newer)
+def read(request: Request, post_id: str, slug: str, session: SessionDep) -> Response:
+    number = _path_int(post_id, "essay")
+
+    def build() -> Response:
+        post = posts.get_post(session, number, include_deleted=True)
+        if post.status == posts.STATUS_DELETED:
+            raise PostGone(f"essay {number} was withdrawn")
+        if slug != post.slug:
+            return _redirect_to(post)
+        older, newer = posts.neighbours(session, post)
+        views = posts.load_views(session, [p for p in (post, older, newer) if p is not None])
+        view = views[0]
+        present = {m.name for m in view.minds}
+        # A mind that took part in the neighbouring debates but not in this one is "absent".
+        absent = list(
+            dict.fromkeys(m.name for v in views[1:] for m in v.minds if m.name not in present)
+        )
+        return render(
+            request,
+            "post.html",
+            view=view,
+            post=post,
+            older=older,
+            newer=newer,
+            absent=absent if post.debate_outcome is not None else [],
+            canonical_path=post_path(post),
+        )
+
+    return cached(request, session, build)
 
 
 @router.get("/cycle/{cycle}")
-def cycle(cycle: int, session: SessionDep) -> Response:
-    post = posts.get_post(session, posts.post_id_for_cycle(session, cycle))
+def cycle(cycle: str, session: SessionDep) -> Response:
+    number = _path_int(cycle, "cycle", minimum=0)
+    post = posts.get_post(session, posts.post_id_for_cycle(session, number))
     return _redirect_to(post, status=302)
 
 

@@ -1,0 +1,253 @@
+"""Browsing queries for the reader site: pages of essays by key, the archive, tags and stories.
+
+Lists select only the columns a list shows (never the body), and page by key
+(published_at, id) so page 500 costs what page 1 costs, whatever the number of essays.
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Select, func, literal, select, union_all
+from sqlmodel import Session
+
+from app.errors import BadCursor, PageNotFound
+from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
+
+# The columns a list entry shows; the body and its HTML stay in the database.
+ENTRY_COLUMNS = (
+    Post.id,
+    Post.slug,
+    Post.title,
+    Post.published_at,
+    Post.cycle,
+    Post.debate_outcome,
+    Post.debate_conviction,
+    Post.excerpt,
+)
+ARCHIVE_COLUMNS = (Post.id, Post.slug, Post.title, Post.published_at, Post.cycle)
+MAX_POST_ID = 2**31 - 1  # ids and cycles are 32-bit integers in the schema
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One essay in a list. `status` is the story's status word at that essay, on story pages."""
+
+    id: int
+    slug: str
+    title: str
+    published_at: datetime
+    cycle: int | None
+    outcome: str | None = None
+    conviction: float | None = None
+    excerpt: str = ""
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[Entry]
+    newer: str | None  # cursor for ?after=, None on the first page
+    older: str | None  # cursor for ?before=, None on the last page
+    first: bool  # True when there is nothing newer (link to the list's own first page)
+
+
+@dataclass(frozen=True)
+class Month:
+    year: int
+    month: int
+    count: int
+
+    @property
+    def label(self) -> str:
+        return datetime(self.year, self.month, 1).strftime("%B %Y")
+
+
+# --- cursors --------------------------------------------------------------------------------------
+
+
+def encode_cursor(entry: Entry) -> str:
+    raw = f"{entry.published_at.astimezone(UTC).isoformat()}|{entry.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[datetime, int]:
+    """Opaque ?before= / ?after= values; anything we did not write is a clear 400."""
+    try:
+        if len(token) > 100:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        at_text, id_text = raw.split("|")
+        at = datetime.fromisoformat(at_text)
+        post_id = int(id_text)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor("the page link is not valid; start from the first page") from None
+    if at.tzinfo is None or not 0 < post_id <= MAX_POST_ID:
+        raise BadCursor("the page link is not valid; start from the first page")
+    return at, post_id
+
+
+# --- keyset pages ---------------------------------------------------------------------------------
+
+
+def _page(
+    session: Session,
+    query: Select[Any],
+    at_col: Any,
+    id_col: Any,
+    limit: int,
+    before: str | None,
+    after: str | None,
+    make: Any,
+) -> Page:
+    """Run `query` as one newest-first page; fetch limit+1 rows to learn if more exist."""
+    if after is not None:
+        at, pid = decode_cursor(after)
+        rows = session.execute(
+            query.where((at_col > at) | ((at_col == at) & (id_col > pid)))
+            .order_by(at_col.asc(), id_col.asc())
+            .limit(limit + 1)
+        ).all()
+        more_newer = len(rows) > limit
+        entries = [make(r) for r in rows[:limit]][::-1]
+        more_older = True
+    else:
+        if before is not None:
+            at, pid = decode_cursor(before)
+            query = query.where((at_col < at) | ((at_col == at) & (id_col < pid)))
+        rows = session.execute(query.order_by(at_col.desc(), id_col.desc()).limit(limit + 1)).all()
+        entries = [make(r) for r in rows[:limit]]
+        more_older = len(rows) > limit
+        more_newer = before is not None
+    if not entries:
+        return Page([], None, None, first=not more_newer)
+    return Page(
+        entries,
+        newer=encode_cursor(entries[0]) if more_newer else None,
+        older=encode_cursor(entries[-1]) if more_older else None,
+        first=not more_newer,
+    )
+
+
+def _entry(row: Any) -> Entry:
+    return Entry(*row)
+
+
+_published = Post.status == STATUS_PUBLISHED
+
+
+def newest(
+    session: Session, limit: int, before: str | None = None, after: str | None = None
+) -> Page:
+    query = select(*ENTRY_COLUMNS).where(_published)
+    return _page(session, query, Post.published_at, Post.id, limit, before, after, _entry)
+
+
+def tag_by_slug(session: Session, slug: str) -> Tag:
+    tag = session.execute(select(Tag).where(Tag.slug == slug)).scalars().first()  # type: ignore[arg-type]
+    if tag is None:
+        raise PageNotFound(f"no tag {slug!r}")
+    return tag
+
+
+def tagged(
+    session: Session, tag: Tag, limit: int, before: str | None = None, after: str | None = None
+) -> Page:
+    """A tag's essays newest first, walking the (tag_id, published_at, post_id) index."""
+    query = (
+        select(*ENTRY_COLUMNS)
+        .select_from(PostTag)
+        .join(Post, Post.id == PostTag.post_id)  # type: ignore[arg-type]
+        .where(PostTag.tag_id == tag.id, _published)  # type: ignore[arg-type]
+    )
+    return _page(
+        session, query, PostTag.published_at, PostTag.post_id, limit, before, after, _entry
+    )
+
+
+def story_by_slug(session: Session, slug: str) -> Story:
+    story = session.execute(select(Story).where(Story.slug == slug)).scalars().first()  # type: ignore[arg-type]
+    if story is None:
+        raise PageNotFound(f"no story {slug!r}")
+    return story
+
+
+def story_timeline(
+    session: Session, story: Story, limit: int, before: str | None = None, after: str | None = None
+) -> Page:
+    """The story's status at each essay that followed it, newest first."""
+    query = (
+        select(*ENTRY_COLUMNS, PostStory.status)
+        .select_from(PostStory)
+        .join(Post, Post.id == PostStory.post_id)  # type: ignore[arg-type]
+        .where(PostStory.story_id == story.id, _published)  # type: ignore[arg-type]
+    )
+    return _page(
+        session, query, PostStory.published_at, PostStory.post_id, limit, before, after, _entry
+    )
+
+
+# --- archive --------------------------------------------------------------------------------------
+
+
+def _month_start(year: int, month: int, tz: ZoneInfo) -> datetime:
+    """The UTC instant at which a month begins in the site's timezone."""
+    return datetime(year, month, 1, tzinfo=tz).astimezone(UTC)
+
+
+def _next_month(year: int, month: int) -> tuple[int, int]:
+    return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def archive_months(session: Session, tz: ZoneInfo) -> list[Month]:
+    """Months (in site time) that have essays, newest first, with their counts.
+
+    Month boundaries are computed here with zoneinfo (exact across DST on every database), and
+    each month is an index range count over (status, published_at): one statement, no bodies,
+    no row per essay sent back, so it stays cheap at 100,000 essays.
+    """
+    low, high = session.execute(
+        select(func.min(Post.published_at), func.max(Post.published_at)).where(_published)
+    ).one()
+    if low is None:
+        return []
+    first, last = low.astimezone(tz), high.astimezone(tz)
+    months: list[tuple[int, int]] = []
+    year, month = first.year, first.month
+    while (year, month) <= (last.year, last.month):
+        months.append((year, month))
+        year, month = _next_month(year, month)
+    counts: dict[tuple[int, int], int] = {}
+    for chunk_start in range(0, len(months), 300):  # SQLite caps compound selects at 500 terms
+        chunk = months[chunk_start : chunk_start + 300]
+        parts = [
+            select(literal(y * 100 + m).label("ym"), func.count().label("n")).where(
+                _published,
+                Post.published_at >= _month_start(y, m, tz),  # type: ignore[operator]
+                Post.published_at < _month_start(*_next_month(y, m), tz),  # type: ignore[operator]
+            )
+            for y, m in chunk
+        ]
+        statement = union_all(*parts) if len(parts) > 1 else parts[0]
+        for ym, n in session.execute(statement):
+            counts[divmod(int(ym), 100)] = int(n)
+    return [Month(y, m, counts[(y, m)]) for y, m in reversed(months) if counts.get((y, m))]
+
+
+def month_entries(session: Session, year: int, month: int, tz: ZoneInfo) -> list[Entry]:
+    """Every essay of one month (site time), oldest first; only the columns the list shows."""
+    if not (1 <= month <= 12 and 1970 <= year <= 9998):
+        raise PageNotFound(f"no archive for {year}-{month:02d}")
+    rows = session.execute(
+        select(*ARCHIVE_COLUMNS)
+        .where(
+            _published,
+            Post.published_at >= _month_start(year, month, tz),  # type: ignore[operator]
+            Post.published_at < _month_start(*_next_month(year, month), tz),  # type: ignore[operator]
+        )
+        .order_by(Post.published_at.asc(), Post.id.asc())  # type: ignore[attr-defined, union-attr]
+    ).all()
+    return [Entry(*row) for row in rows]

@@ -1,0 +1,213 @@
+"""The reader site in Debian's headless Chromium (Playwright) against a real `workshop serve`."""
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI, LiveServer, add_post
+from sqlalchemy import Engine
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+WIDTHS = {"phone": (390, 844), "desktop": (1280, 900)}
+
+if not (os.path.exists(CHROMIUM) and shutil.which(CHROMIUM)):
+    if IN_CI:
+        raise RuntimeError(f"{CHROMIUM} is required under CI=true")
+    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+
+RICH_BODY = """I need to be direct: the *breadth* of this move matters more than its size.
+
+> Flow: the outflows are real, and they are concentrated in the largest names.
+
+| Ticker | Move | Volume vs 20d | Note |
+|---|---:|---:|---|
+| QQQ | -2.4% | 1.8x | broadest decline since the winter |
+| TSLA | -5.1% | 2.6x | led the tape lower all session long |
+
+A very long link: https://example.com/a/really/long/path/that/keeps/going/and/going/without/any/break/at/all/whatsoever
+
+Supercalifragilisticexpialidocioussupercalifragilisticexpialidocious words must wrap too.
+
+```
+def conviction(minds): return sum(m.confidence for m in minds) / len(minds)  # a long line of code
+```
+
+Contrarian disagreed, as usual.[^1]
+
+[^1]: Contrarian has disagreed in most cycles this month.
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def open_page(browser: Browser, width: str, url: str) -> Page:
+    w, h = WIDTHS[width]
+    page = browser.new_page(viewport={"width": w, "height": h})
+    response = page.goto(url)
+    assert response is not None and response.status == 200, url
+    return page
+
+
+def no_horizontal_scroll(page: Page) -> bool:
+    return bool(
+        page.evaluate(
+            "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        )
+    )
+
+
+@pytest.fixture
+def site(engine: Engine, live_server: LiveServer) -> dict[str, str]:
+    add_post(
+        engine,
+        cycle=801,
+        title="Rates Stay Put While Credit Wobbles",
+        published_at="2026-04-01T16:00:00Z",
+        stories=[{"title": "Mega-Cap Tech Synchronized Decline", "status": "developing"}],
+    )
+    essay = add_post(
+        engine,
+        cycle=803,
+        title="The Selloff Is Real, But It's Not a Regime Signal Yet",
+        published_at="2026-04-03T17:51:27Z",
+        body=RICH_BODY,
+        debate={
+            "outcome": "unknown",
+            "conviction": 0.37,
+            "minds": [
+                {"name": "Macro", "confidence": 0.25},
+                {"name": "Flow", "confidence": 0.5},
+                {"name": "Contrarian", "confidence": 0.3},
+                {"name": "Volatility", "confidence": 0.65},
+            ],
+        },
+        tags=["TSLA", "META", "QQQ", "rotation"],
+        stories=[{"title": "Mega-Cap Tech Synchronized Decline", "status": "accelerating"}],
+    )
+    add_post(
+        engine,
+        cycle=805,
+        title="No Debate Today",
+        published_at="2026-04-04T16:00:00Z",
+        debate=None,
+        stories=[{"title": "Mega-Cap Tech Synchronized Decline", "status": "partially reversing"}],
+    )
+    return {
+        "home": live_server.url + "/",
+        "essay": f"{live_server.url}/read/{essay.id}/{essay.slug}",
+        "story": live_server.url + "/stories/mega-cap-tech-synchronized-decline",
+        "search": live_server.url + "/search?q=breadth",
+    }
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_pages_fit_and_screenshots(browser: Browser, site: dict[str, str], width: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for name, url in site.items():
+        page = open_page(browser, width, url)
+        assert no_horizontal_scroll(page), f"{name} scrolls sideways at {width}"
+        page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+        if name == "essay":
+            panel = page.locator("section.debate")
+            assert panel.is_visible()
+            assert panel.locator("li.mind").count() == 4
+            assert panel.locator("li.mind").nth(3).inner_text().split()[0] == "Volatility"
+            bar = panel.locator("li.mind .bar > span").first.bounding_box()
+            assert bar is not None and bar["width"] > 0
+        page.close()
+
+
+def test_dark_theme_follows_the_system(browser: Browser, site: dict[str, str]) -> None:
+    context = browser.new_context(color_scheme="dark", viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.goto(site["essay"])
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(21, 20, 18)"
+    page.screenshot(path=str(SHOTS / "essay-phone-dark.png"), full_page=True)
+    context.close()
+
+
+HOSTILE_TITLE = (
+    '</title><script>document.title="pwned";alert(1)</script><img src=x onerror=alert(2)>'
+)
+HOSTILE_BODY = """<script>alert(3)</script>
+
+<img src=x onerror="alert(4)"> [click](javascript:alert(5))
+
+[data](data:text/html,<script>alert(6)</script>)
+
+<a href="javascript:alert(7)">raw</a> <svg onload=alert(8)>
+"""
+
+
+def test_hostile_essay_runs_no_script(
+    browser: Browser, engine: Engine, live_server: LiveServer
+) -> None:
+    post = add_post(
+        engine,
+        title=HOSTILE_TITLE,
+        body=HOSTILE_BODY,
+        tags=["<script>alert(9)</script>"],
+        stories=[{"title": '"><script>alert(10)</script>', "status": "<b>x</b>"}],
+    )
+    dialogs: list[str] = []
+    for url in (
+        f"{live_server.url}/read/{post.id}/{post.slug}",
+        f"{live_server.url}/",
+        f"{live_server.url}/search?q=script+alert",
+        f"{live_server.url}/tags/script-alert-9-script",
+    ):
+        page = browser.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.wait_for_load_state("load")
+        assert page.title() != "pwned"
+        if "/read/" in url:
+            assert page.title() == f"{HOSTILE_TITLE} — Workshop"
+            assert page.locator("h1").inner_text() == HOSTILE_TITLE
+        for link in page.locator("a").all():
+            assert (
+                not (link.get_attribute("href") or "").lower().startswith(("javascript:", "data:"))
+            )
+        page.close()
+    assert dialogs == []
+
+
+def test_keyboard_reaches_every_link(browser: Browser, site: dict[str, str]) -> None:
+    page = open_page(browser, "desktop", site["essay"])
+    links = page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+    reached: list[str] = []
+    for _ in range(len(links) + 5):
+        page.keyboard.press("Tab")
+        info = page.evaluate(
+            "(() => { const a = document.activeElement; if (!a || a.tagName !== 'A') return null;"
+            " const s = getComputedStyle(a); return [a.href, s.outlineStyle, s.outlineWidth]; })()"
+        )
+        if info:
+            reached.append(info[0])
+            assert info[1] != "none" and info[2] != "0px", f"no visible focus on {info[0]}"
+    assert set(links) <= set(reached)
+    page.close()

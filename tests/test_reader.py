@@ -1,0 +1,364 @@
+"""Reader pages through the real app on a real database: content, head, links, HTTP caching."""
+
+import json
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import lxml.html
+import pytest
+from conftest import SITE_URL, add_post
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from app import db, posts
+
+HTML = {"accept": "text/html"}
+
+
+def page(client: TestClient, path: str, status: int = 200) -> lxml.html.HtmlElement:
+    response = client.get(path, headers=HTML)
+    assert response.status_code == status, (path, response.text[:500])
+    assert response.headers["content-type"].startswith("text/html")
+    return lxml.html.fromstring(response.text)
+
+
+def texts(doc: lxml.html.HtmlElement, xpath: str) -> list[str]:
+    return [" ".join(el.text_content().split()) for el in doc.xpath(xpath)]
+
+
+def hrefs(doc: lxml.html.HtmlElement, xpath: str) -> list[str]:
+    return [str(h) for h in doc.xpath(xpath + "/@href")]
+
+
+def many(engine: Engine, count: int) -> list[posts.Post]:
+    return [
+        add_post(
+            engine,
+            title=f"Essay number {i}",
+            cycle=1000 + i,
+            published_at=f"2026-03-{1 + i % 28:02d}T{10 + i // 28:02d}:00:00Z",
+            tags=["QQQ"],
+            stories=[{"title": "Long Story", "status": f"step {i}"}],
+        )
+        for i in range(count)
+    ]
+
+
+# --- the essay page -------------------------------------------------------------------------------
+
+
+def test_essay_page_shows_everything(client: TestClient, engine: Engine) -> None:
+    older = add_post(engine, cycle=899, title="Older One", published_at="2026-04-04T10:00:00Z")
+    post = add_post(engine)
+    newer = add_post(
+        engine,
+        cycle=901,
+        title="Newer One",
+        published_at="2026-04-06T10:00:00Z",
+        debate={
+            "outcome": "consensus",
+            "conviction": 0.8,
+            "minds": [{"name": "Macro", "confidence": 0.9}],
+        },
+    )
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    assert texts(doc, "//main//h1") == ["Breadth Is Thinning Under a Calm Index"]
+    assert texts(doc, "//*[@class='cycle-line']") == ["Cycle 900 | April 5, 2026 — 8:04 AM"]
+    assert "Workshop" in texts(doc, "//*[@class='byline']")[0]
+    assert doc.xpath("//div[contains(@class,'prose')]//em/text()") == ["breadth"]
+    # debate panel: outcome, conviction, each mind with a labelled bar
+    panel = doc.xpath("//section[contains(@class,'debate')]")[0]
+    assert texts(panel, ".//dd[contains(@class,'outcome')]") == ["split"]
+    assert "42%" in texts(panel, ".//div[@class='conviction']")[0]
+    minds = [
+        (m.xpath(".//*[@class='mind-name']")[0].text, m.xpath(".//*[@class='value']")[0].text)
+        for m in panel.xpath(".//li[contains(@class,'mind')]")
+    ]
+    assert minds == [("Macro", "35%"), ("Flow", "60%"), ("Contrarian", "30%")]
+    widths = panel.xpath(".//li[contains(@class,'mind')]//span[@class='bar']/span/@style")
+    assert widths == ["width: 35.0%", "width: 60.0%", "width: 30.0%"]
+    # tags, stories, previous / next
+    assert hrefs(doc, "//ul[@class='tags']//a") == ["/tags/qqq", "/tags/breadth"]
+    assert hrefs(doc, "//ul[@class='stories']//a") == ["/stories/narrow-leadership"]
+    assert hrefs(doc, "//nav[contains(@class,'neighbours')]//a[@rel='prev']") == [
+        f"/read/{older.id}/{older.slug}"
+    ]
+    assert hrefs(doc, "//nav[contains(@class,'neighbours')]//a[@rel='next']") == [
+        f"/read/{newer.id}/{newer.slug}"
+    ]
+    # landmarks and one h1
+    assert doc.xpath("//header") and doc.xpath("//main") and doc.xpath("//footer")
+    assert len(doc.xpath("//h1")) == 1
+
+
+def test_new_and_absent_minds(client: TestClient, engine: Engine) -> None:
+    add_post(engine, cycle=899, published_at="2026-04-04T10:00:00Z", title="Before")
+    post = add_post(
+        engine,
+        debate={
+            "outcome": "contested",
+            "conviction": 0.5,
+            "minds": [{"name": "Macro", "confidence": 0.2}, {"name": "Vol", "confidence": 0.7}],
+        },
+    )
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    rows = {
+        texts(li, ".//*[@class='mind-name']")[0]: texts(li, ".//*[@class='value']")[0]
+        for li in doc.xpath("//li[contains(@class,'mind')]")
+    }
+    assert rows == {"Macro": "20%", "Vol": "70%", "Flow": "absent", "Contrarian": "absent"}
+
+
+def test_post_without_debate(client: TestClient, engine: Engine) -> None:
+    post = add_post(engine, debate=None, tags=[], stories=[])
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    assert not doc.xpath("//section[contains(@class,'debate')]")
+    assert texts(doc, "//*[contains(@class,'no-debate')]") == ["No debate recorded for this essay."]
+
+
+def test_head_canonical_sharing_and_feeds(client: TestClient, engine: Engine) -> None:
+    post = add_post(engine)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    url = f"{SITE_URL}/read/{post.id}/{post.slug}"
+    assert doc.xpath("//link[@rel='canonical']/@href") == [url]
+    assert doc.xpath("//meta[@property='og:url']/@content") == [url]
+    assert doc.xpath("//meta[@property='og:type']/@content") == ["article"]
+    assert doc.xpath("//meta[@name='twitter:card']/@content") == ["summary"]
+    feeds = dict(
+        zip(
+            doc.xpath("//link[@rel='alternate']/@type"),
+            doc.xpath("//link[@rel='alternate']/@href"),
+            strict=True,
+        )
+    )
+    assert feeds == {
+        "application/rss+xml": f"{SITE_URL}/feed.xml",
+        "application/atom+xml": f"{SITE_URL}/atom.xml",
+        "application/feed+json": f"{SITE_URL}/feed.json",
+    }
+    data = json.loads(doc.xpath("//script[@type='application/ld+json']/text()")[0])
+    assert data["@type"] == "BlogPosting"
+    assert data["headline"] == post.title
+    assert data["url"] == url and data["mainEntityOfPage"]["@id"] == url
+    assert data["author"]["name"] == "Workshop"
+    assert data["datePublished"].startswith("2026-04-05T08:04:00")
+    assert "dateModified" in data
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/archive", "/search", "/tags/qqq", "/stories/narrow-leadership"]
+)
+def test_every_page_has_canonical_and_feeds(client: TestClient, engine: Engine, path: str) -> None:
+    add_post(engine)
+    doc = page(client, path)
+    assert doc.xpath("//link[@rel='canonical']/@href") == [SITE_URL + path]
+    assert doc.xpath("//meta[@property='og:title']/@content")
+    assert f"{SITE_URL}/feed.xml" in doc.xpath("//link[@rel='alternate']/@href")
+
+
+@pytest.mark.parametrize("kind", ["tags/qqq", "stories/narrow-leadership"])
+def test_tag_and_story_pages_link_their_feeds(
+    client: TestClient, engine: Engine, kind: str
+) -> None:
+    add_post(engine)
+    links = page(client, f"/{kind}").xpath("//link[@rel='alternate']/@href")
+    for name in ("feed.xml", "atom.xml", "feed.json"):
+        assert f"{SITE_URL}/{kind}/{name}" in links
+
+
+HOSTILE_TITLES = [
+    "</script><script>alert(1)</script>",
+    "<!-- <script> & \u2028 \"quoted\" 'single'",
+    "<img src=x onerror=alert(1)>",
+]
+
+
+@pytest.mark.parametrize("title", HOSTILE_TITLES)
+def test_hostile_title_is_escaped_everywhere(
+    client: TestClient, engine: Engine, title: str
+) -> None:
+    post = add_post(
+        engine, title=title, tags=["<b>x</b>"], stories=[{"title": "<i>s</i>", "status": "<u>"}]
+    )
+    response = client.get(f"/read/{post.id}/{post.slug}", headers=HTML)
+    doc = lxml.html.fromstring(response.text)
+    scripts = doc.xpath("//script")
+    assert len(scripts) == 1 and scripts[0].get("type") == "application/ld+json"
+    raw = re.search(r'<script type="application/ld\+json">(.*?)</script>', response.text, re.S)
+    assert raw and "<" not in raw.group(1) and ">" not in raw.group(1)
+    assert json.loads(raw.group(1))["headline"] == title
+    assert not doc.xpath("//img") and not doc.xpath("//*[@onerror]")
+    assert texts(doc, "//main//h1") == [" ".join(title.split())]
+    assert doc.xpath("//meta[@property='og:title']/@content")[0].startswith(title)
+
+
+def test_hostile_body_runs_nothing(client: TestClient, engine: Engine) -> None:
+    body = "<script>alert(1)</script>\n\n[x](javascript:alert(1)) <img src=x onerror=alert(2)>"
+    post = add_post(engine, body=body)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    assert len(doc.xpath("//script")) == 1
+    assert not doc.xpath("//*[@onerror]") and not doc.xpath("//img")
+    assert not [h for h in hrefs(doc, "//a") if h.lower().startswith("javascript")]
+
+
+# --- permalinks, 404, 410, cycles -----------------------------------------------------------------
+
+
+def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
+    post = add_post(engine)
+    canonical = f"/read/{post.id}/{post.slug}"
+    for path in (f"/read/{post.id}", f"/read/{post.id}/", f"/read/{post.id}/wrong-slug"):
+        response = client.get(path)
+        assert (response.status_code, response.headers["location"]) == (301, canonical)
+    assert client.get("/cycle/900").headers["location"] == canonical
+    for path in (
+        "/read/999",
+        "/read/999/x",
+        "/read/abc",
+        "/read/99999999999999/x",
+        "/cycle/5",
+        "/cycle/99999999999999999999",
+        "/tags/none",
+        "/stories/none",
+        "/archive/2026/13",
+        "/archive/x/y",
+        "/nowhere",
+    ):
+        doc = page(client, path, status=404)
+        assert doc.xpath("//main//h1") and doc.xpath("//link[@rel='stylesheet']")
+    with db.write_session(engine) as session:
+        posts.delete_post(session, post.id)  # type: ignore[arg-type]
+    doc = page(client, canonical, status=410)
+    assert texts(doc, "//main//h1") == ["This essay was withdrawn"]
+    assert page(client, "/").xpath("//ol[@class='entries']/li") == []
+
+
+@pytest.mark.parametrize(
+    "cursor", ["garbage", "", "a" * 500, "MjAyNi0wMS0wMXwx", "%00", "bm90fGFuaWQ"]
+)
+def test_bad_cursor_is_a_clear_400(client: TestClient, engine: Engine, cursor: str) -> None:
+    add_post(engine)
+    for path in ("/", "/tags/qqq", "/stories/narrow-leadership"):
+        response = client.get(path, params={"before": cursor}, headers=HTML)
+        assert response.status_code in (200, 400)
+        response = client.get(path, params={"after": cursor}, headers=HTML)
+        assert response.status_code in (200, 400)
+    assert client.get("/", params={"before": "garbage"}, headers=HTML).status_code == 400
+
+
+# --- lists ---------------------------------------------------------------------------------------
+
+
+def _walk(client: TestClient, start: str) -> tuple[list[str], list[lxml.html.HtmlElement]]:
+    titles: list[str] = []
+    docs = []
+    path: str | None = start
+    while path:
+        doc = page(client, path)
+        docs.append(doc)
+        titles += texts(doc, "//ol[@class='entries']//h2")
+        nxt = hrefs(doc, "//nav[@class='pager']/a[@rel='next']")
+        assert hrefs(doc, "//link[@rel='next']") == nxt
+        path = nxt[0] if nxt else None
+    return titles, docs
+
+
+def test_home_paginates_by_key_both_ways(client: TestClient, engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]
+    made = many(engine, 45)
+    newest_first = [
+        p.title for p in sorted(made, key=lambda p: (p.published_at, p.id), reverse=True)
+    ]
+    titles, docs = _walk(client, "/")
+    assert titles == newest_first and len(docs) == 3
+    entry = docs[0].xpath("//li[@class='entry']")[0]
+    meta = texts(entry, ".//p[@class='entry-meta']")[0]
+    assert "Cycle" in meta and "Conviction 42%" in meta and entry.xpath(".//time/@datetime")
+    assert texts(entry, ".//p[@class='excerpt']")[0].startswith("The minds argued")
+    assert not docs[0].xpath("//link[@rel='prev']")
+    # rel=prev from the last page walks back to the first
+    back = hrefs(docs[2], "//link[@rel='prev']")[0]
+    assert parse_qs(urlsplit(back).query).get("after")
+    assert texts(page(client, back), "//ol[@class='entries']//h2") == newest_first[20:40]
+    assert (
+        hrefs(docs[1], "//link[@rel='prev']") == ["/"]
+        or "after=" in hrefs(docs[1], "//link[@rel='prev']")[0]
+    )
+
+
+def test_tag_and_story_lists(client: TestClient, engine: Engine) -> None:
+    made = many(engine, 25)
+    add_post(engine, tags=["other"], stories=[])
+    with db.write_session(engine) as session:
+        posts.delete_post(session, made[0].id)  # type: ignore[arg-type]
+    titles, _ = _walk(client, "/tags/qqq")
+    expected = [
+        p.title for p in sorted(made[1:], key=lambda p: (p.published_at, p.id), reverse=True)
+    ]
+    assert titles == expected
+    doc = page(client, "/stories/long-story")
+    assert texts(doc, "//main//h1") == ["Long Story"]
+    statuses = texts(doc, "//ol[@class='timeline']/li//span[@class='status']")
+    newest = max(made[1:], key=lambda p: (p.published_at, p.id))
+    assert statuses[0] == f"step {made.index(newest)}"
+    assert f"Status now: step {made.index(newest)}" in texts(doc, "//p[@class='lede']")[0]
+
+
+def test_archive_by_month_in_site_time(client: TestClient, engine: Engine) -> None:
+    # 2026-05-01T05:00Z is still April 30 in Los Angeles; 2026-03-01T08:30Z is March 1 (PST).
+    add_post(engine, cycle=1, title="Late April", published_at="2026-05-01T05:00:00Z")
+    add_post(engine, cycle=2, title="First of March", published_at="2026-03-01T08:30:00Z")
+    add_post(engine, cycle=3, title="Last of February", published_at="2026-03-01T07:59:00Z")
+    add_post(engine, cycle=4, title="New Year", published_at="2025-12-15T12:00:00Z")
+    doc = page(client, "/archive")
+    assert texts(doc, "//section[@class='year']/h2") == ["2026", "2025"]
+    assert hrefs(doc, "//ul[@class='months']//a") == [
+        "/archive/2026/04",
+        "/archive/2026/03",
+        "/archive/2026/02",
+        "/archive/2025/12",
+    ]
+    assert texts(doc, "//p[@class='lede']") == ["4 essays, month by month."]
+    april = page(client, "/archive/2026/04")
+    assert texts(april, "//main//h1") == ["April 2026"]
+    assert texts(april, "//ol[@class='compact']//a") == ["Late April"]
+    assert texts(page(client, "/archive/2026/02"), "//ol[@class='compact']//a") == [
+        "Last of February"
+    ]
+    assert texts(page(client, "/archive/2026/01"), "//ol[@class='compact']//a") == []
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/archive", "/search?q=breadth", "/tags/qqq", "ESSAY"])
+def test_etag_304_and_cache_control(client: TestClient, engine: Engine, path: str) -> None:
+    post = add_post(engine)
+    if path == "ESSAY":
+        path = f"/read/{post.id}/{post.slug}"
+    first = client.get(path)
+    etag = first.headers["etag"]
+    assert first.status_code == 200
+    cache = first.headers["cache-control"]
+    assert "public" in cache and "s-maxage=" in cache and "stale-while-revalidate=" in cache
+    again = client.get(path, headers={"if-none-match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert client.get(path + ("&" if "?" in path else "?") + "x=1").headers["etag"] != etag
+    add_post(engine, cycle=901, title="Another", published_at="2026-04-06T00:00:00Z")
+    changed = client.get(path, headers={"if-none-match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+
+
+def test_gzip_and_static_cache_busting(client: TestClient, engine: Engine) -> None:
+    add_post(engine)
+    response = client.get("/", headers={"accept-encoding": "gzip"})
+    assert response.headers["content-encoding"] == "gzip"
+    assert "<html" in response.text  # httpx decoded it
+    assert (
+        "content-encoding" not in client.get("/", headers={"accept-encoding": "identity"}).headers
+    )
+    href = page(client, "/").xpath("//link[@rel='stylesheet']/@href")[0]
+    assert "?v=" in href
+    assert client.get(href).headers["cache-control"] == "public, max-age=31536000, immutable"
+    plain = client.get(href.split("?")[0]).headers["cache-control"]
+    assert "immutable" not in plain
+    assert "immutable" not in client.get(href.split("?")[0] + "?v=stale").headers["cache-control"]
