@@ -36,11 +36,13 @@ def excerpt(text: str, limit: int = 280) -> str:
     """Plain text of the first paragraphs (headings skipped), cut at a word boundary."""
     paragraphs: list[str] = []
     length = 0
-    in_heading = False
+    skipping = 0  # inside a heading or a table: not prose a reader wants in a summary
     for token in _markdown().parse(text):
-        if token.type in ("heading_open", "heading_close"):
-            in_heading = token.type == "heading_open"
-        if in_heading or token.type != "inline" or not token.children:
+        if token.type in ("heading_open", "table_open"):
+            skipping += 1
+        elif token.type in ("heading_close", "table_close"):
+            skipping -= 1
+        if skipping or token.type != "inline" or not token.children:
             continue
         parts = [
             child.content if child.type in ("text", "code_inline") else " "
