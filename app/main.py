@@ -6,9 +6,10 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import problems
+from app.bodygate import BodyGate
 from app.config import Settings
 from app.db import make_engine
-from app.routes import ops, reader
+from app.routes import ingest, ops, reader
 from app.templating import make_templates
 
 
@@ -25,6 +26,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(ops.router)
     app.include_router(reader.router)
+    app.include_router(ingest.router)
+    app.add_middleware(BodyGate, max_body_bytes=settings.max_body_bytes)
     app.mount("/static", StaticFiles(directory=str(files("app.static"))), name="static")
     return app
 
