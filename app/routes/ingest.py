@@ -150,7 +150,7 @@ def replace_post(
     status_code=204,
     responses={
         204: {"description": "Unpublished (or already was). The post and its revisions are kept."},
-        **problem_responses(401, 404, 412, 413, 429),
+        **problem_responses(401, 404, 412, 413, 422, 429),
     },
 )
 def delete_post(
