@@ -74,7 +74,9 @@ def claim(
         # RETURNING tells whether this request made the claim (rowcount is unreliable here).
         inserted = session.execute(
             insert(IdempotencyKey)
-            .values(scope=scope, key=key, request_hash=request_hash, state=IN_FLIGHT, created_at=now)
+            .values(
+                scope=scope, key=key, request_hash=request_hash, state=IN_FLIGHT, created_at=now
+            )
             .on_conflict_do_nothing(index_elements=["scope", "key"])
             .returning(IdempotencyKey.id)  # type: ignore[arg-type]
         ).first()

@@ -52,7 +52,9 @@ def test_concurrent_identical_posts_create_exactly_one(live_server, engine, engi
     assert post_count(engine) == 1
 
 
-def test_concurrent_posts_with_one_idempotency_key_create_exactly_one(live_server, engine, engine_token):
+def test_concurrent_posts_with_one_idempotency_key_create_exactly_one(
+    live_server, engine, engine_token
+):
     headers = {**engine_token, "Idempotency-Key": "cycle-less-essay"}
     statuses = fire_together(f"{live_server.url}/api/v1/posts", headers, post_json(cycle=None))
     assert all(s in (201, 409) for s in statuses), statuses  # 409: the first is still in flight

@@ -36,7 +36,11 @@ def test_create_returns_201_with_location_etag_and_the_post(client, auth, engine
     response = client.post(API, json=post_json(), headers=auth)
     assert response.status_code == 201
     doc = response.json()
-    assert response.headers["location"] == doc["url"] == f"http://testserver/read/{doc['id']}/{doc['slug']}"
+    assert (
+        response.headers["location"]
+        == doc["url"]
+        == f"http://testserver/read/{doc['id']}/{doc['slug']}"
+    )
     assert response.headers["etag"] == f'"p{doc["id"]}v1"'
     assert doc["slug"] == "breadth-is-thinning-under-a-calm-index"
     assert doc["cycle"] == 900 and doc["status"] == "published" and doc["version"] == 1
@@ -51,7 +55,9 @@ def test_create_returns_201_with_location_etag_and_the_post(client, auth, engine
         ],
     }
     assert doc["tags"] == ["QQQ", "breadth"]
-    assert doc["stories"] == [{"title": "Narrow Leadership", "slug": "narrow-leadership", "status": "developing"}]
+    assert doc["stories"] == [
+        {"title": "Narrow Leadership", "slug": "narrow-leadership", "status": "developing"}
+    ]
     page = client.get(response.headers["location"].removeprefix("http://testserver"))
     assert page.status_code == 200
 
@@ -221,17 +227,32 @@ def test_failed_authentications_get_429_after_the_limit(settings, engine, token)
     app = create_app(make_settings(settings.database_url, auth_fail_limit=3))
     with TestClient(app, client=("203.0.113.7", 5000)) as attacker:
         for _ in range(3):
-            assert attacker.post(API, json=post_json(), headers={"Authorization": "Bearer wk_guess"}).status_code == 401
+            assert (
+                attacker.post(
+                    API, json=post_json(), headers={"Authorization": "Bearer wk_guess"}
+                ).status_code
+                == 401
+            )
         locked = attacker.post(API, json=post_json(), headers={"Authorization": "Bearer wk_guess"})
         assert_problem(locked, 429)
         assert 1 <= int(locked.headers["retry-after"]) <= settings.auth_fail_window_seconds
         # Locked out even with the right token: a correct guess must not be told apart.
-        assert attacker.post(API, json=post_json(), headers={"Authorization": f"Bearer {token}"}).status_code == 429
+        assert (
+            attacker.post(
+                API, json=post_json(), headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            == 429
+        )
     with TestClient(app, client=("198.51.100.9", 5000)) as engine_client:
         ok = engine_client.post(API, json=post_json(), headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 201
         for _ in range(5):  # successes never count
-            assert engine_client.post(API, json=post_json(), headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            assert (
+                engine_client.post(
+                    API, json=post_json(), headers={"Authorization": f"Bearer {token}"}
+                ).status_code
+                == 200
+            )
     with Session(engine) as session:
         assert session.get(AuthFailure, "203.0.113.7").failures == 3  # type: ignore[union-attr]
         assert session.get(AuthFailure, "198.51.100.9") is None
@@ -243,7 +264,10 @@ def test_a_second_app_on_the_same_database_sees_the_count(settings):
     first = create_app(make_settings(settings.database_url, auth_fail_limit=2))
     second = create_app(make_settings(settings.database_url, auth_fail_limit=2))
     bad = {"Authorization": "Bearer wk_guess"}
-    with TestClient(first, client=("203.0.113.8", 1)) as a, TestClient(second, client=("203.0.113.8", 2)) as b:
+    with (
+        TestClient(first, client=("203.0.113.8", 1)) as a,
+        TestClient(second, client=("203.0.113.8", 2)) as b,
+    ):
         assert a.post(API, json=post_json(), headers=bad).status_code == 401
         assert b.post(API, json=post_json(), headers=bad).status_code == 401
         assert a.post(API, json=post_json(), headers=bad).status_code == 429
@@ -254,7 +278,9 @@ def test_a_second_app_on_the_same_database_sees_the_count(settings):
 
 def test_x_forwarded_for_is_honoured_only_from_trusted_proxies(settings, token):
     bad = {"Authorization": "Bearer wk_guess"}
-    proxied = create_app(make_settings(settings.database_url, auth_fail_limit=1, trusted_proxies="10.0.0.0/8"))
+    proxied = create_app(
+        make_settings(settings.database_url, auth_fail_limit=1, trusted_proxies="10.0.0.0/8")
+    )
     with TestClient(proxied, client=("10.0.0.2", 1)) as via_proxy:
         hops = {"X-Forwarded-For": "192.0.2.50, 10.0.0.9"}  # client, then an inner proxy
         assert via_proxy.post(API, json=post_json(), headers={**bad, **hops}).status_code == 401
@@ -266,7 +292,12 @@ def test_x_forwarded_for_is_honoured_only_from_trusted_proxies(settings, token):
         # Not a trusted proxy: its X-Forwarded-For is ignored, so it cannot pose as another client.
         spoof = {**bad, "X-Forwarded-For": "192.0.2.77"}
         assert direct.post(API, json=post_json(), headers=spoof).status_code == 401
-        assert direct.post(API, json=post_json(), headers={**bad, "X-Forwarded-For": "192.0.2.78"}).status_code == 429
+        assert (
+            direct.post(
+                API, json=post_json(), headers={**bad, "X-Forwarded-For": "192.0.2.78"}
+            ).status_code
+            == 429
+        )
     proxied.state.engine.dispose()
 
 
@@ -298,7 +329,9 @@ def test_idempotency_key_replays_the_first_answer(client, auth, engine):
 def test_idempotency_key_with_a_different_request_is_422(client, auth, engine):
     headers = {**auth, "Idempotency-Key": "key-2"}
     assert client.post(API, json=post_json(cycle=None), headers=headers).status_code == 201
-    doc = assert_problem(client.post(API, json=post_json(cycle=None, title="Other"), headers=headers), 422)
+    doc = assert_problem(
+        client.post(API, json=post_json(cycle=None, title="Other"), headers=headers), 422
+    )
     assert doc["errors"][0]["field"] == "Idempotency-Key"
     assert count(engine) == 1
 
@@ -312,7 +345,9 @@ def test_idempotency_key_in_flight_is_409(client, auth, engine, token):
     from app.models import PostIn
 
     request_hash = idempotency.fingerprint("POST", API, None, PostIn.model_validate(body))
-    claim = idempotency.claim(engine, client.app.state.settings, f"token:{caller.token_id}", "key-3", request_hash)
+    claim = idempotency.claim(
+        engine, client.app.state.settings, f"token:{caller.token_id}", "key-3", request_hash
+    )
     assert isinstance(claim, idempotency.Claim)  # as if a first request were still running
     response = client.post(API, json=body, headers={**auth, "Idempotency-Key": "key-3"})
     assert_problem(response, 409)
@@ -323,15 +358,29 @@ def test_idempotency_key_in_flight_is_409(client, auth, engine, token):
 def test_idempotency_keys_are_per_token_and_refusals_release_them(client, auth, engine):
     from app import tokens
 
-    other = {"Authorization": f"Bearer {tokens.create_token(engine, 'other')}", "Idempotency-Key": "shared"}
+    other = {
+        "Authorization": f"Bearer {tokens.create_token(engine, 'other')}",
+        "Idempotency-Key": "shared",
+    }
     mine = {**auth, "Idempotency-Key": "shared"}
-    assert client.post(API, json=post_json(cycle=None, title="Mine"), headers=mine).status_code == 201
-    assert client.post(API, json=post_json(cycle=None, title="Theirs"), headers=other).status_code == 201
+    assert (
+        client.post(API, json=post_json(cycle=None, title="Mine"), headers=mine).status_code == 201
+    )
+    assert (
+        client.post(API, json=post_json(cycle=None, title="Theirs"), headers=other).status_code
+        == 201
+    )
     # A refused request stores nothing, so the fixed request may reuse its key.
     conflict = {**auth, "Idempotency-Key": "retry-me"}
     client.post(API, json=post_json(cycle=7), headers=auth)
-    assert client.post(API, json=post_json(cycle=7, title="Clash"), headers=conflict).status_code == 409
-    assert client.post(API, json=post_json(cycle=8, title="Clash"), headers=conflict).status_code == 201
+    assert (
+        client.post(API, json=post_json(cycle=7, title="Clash"), headers=conflict).status_code
+        == 409
+    )
+    assert (
+        client.post(API, json=post_json(cycle=8, title="Clash"), headers=conflict).status_code
+        == 201
+    )
     with Session(engine) as session:
         states = session.execute(select(IdempotencyKey.state)).scalars().all()
     assert sorted(states) == ["done", "done", "done"]
@@ -342,7 +391,10 @@ def test_delete_and_put_accept_idempotency_keys(client, auth, engine):
     put = {**auth, "Idempotency-Key": "put-1"}
     first = client.put(f"{API}/{post.id}", json=post_json(title="Renamed"), headers=put)
     again = client.put(f"{API}/{post.id}", json=post_json(title="Renamed"), headers=put)
-    assert first.status_code == again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert (
+        first.status_code == again.status_code == 200
+        and again.headers["idempotent-replayed"] == "true"
+    )
     gone = {**auth, "Idempotency-Key": "del-1"}
     assert client.delete(f"{API}/{post.id}", headers=gone).status_code == 204
     assert client.delete(f"{API}/{post.id}", headers=gone).status_code == 204
@@ -356,8 +408,13 @@ def test_delete_and_put_accept_idempotency_keys(client, auth, engine):
 def test_openapi_documents_every_endpoint_and_error(client):
     schema = client.get("/openapi.json").json()
     ops = {(m, p): op for p, item in schema["paths"].items() for m, op in item.items()}
-    assert set(ops) == {("post", API), ("get", API), ("put", f"{API}/{{post_id}}"),
-                        ("delete", f"{API}/{{post_id}}"), ("get", f"{API}/{{post_id}}")}
+    assert set(ops) == {
+        ("post", API),
+        ("get", API),
+        ("put", f"{API}/{{post_id}}"),
+        ("delete", f"{API}/{{post_id}}"),
+        ("get", f"{API}/{{post_id}}"),
+    }
     for (method, _), op in ops.items():
         codes = set(op["responses"])
         if method != "get":

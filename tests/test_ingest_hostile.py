@@ -9,7 +9,16 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 API = "/api/v1/posts"
-TABLES = ["posts", "minds", "tags", "post_tags", "stories", "post_stories", "revisions", "idempotency_keys"]
+TABLES = [
+    "posts",
+    "minds",
+    "tags",
+    "post_tags",
+    "stories",
+    "post_stories",
+    "revisions",
+    "idempotency_keys",
+]
 
 
 def snapshot(engine) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -28,7 +37,11 @@ def body(**overrides: Any) -> bytes:
 
 
 def debate(**overrides: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"outcome": "split", "conviction": 0.5, "minds": [{"name": "Macro", "confidence": 0.5}]}
+    doc: dict[str, Any] = {
+        "outcome": "split",
+        "conviction": 0.5,
+        "minds": [{"name": "Macro", "confidence": 0.5}],
+    }
     doc.update(overrides)
     return doc
 
@@ -45,7 +58,13 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
     ("trailing-garbage", body() + b" {}", JSON, 400, "char"),
     ("duplicate-keys", b'{"title": "a", "title": "b", "body": "x"}', JSON, 400, "title"),
     ("text-plain", body(), "text/plain", 415, "application/json"),
-    ("form-encoded", b"title=x&body=y", "application/x-www-form-urlencoded", 415, "application/json"),
+    (
+        "form-encoded",
+        b"title=x&body=y",
+        "application/x-www-form-urlencoded",
+        415,
+        "application/json",
+    ),
     ("no-content-type", body(), None, 415, "application/json"),
     ("empty-body", b"", JSON, 422, "body"),
     ("empty-object", b"{}", JSON, 422, "title"),
@@ -83,7 +102,13 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
         422,
         "debate.minds.0.confidence",
     ),
-    ("conviction-nan", body().replace(b'"conviction": 0.42', b'"conviction": NaN'), JSON, 422, "debate.conviction"),
+    (
+        "conviction-nan",
+        body().replace(b'"conviction": 0.42', b'"conviction": NaN'),
+        JSON,
+        422,
+        "debate.conviction",
+    ),
     (
         "conviction-infinity",
         body().replace(b'"conviction": 0.42', b'"conviction": Infinity'),
@@ -100,12 +125,22 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
     ),
     (
         "duplicate-minds",
-        body(debate=debate(minds=[{"name": "Flow", "confidence": 0.1}, {"name": "flow", "confidence": 0.2}])),
+        body(
+            debate=debate(
+                minds=[{"name": "Flow", "confidence": 0.1}, {"name": "flow", "confidence": 0.2}]
+            )
+        ),
         JSON,
         422,
         "debate.minds",
     ),
-    ("mind-without-name", body(debate=debate(minds=[{"confidence": 0.1}])), JSON, 422, "debate.minds.0.name"),
+    (
+        "mind-without-name",
+        body(debate=debate(minds=[{"confidence": 0.1}])),
+        JSON,
+        422,
+        "debate.minds.0.name",
+    ),
     (
         "ten-thousand-minds",
         body(debate=debate(minds=[{"name": f"M{i}", "confidence": 0.5} for i in range(10_000)])),
@@ -126,11 +161,35 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
     ("nul-in-title", body(title="Nul\u0000 title"), JSON, 422, "title"),
     ("newline-in-title", body(title="Two\nlines"), JSON, 422, "title"),
     ("escape-in-body", body(body="ok\u001b[31m red"), JSON, 422, "body"),
-    ("lone-surrogate-title", body().replace(b'"title": "Breadth', b'"title": "\\ud800Breadth'), JSON, 422, "title"),
-    ("invalid-utf8-title", body().replace(b"Breadth Is", b"Breadth \xff\xfe Is"), JSON, 400, "title"),
-    ("latin1-title", body().replace(b"Breadth Is", "Breadth é Is".encode("latin-1")), JSON, 400, "title"),
+    (
+        "lone-surrogate-title",
+        body().replace(b'"title": "Breadth', b'"title": "\\ud800Breadth'),
+        JSON,
+        422,
+        "title",
+    ),
+    (
+        "invalid-utf8-title",
+        body().replace(b"Breadth Is", b"Breadth \xff\xfe Is"),
+        JSON,
+        400,
+        "title",
+    ),
+    (
+        "latin1-title",
+        body().replace(b"Breadth Is", "Breadth é Is".encode("latin-1")),
+        JSON,
+        400,
+        "title",
+    ),
     ("invalid-utf8-outside-strings", b'{"title": "x", \xff "body": "y"}', JSON, 400, "body"),
-    ("huge-integer", b'{"title": "x", "body": "y", "cycle": ' + b"9" * 5000 + b"}", JSON, 400, "JSON"),
+    (
+        "huge-integer",
+        b'{"title": "x", "body": "y", "cycle": ' + b"9" * 5000 + b"}",
+        JSON,
+        400,
+        "JSON",
+    ),
     ("title-too-long", body(title="t" * 301), JSON, 422, "title"),
     ("too-many-tags", body(tags=[f"t{i}" for i in range(31)]), JSON, 422, "tags"),
     ("story-without-title", body(stories=[{"status": "developing"}]), JSON, 422, "stories.0.title"),
@@ -138,8 +197,12 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("raw", "content_type", "status", "names"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_hostile_post_is_refused_and_stores_nothing(client, auth, engine, raw, content_type, status, names):
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status", "names"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_hostile_post_is_refused_and_stores_nothing(
+    client, auth, engine, raw, content_type, status, names
+):
     add_post(engine, cycle=1, title="Already Here")
     before = snapshot(engine)
     headers = {**auth, "Idempotency-Key": "hostile"}
@@ -151,7 +214,9 @@ def test_hostile_post_is_refused_and_stores_nothing(client, auth, engine, raw, c
     problem = response.json()
     assert problem["status"] == status and problem["title"] and problem["detail"]
     fields = [e["field"] for e in problem.get("errors", [])]
-    assert names in fields or any(f.startswith(names) for f in fields) or names in problem["detail"], problem
+    assert (
+        names in fields or any(f.startswith(names) for f in fields) or names in problem["detail"]
+    ), problem
     assert snapshot(engine) == before
 
 
@@ -177,7 +242,7 @@ def test_body_over_the_limit_is_refused_before_it_is_read(live_server):
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
         sock.sendall(
             b"POST /api/v1/posts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer wk_x\r\nContent-Length: 50000000\r\n\r\n{\"title\": "
+            b'Authorization: Bearer wk_x\r\nContent-Length: 50000000\r\n\r\n{"title": '
         )
         answer = sock.recv(65536).decode("latin-1")
     assert answer.startswith("HTTP/1.1 413"), answer
@@ -202,15 +267,25 @@ def test_hostile_put_is_refused_and_changes_nothing(client, auth, engine):
     post = add_post(engine)
     before = snapshot(engine)
     for raw in (body(title=""), body(debate=debate(conviction=7)), b"{oops"):
-        response = client.put(f"{API}/{post.id}", content=raw, headers={**auth, "Content-Type": JSON})
+        response = client.put(
+            f"{API}/{post.id}", content=raw, headers={**auth, "Content-Type": JSON}
+        )
         assert 400 <= response.status_code < 500
     assert snapshot(engine) == before
 
 
 @pytest.mark.parametrize(
     "path",
-    [f"{API}/0", f"{API}/-1", f"{API}/99999999999999999999", f"{API}/1.5", f"{API}?limit=-3",
-     f"{API}?limit=abc", f"{API}?cursor=%00%ff", f"{API}?cursor=" + "A" * 300],
+    [
+        f"{API}/0",
+        f"{API}/-1",
+        f"{API}/99999999999999999999",
+        f"{API}/1.5",
+        f"{API}?limit=-3",
+        f"{API}?limit=abc",
+        f"{API}?cursor=%00%ff",
+        f"{API}?cursor=" + "A" * 300,
+    ],
 )
 def test_hostile_reads_are_4xx(client, path):
     response = client.get(path)

@@ -75,6 +75,4 @@ def test_stateful(api):  # type: ignore[no-untyped-def]
                 recorder=getattr(self, "recorder", None),
             )
 
-    Workflow.run(
-        settings=hypothesis.settings(SETTINGS, max_examples=10, stateful_step_count=6)
-    )
+    Workflow.run(settings=hypothesis.settings(SETTINGS, max_examples=10, stateful_step_count=6))
