@@ -41,3 +41,13 @@ class PreconditionFailed(WorkshopError):
 class RevisionNotFound(WorkshopError):
     status = 404
     title = "Revision not found"
+
+
+class FeedNotFound(WorkshopError):
+    status = 404
+    title = "Feed not found"
+
+
+class SitemapNotFound(WorkshopError):
+    status = 404
+    title = "Sitemap not found"

@@ -5,10 +5,10 @@ from importlib.resources import files
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app import problems
+from app import problems, websub
 from app.config import Settings
 from app.db import make_engine
-from app.routes import ops, reader
+from app.routes import feeds, ops, reader
 from app.templating import make_templates
 
 
@@ -25,6 +25,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(ops.router)
     app.include_router(reader.router)
+    app.include_router(feeds.router)
+    websub.install(app)  # pings the WebSub hub after each write, when one is configured
     app.mount("/static", StaticFiles(directory=str(files("app.static"))), name="static")
     return app
 
