@@ -29,6 +29,14 @@ SECTIONS = ("posts", "tags", "stories", "pages")
 
 Row = tuple[str, datetime | None]  # (site path, lastmod)
 published = Post.status == STATUS_PUBLISHED
+MAX_ID = 2**31 - 1  # ids are 32-bit integers; PostgreSQL refuses larger parameters
+
+
+def _in_range(column: Any, lo: int, hi: int) -> Any:
+    """lo <= column < hi, leaving out bounds that no id can cross."""
+    if hi > MAX_ID:
+        return column >= lo
+    return (column >= lo) & (column < hi)
 
 
 def _w3c(instant: datetime) -> str:
@@ -43,7 +51,7 @@ def _post_rows(session: Session, lo: int, hi: int) -> Iterator[Row]:
     while True:
         batch = session.execute(
             select(Post.id, Post.slug, Post.updated_at)  # type: ignore[call-overload]
-            .where(published, Post.id > after, Post.id < hi)
+            .where(published, Post.id > after, _in_range(Post.id, lo, hi))
             .order_by(Post.id)
             .limit(BATCH)
         ).all()
@@ -66,7 +74,7 @@ def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
             select(table.id, table.slug, func.max(Post.updated_at))
             .join(link, owner == table.id)
             .join(Post, Post.id == link.post_id)  # type: ignore[arg-type]
-            .where(published, table.id > after, table.id < hi)
+            .where(published, table.id > after, _in_range(table.id, lo, hi))
             .group_by(table.id, table.slug)
             .order_by(table.id)
             .limit(BATCH)
@@ -110,7 +118,7 @@ def _page_rows(session: Session, tz: ZoneInfo) -> Iterator[Row]:
 
 
 def _rows(session: Session, settings: Settings, section: str, chunk: int | None) -> Iterator[Row]:
-    lo, hi = (0, 2**62) if chunk is None else (chunk * MAX_URLS, (chunk + 1) * MAX_URLS)
+    lo, hi = (0, MAX_ID + 1) if chunk is None else (chunk * MAX_URLS, (chunk + 1) * MAX_URLS)
     if section == "posts":
         yield from _post_rows(session, lo, hi)
     elif section in ("tags", "stories"):
@@ -163,7 +171,7 @@ def child_path(section: str, chunk: int) -> str:
 
 
 def check_child(section: str, chunk: int) -> None:
-    too_far = chunk * MAX_URLS > 2**31  # ids are 32-bit; also keeps SQL parameters in range
+    too_far = chunk * MAX_URLS > MAX_ID  # no id can be there; keeps SQL parameters in range
     if section not in SECTIONS or chunk < 0 or too_far or (section == "pages" and chunk != 0):
         raise SitemapNotFound(f"no sitemap {section}-{chunk}")
 
