@@ -14,7 +14,7 @@ from typing import Any
 from xml.sax.saxutils import XMLGenerator
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, literal_column, select
 from sqlmodel import Session
 
 from app import urls
@@ -151,18 +151,21 @@ def _chunks(session: Session, section: str) -> list[tuple[int, datetime | None]]
     if section == "pages":
         newest = session.execute(select(func.max(Post.updated_at)).where(published)).scalar()
         return [(0, newest)]
+    # The divisor is inlined: PostgreSQL only matches the GROUP BY expression with the SELECT
+    # one when both are literally the same, and two bound parameters are not.
+    size = literal_column(str(int(MAX_URLS)))
     if section == "posts":
-        key: Any = Post.id
-        query = select(key // MAX_URLS, func.max(Post.updated_at)).where(published)
+        bucket: Any = Post.id // size
+        query = select(bucket, func.max(Post.updated_at)).where(published)
     else:
         link: Any = PostTag if section == "tags" else PostStory
-        key = link.tag_id if section == "tags" else link.story_id
+        bucket = (link.tag_id if section == "tags" else link.story_id) // size
         query = (
-            select(key // MAX_URLS, func.max(Post.updated_at))
+            select(bucket, func.max(Post.updated_at))
             .join(Post, Post.id == link.post_id)
             .where(published)
         )
-    rows = session.execute(query.group_by(key // MAX_URLS).order_by(key // MAX_URLS)).all()
+    rows = session.execute(query.group_by(bucket).order_by(bucket)).all()
     return [(int(n), lastmod) for n, lastmod in rows]
 
 
