@@ -106,7 +106,7 @@ def newest(session: Session, scope: Scope, limit: int) -> list[posts.PostView]:
     if scope.kind == "site":
         return posts.load_views(session, posts.list_published(session, limit))
     link: type[PostTag] | type[PostStory] = PostTag if scope.kind == "tag" else PostStory
-    owner = link.tag_id if link is PostTag else link.story_id  # type: ignore[attr-defined]
+    owner: Any = PostTag.tag_id if link is PostTag else PostStory.story_id
     query = (
         select(Post)
         .join(link, link.post_id == Post.id)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ keys on, because every document served here is a pure function of (path, content
 """
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -41,7 +42,7 @@ class ContentState:
 
 def content_state(session: Session) -> ContentState:
     """The content version and the time of the last write, in one query."""
-    rows = dict(
+    rows: dict[str, int] = dict(
         session.execute(
             select(SiteState.name, SiteState.value).where(  # type: ignore[call-overload]
                 SiteState.name.in_([CONTENT_VERSION, CONTENT_CHANGED_AT])  # type: ignore[attr-defined]
@@ -62,16 +63,15 @@ def validators(state: ContentState, path: str) -> dict[str, str]:
     }
 
 
-def is_fresh(headers: "dict[str, str] | object", state: ContentState, path: str) -> bool:
+def is_fresh(headers: Mapping[str, str], state: ContentState, path: str) -> bool:
     """True when the client's copy is current (RFC 9110 §13.1: If-None-Match wins over
     If-Modified-Since; a weak comparison is right for GET)."""
-    get = headers.get  # type: ignore[attr-defined]
-    if_none_match = get("if-none-match")
+    if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
         ours = state.etag(path)
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
         return "*" in tags or ours in tags
-    if_modified_since = get("if-modified-since")
+    if_modified_since = headers.get("if-modified-since")
     if if_modified_since:
         try:
             since = parsedate_to_datetime(if_modified_since)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 from xml.sax.saxutils import XMLGenerator
+from xml.sax.xmlreader import AttributesImpl
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, func, literal_column, select
@@ -28,7 +29,9 @@ BATCH = 1000
 SECTIONS = ("posts", "tags", "stories", "pages")
 
 Row = tuple[str, datetime | None]  # (site path, lastmod)
-published = Post.status == STATUS_PUBLISHED
+published: Any = Post.status == STATUS_PUBLISHED
+# SQLModel types columns as plain values; the queries below use them as SQL expressions.
+P: Any = Post
 MAX_ID = 2**31 - 1  # ids are 32-bit integers; PostgreSQL refuses larger parameters
 
 
@@ -50,9 +53,9 @@ def _post_rows(session: Session, lo: int, hi: int) -> Iterator[Row]:
     after = lo - 1
     while True:
         batch = session.execute(
-            select(Post.id, Post.slug, Post.updated_at)  # type: ignore[call-overload]
-            .where(published, Post.id > after, _in_range(Post.id, lo, hi))
-            .order_by(Post.id)
+            select(P.id, P.slug, P.updated_at)
+            .where(published, P.id > after, _in_range(P.id, lo, hi))
+            .order_by(P.id)
             .limit(BATCH)
         ).all()
         for post_id, slug, updated_at in batch:
@@ -71,9 +74,9 @@ def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
     after = lo - 1
     while True:
         batch = session.execute(
-            select(table.id, table.slug, func.max(Post.updated_at))
+            select(table.id, table.slug, func.max(P.updated_at))
             .join(link, owner == table.id)
-            .join(Post, Post.id == link.post_id)  # type: ignore[arg-type]
+            .join(Post, P.id == link.post_id)
             .where(published, table.id > after, _in_range(table.id, lo, hi))
             .group_by(table.id, table.slug)
             .order_by(table.id)
@@ -92,9 +95,9 @@ def _month_lastmods(session: Session, tz: ZoneInfo) -> dict[tuple[int, int], dat
     after = 0
     while True:
         batch = session.execute(
-            select(Post.id, Post.published_at, Post.updated_at)  # type: ignore[call-overload]
-            .where(published, Post.id > after)
-            .order_by(Post.id)
+            select(P.id, P.published_at, P.updated_at)
+            .where(published, P.id > after)
+            .order_by(P.id)
             .limit(BATCH)
         ).all()
         for _, published_at, updated_at in batch:
@@ -138,7 +141,7 @@ def url_count(session: Session) -> int:
         total += int(
             session.execute(
                 select(func.count(func.distinct(owner)))
-                .join(Post, Post.id == link.post_id)  # type: ignore[attr-defined]
+                .join(Post, P.id == link.post_id)
                 .where(published)
             ).scalar_one()
         )
@@ -149,21 +152,19 @@ def url_count(session: Session) -> int:
 def _chunks(session: Session, section: str) -> list[tuple[int, datetime | None]]:
     """(chunk number, lastmod) for every non-empty chunk of `section`."""
     if section == "pages":
-        newest = session.execute(select(func.max(Post.updated_at)).where(published)).scalar()
+        newest = session.execute(select(func.max(P.updated_at)).where(published)).scalar()
         return [(0, newest)]
     # The divisor is inlined: PostgreSQL only matches the GROUP BY expression with the SELECT
     # one when both are literally the same, and two bound parameters are not.
-    size = literal_column(str(int(MAX_URLS)))
+    size: Any = literal_column(str(int(MAX_URLS)))
     if section == "posts":
-        bucket: Any = Post.id // size
-        query = select(bucket, func.max(Post.updated_at)).where(published)
+        bucket: Any = P.id // size
+        query = select(bucket, func.max(P.updated_at)).where(published)
     else:
         link: Any = PostTag if section == "tags" else PostStory
         bucket = (link.tag_id if section == "tags" else link.story_id) // size
         query = (
-            select(bucket, func.max(Post.updated_at))
-            .join(Post, Post.id == link.post_id)
-            .where(published)
+            select(bucket, func.max(P.updated_at)).join(Post, P.id == link.post_id).where(published)
         )
     rows = session.execute(query.group_by(bucket).order_by(bucket)).all()
     return [(int(n), lastmod) for n, lastmod in rows]
@@ -190,7 +191,7 @@ class _Writer:
         self.xml = XMLGenerator(self.buffer, encoding="utf-8", short_empty_elements=True)
 
     def element(self, name: str, text: str) -> None:
-        self.xml.startElement(name, {})
+        self.xml.startElement(name, AttributesImpl({}))
         self.xml.characters(text)
         self.xml.endElement(name)
 
@@ -204,9 +205,9 @@ class _Writer:
 def _document(root: str, child: str, entries: Iterable[Row], settings: Settings) -> Iterator[bytes]:
     w = _Writer()
     w.xml.startDocument()
-    w.xml.startElement(root, {"xmlns": NS})
+    w.xml.startElement(root, AttributesImpl({"xmlns": NS}))
     for n, (path, lastmod) in enumerate(entries, 1):
-        w.xml.startElement(child, {})
+        w.xml.startElement(child, AttributesImpl({}))
         w.element("loc", urls.absolute(settings, path))
         if lastmod is not None:
             w.element("lastmod", _w3c(lastmod))
