@@ -60,3 +60,13 @@ class PageNotFound(WorkshopError):
 class BadCursor(WorkshopError):
     status = 400
     title = "Invalid page link"
+
+
+class FeedNotFound(WorkshopError):
+    status = 404
+    title = "Feed not found"
+
+
+class SitemapNotFound(WorkshopError):
+    status = 404
+    title = "Sitemap not found"

@@ -5,12 +5,12 @@ from importlib.resources import files
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 
-from app import problems
+from app import problems, websub
 from app.bodygate import BodyGate
 from app.config import Settings
 from app.db import make_engine
 from app.observability import RequestLogMiddleware, configure_logging, metrics_response
-from app.routes import ingest, ops, reader
+from app.routes import feeds, ingest, ops, reader
 from app.templating import StaticAssets, make_templates
 
 
@@ -28,6 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(reader.router)
     app.include_router(ingest.router)
+    app.include_router(feeds.router)
+    websub.install(app)  # pings the WebSub hub after each write, when one is configured
     app.add_route("/metrics", metrics_response, include_in_schema=False)
     # Middleware: the last added runs first. Request log -> body gate -> gzip -> routes.
     app.add_middleware(GZipMiddleware, minimum_size=500)

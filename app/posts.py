@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from app import events
 from app.errors import CycleConflict, IdTaken, PostGone, PostNotFound, PreconditionFailed, RevisionNotFound
 from app.models import (
     STATUS_DELETED,
@@ -33,6 +34,10 @@ from app.render import excerpt, render_markdown
 from app.slugs import slugify
 
 CONTENT_VERSION = "content_version"
+# Seconds since CHANGED_AT_EPOCH of the last write (site_state.value is a 32-bit integer on
+# PostgreSQL, so Unix seconds would overflow in 2038; this epoch lasts until 2088).
+CONTENT_CHANGED_AT = "content_changed_at"
+CHANGED_AT_EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z
 
 
 @dataclass
@@ -124,8 +129,10 @@ def create_post(
         _apply(session, post, data, default_author)
         if post_id is not None:
             _advance_id_sequence(session)
+        created_id = post.id
         _bump_content_version(session)
         session.commit()
+        events.content_changed(session, created_id)
     except IntegrityError:
         session.rollback()
         existing = _by_cycle(session, data.cycle) if data.cycle is not None else None
@@ -174,6 +181,7 @@ def update_post(
     _apply(session, post, data, default_author)
     _bump_content_version(session)
     session.commit()
+    events.content_changed(session, post_id)
     session.refresh(post)
     return SaveResult(post, changed=True)
 
@@ -192,6 +200,7 @@ def delete_post(session: Session, post_id: int, *, if_match: str | None = None) 
     session.add(post)
     _bump_content_version(session)
     session.commit()
+    events.content_changed(session, post_id)
     session.refresh(post)
     return SaveResult(post, changed=True)
 
@@ -325,6 +334,19 @@ def _advance_id_sequence(session: Session) -> None:
 def _bump_content_version(session: Session) -> None:
     session.execute(
         update(SiteState).where(SiteState.name == CONTENT_VERSION).values(value=SiteState.value + 1)  # type: ignore[arg-type]
+    )
+    # The change time feeds Last-Modified. It moves forward at least one second per write, so a
+    # client that only sends If-Modified-Since still sees two writes within the same second.
+    now = int(utcnow().timestamp()) - CHANGED_AT_EPOCH
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(SiteState).values(name=CONTENT_CHANGED_AT, value=now)
+    current = SiteState.value
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"value": case((current + 1 > now, current + 1), else_=now)},  # type: ignore[operator]
+        )
     )
 
 

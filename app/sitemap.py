@@ -1,0 +1,237 @@
+"""Sitemaps (sitemaps.org protocol), streamed: posts, tags and stories are read in keyset batches
+of a few columns, so a site of any size is served in constant memory.
+
+Up to MAX_URLS addresses `/sitemap.xml` is one `<urlset>`; past that it is a `<sitemapindex>`
+pointing at `/sitemaps/{section}-{n}.xml`, where chunk n of a section holds the rows whose id is in
+[n * MAX_URLS, (n + 1) * MAX_URLS): fixed id ranges, so every chunk is a cheap range scan and never
+exceeds the protocol's limit, however many rows were deleted or imported with gaps.
+"""
+
+import io
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+from xml.sax.saxutils import XMLGenerator
+from xml.sax.xmlreader import AttributesImpl
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, func, literal_column, select
+from sqlmodel import Session
+
+from app import urls
+from app.config import Settings
+from app.errors import SitemapNotFound
+from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
+
+NS = "http://www.sitemaps.org/schemas/sitemap/0.9"
+MAX_URLS = 50_000  # the protocol's limit per file; tests lower it
+BATCH = 1000
+SECTIONS = ("posts", "tags", "stories", "pages")
+
+Row = tuple[str, datetime | None]  # (site path, lastmod)
+published: Any = Post.status == STATUS_PUBLISHED
+# SQLModel types columns as plain values; the queries below use them as SQL expressions.
+P: Any = Post
+MAX_ID = 2**31 - 1  # ids are 32-bit integers; PostgreSQL refuses larger parameters
+
+
+def _in_range(column: Any, lo: int, hi: int) -> Any:
+    """lo <= column < hi, leaving out bounds that no id can cross."""
+    if hi > MAX_ID:
+        return column >= lo
+    return (column >= lo) & (column < hi)
+
+
+def _w3c(instant: datetime) -> str:
+    return instant.replace(microsecond=0).isoformat()
+
+
+# --- rows -------------------------------------------------------------------------------------
+
+
+def _post_rows(session: Session, lo: int, hi: int) -> Iterator[Row]:
+    after = lo - 1
+    while True:
+        batch = session.execute(
+            select(P.id, P.slug, P.updated_at)
+            .where(published, P.id > after, _in_range(P.id, lo, hi))
+            .order_by(P.id)
+            .limit(BATCH)
+        ).all()
+        for post_id, slug, updated_at in batch:
+            yield f"/read/{post_id}/{slug}", updated_at
+        if len(batch) < BATCH:
+            return
+        after = batch[-1][0]
+
+
+def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
+    """Tags or stories that list at least one published essay, lastmod = its newest change."""
+    table: Any = Tag if kind == "tags" else Story
+    link: Any = PostTag if kind == "tags" else PostStory
+    owner = link.tag_id if kind == "tags" else link.story_id
+    path = urls.tag_path if kind == "tags" else urls.story_path
+    after = lo - 1
+    while True:
+        batch = session.execute(
+            select(table.id, table.slug, func.max(P.updated_at))
+            .join(link, owner == table.id)
+            .join(Post, P.id == link.post_id)
+            .where(published, table.id > after, _in_range(table.id, lo, hi))
+            .group_by(table.id, table.slug)
+            .order_by(table.id)
+            .limit(BATCH)
+        ).all()
+        for _, slug, lastmod in batch:
+            yield path(slug), lastmod
+        if len(batch) < BATCH:
+            return
+        after = batch[-1][0]
+
+
+def _month_lastmods(session: Session, tz: ZoneInfo) -> dict[tuple[int, int], datetime]:
+    """Newest change per archive month (in the site's timezone, like the archive pages)."""
+    months: dict[tuple[int, int], datetime] = {}
+    after = 0
+    while True:
+        batch = session.execute(
+            select(P.id, P.published_at, P.updated_at)
+            .where(published, P.id > after)
+            .order_by(P.id)
+            .limit(BATCH)
+        ).all()
+        for _, published_at, updated_at in batch:
+            local = published_at.astimezone(tz)
+            key = (local.year, local.month)
+            if key not in months or months[key] < updated_at:
+                months[key] = updated_at
+        if len(batch) < BATCH:
+            return months
+        after = batch[-1][0]
+
+
+def _page_rows(session: Session, tz: ZoneInfo) -> Iterator[Row]:
+    months = _month_lastmods(session, tz)
+    newest = max(months.values(), default=None)
+    yield "/", newest
+    if months:
+        yield "/archive", newest
+    for (year, month), lastmod in sorted(months.items(), reverse=True):
+        yield f"/archive/{year:04d}/{month:02d}", lastmod
+
+
+def _rows(session: Session, settings: Settings, section: str, chunk: int | None) -> Iterator[Row]:
+    lo, hi = (0, MAX_ID + 1) if chunk is None else (chunk * MAX_URLS, (chunk + 1) * MAX_URLS)
+    if section == "posts":
+        yield from _post_rows(session, lo, hi)
+    elif section in ("tags", "stories"):
+        yield from _group_rows(session, section, lo, hi)
+    elif section == "pages":
+        yield from _page_rows(session, settings.tz)
+
+
+# --- counting and the index -------------------------------------------------------------------
+
+
+def url_count(session: Session) -> int:
+    """How many addresses the whole site map holds (pages are few and counted generously)."""
+    posts_n = session.execute(select(func.count()).select_from(Post).where(published)).scalar_one()
+    total = int(posts_n)
+    for link, owner in ((PostTag, PostTag.tag_id), (PostStory, PostStory.story_id)):
+        total += int(
+            session.execute(
+                select(func.count(func.distinct(owner)))
+                .join(Post, P.id == link.post_id)
+                .where(published)
+            ).scalar_one()
+        )
+    # Archive months: at most one per month of the site's life; bound it by the posts.
+    return total + 2 + min(int(posts_n), 12 * 200)
+
+
+def _chunks(session: Session, section: str) -> list[tuple[int, datetime | None]]:
+    """(chunk number, lastmod) for every non-empty chunk of `section`."""
+    if section == "pages":
+        newest = session.execute(select(func.max(P.updated_at)).where(published)).scalar()
+        return [(0, newest)]
+    # The divisor is inlined: PostgreSQL only matches the GROUP BY expression with the SELECT
+    # one when both are literally the same, and two bound parameters are not.
+    size: Any = literal_column(str(int(MAX_URLS)))
+    if section == "posts":
+        bucket: Any = P.id // size
+        query = select(bucket, func.max(P.updated_at)).where(published)
+    else:
+        link: Any = PostTag if section == "tags" else PostStory
+        bucket = (link.tag_id if section == "tags" else link.story_id) // size
+        query = (
+            select(bucket, func.max(P.updated_at)).join(Post, P.id == link.post_id).where(published)
+        )
+    rows = session.execute(query.group_by(bucket).order_by(bucket)).all()
+    return [(int(n), lastmod) for n, lastmod in rows]
+
+
+def child_path(section: str, chunk: int) -> str:
+    return f"/sitemaps/{section}-{chunk}.xml"
+
+
+def check_child(section: str, chunk: int) -> None:
+    too_far = chunk * MAX_URLS > MAX_ID  # no id can be there; keeps SQL parameters in range
+    if section not in SECTIONS or chunk < 0 or too_far or (section == "pages" and chunk != 0):
+        raise SitemapNotFound(f"no sitemap {section}-{chunk}")
+
+
+# --- XML --------------------------------------------------------------------------------------
+
+
+class _Writer:
+    """XMLGenerator (the standard library's escaping XML writer) into a buffer we drain."""
+
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+        self.xml = XMLGenerator(self.buffer, encoding="utf-8", short_empty_elements=True)
+
+    def element(self, name: str, text: str) -> None:
+        self.xml.startElement(name, AttributesImpl({}))
+        self.xml.characters(text)
+        self.xml.endElement(name)
+
+    def drain(self) -> bytes:
+        data = self.buffer.getvalue()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        return data.encode()
+
+
+def _document(root: str, child: str, entries: Iterable[Row], settings: Settings) -> Iterator[bytes]:
+    w = _Writer()
+    w.xml.startDocument()
+    w.xml.startElement(root, AttributesImpl({"xmlns": NS}))
+    for n, (path, lastmod) in enumerate(entries, 1):
+        w.xml.startElement(child, AttributesImpl({}))
+        w.element("loc", urls.absolute(settings, path))
+        if lastmod is not None:
+            w.element("lastmod", _w3c(lastmod))
+        w.xml.endElement(child)
+        if n % BATCH == 0:
+            yield w.drain()
+    w.xml.endElement(root)
+    w.xml.endDocument()
+    yield w.drain() + b"\n"
+
+
+def stream(
+    engine: Engine, settings: Settings, section: str | None, chunk: int | None
+) -> Iterator[bytes]:
+    """The document at /sitemap.xml (section None) or /sitemaps/{section}-{chunk}.xml."""
+    with Session(engine) as session:
+        if section is None and url_count(session) > MAX_URLS:
+            index = [
+                (child_path(name, n), lastmod)
+                for name in SECTIONS
+                for n, lastmod in _chunks(session, name)
+            ]
+            yield from _document("sitemapindex", "sitemap", index, settings)
+            return
+        names = SECTIONS if section is None else (section,)
+        rows = (row for name in names for row in _rows(session, settings, name, chunk))
+        yield from _document("urlset", "url", rows, settings)

@@ -1,0 +1,140 @@
+"""/sitemap.xml (sitemaps.org), its index past the URL limit, and /robots.txt."""
+
+from datetime import datetime
+from xml.etree import ElementTree as ET
+
+import pytest
+from conftest import SITE_URL, add_post
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from app import db, posts, sitemap
+
+NS = "{http://www.sitemaps.org/schemas/sitemap/0.9}"
+
+
+@pytest.fixture
+def site(engine: Engine) -> list[posts.Post]:
+    made = [
+        add_post(engine, cycle=1, published_at="2026-01-15T12:00:00Z", tags=["QQQ"], stories=[]),
+        # 02:00 UTC on March 1 is still February in Los Angeles: the archive month is local.
+        add_post(
+            engine,
+            cycle=2,
+            title="Second",
+            published_at="2026-03-01T02:00:00Z",
+            tags=["TSLA", "QQQ"],
+            stories=[{"title": "Mega-Cap Decline", "status": "developing"}],
+        ),
+        add_post(
+            engine,
+            cycle=3,
+            title="Third",
+            published_at="2026-04-10T12:00:00Z",
+            tags=["gone"],
+            stories=[{"title": "Gone Story", "status": "developing"}],
+        ),
+        add_post(engine, cycle=4, title="Fourth", published_at="2026-04-11T12:00:00Z", tags=[]),
+    ]
+    with db.write_session(engine) as session:
+        posts.delete_post(session, made[2].id)  # type: ignore[arg-type]
+    return made
+
+
+def urlset(content: bytes) -> dict[str, str]:
+    root = ET.fromstring(content)
+    assert root.tag == f"{NS}urlset"
+    found = {}
+    for url in root.findall(f"{NS}url"):
+        loc, lastmod = url.findtext(f"{NS}loc") or "", url.findtext(f"{NS}lastmod") or ""
+        assert loc.startswith(SITE_URL + "/")
+        if lastmod or "/read/" in loc:  # lastmod is optional, but every essay has one
+            datetime.fromisoformat(lastmod)  # W3C datetime
+        found[loc] = lastmod
+    return found
+
+
+def test_sitemap_lists_every_published_page(client: TestClient, site: list[posts.Post]) -> None:
+    response = client.get("/sitemap.xml")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/xml; charset=utf-8"
+    assert response.headers["etag"] and response.headers["last-modified"]
+    urls = urlset(response.content)
+    live = [p for p in site if p.cycle != 3]
+    expected = {f"{SITE_URL}/read/{p.id}/{p.slug}" for p in live} | {
+        f"{SITE_URL}/",
+        f"{SITE_URL}/archive",
+        f"{SITE_URL}/archive/2026/01",
+        f"{SITE_URL}/archive/2026/02",
+        f"{SITE_URL}/archive/2026/04",
+        f"{SITE_URL}/tags/qqq",
+        f"{SITE_URL}/tags/tsla",
+        f"{SITE_URL}/stories/mega-cap-decline",
+        f"{SITE_URL}/stories/narrow-leadership",
+    }
+    assert set(urls) == expected  # the deleted essay, its only tag and story are left out
+    post = live[0]
+    assert datetime.fromisoformat(
+        urls[f"{SITE_URL}/read/{post.id}/{post.slug}"]
+    ) == post.updated_at.replace(microsecond=0)
+
+
+def test_sitemap_pages_through_batches(
+    client: TestClient, site: list[posts.Post], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = urlset(client.get("/sitemap.xml").content)
+    monkeypatch.setattr(sitemap, "BATCH", 1)  # every keyset step taken, one row at a time
+    add_post(
+        client.app.state.engine,
+        cycle=5,
+        title="Fifth",
+        published_at="2026-04-12T12:00:00Z",
+        tags=[],
+    )  # type: ignore[attr-defined]
+    again = urlset(client.get("/sitemap.xml").content)
+    assert set(whole) < set(again) and len(again) == len(whole) + 1
+
+
+def test_sitemap_index_past_the_limit(
+    client: TestClient, site: list[posts.Post], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = urlset(client.get("/sitemap.xml").content)
+    monkeypatch.setattr(sitemap, "MAX_URLS", 2)
+    response = client.get("/sitemap.xml")
+    root = ET.fromstring(response.content)
+    assert root.tag == f"{NS}sitemapindex"
+    children = [s.findtext(f"{NS}loc") or "" for s in root.findall(f"{NS}sitemap")]
+    assert all(s.findtext(f"{NS}lastmod") for s in root.findall(f"{NS}sitemap"))
+    assert all(c.startswith(SITE_URL + "/sitemaps/") for c in children)
+    union: dict[str, str] = {}
+    for child in children:
+        part = urlset(client.get(child.removeprefix(SITE_URL)).content)
+        assert len(part) <= 2 or child.endswith("pages-0.xml")
+        assert not set(part) & set(union)
+        union.update(part)
+    assert union == whole
+
+
+@pytest.mark.parametrize(
+    "name", ["posts-x.xml", "nope-0.xml", "pages-1.xml", "posts-999999999.xml", "posts-1"]
+)
+def test_unknown_child_sitemap_is_404(client: TestClient, name: str) -> None:
+    assert client.get(f"/sitemaps/{name}").status_code == 404
+
+
+def test_empty_site_has_a_valid_sitemap(client: TestClient) -> None:
+    assert set(urlset(client.get("/sitemap.xml").content)) == {SITE_URL + "/"}
+
+
+def test_sitemap_304(client: TestClient, site: list[posts.Post]) -> None:
+    first = client.get("/sitemaps/posts-0.xml")
+    again = client.get("/sitemaps/posts-0.xml", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_robots_names_the_sitemap(client: TestClient) -> None:
+    response = client.get("/robots.txt")
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert "User-agent: *" in lines
+    assert f"Sitemap: {SITE_URL}/sitemap.xml" in lines
