@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     auth_fail_window_seconds: int = Field(default=300, ge=1)
     trusted_proxies: str = ""
     response_cache: bool = True
+    response_cache_max_entries: int = Field(default=1000, ge=1)
+    response_cache_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    response_cache_max_entry_bytes: int = Field(default=1024 * 1024, ge=1024)
     websub_hub: str = ""
     log_json: bool = True
 

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import problems
+from app.cache import ResponseCache
 from app.config import Settings
 from app.db import make_engine
 from app.routes import ops, reader
@@ -26,6 +27,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(reader.router)
     app.mount("/static", StaticFiles(directory=str(files("app.static"))), name="static")
+    if settings.response_cache:
+        # Keep this the last add_middleware call: the last added runs first, before routing.
+        app.add_middleware(
+            ResponseCache,
+            engine=app.state.engine,
+            max_entries=settings.response_cache_max_entries,
+            max_bytes=settings.response_cache_max_bytes,
+            max_entry_bytes=settings.response_cache_max_entry_bytes,
+        )
     return app
 
 
