@@ -197,7 +197,6 @@ class SiteState(SQLModel, table=True):
 # --- API / import input -------------------------------------------------------------------------
 
 
-
 # Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F, Cs is U+D800-U+DFFF: one
 # regex scan instead of a Python loop per character (bodies are ~10 KB; this was 1 ms each).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
