@@ -86,7 +86,9 @@ def prepare(size: int, database_url: str | None, keep: bool, seed: int = 7) -> A
 
     built_name, run_name = f"workshop_bench_{size}_s{seed}", f"workshop_bench_run_{size}"
     with psycopg.connect(_pg_admin(database_url), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (built_name,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (built_name,)
+        ).fetchone()
         if not (keep and exists and _count(_pg_db(database_url, built_name)) == size):
             conn.execute(f'DROP DATABASE IF EXISTS "{built_name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{built_name}"')
@@ -94,7 +96,8 @@ def prepare(size: int, database_url: str | None, keep: bool, seed: int = 7) -> A
         conn.execute(f'DROP DATABASE IF EXISTS "{run_name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{run_name}" TEMPLATE "{built_name}"')
     run_url = _pg_db(database_url, run_name)
-    with psycopg.connect(make_url(run_url).set(drivername="postgresql").render_as_string(False),
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        make_url(run_url).set(drivername="postgresql").render_as_string(False), autocommit=True
+    ) as conn:
         conn.execute("VACUUM ANALYZE")
     return Archive(size, run_url, seconds)

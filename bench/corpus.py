@@ -89,8 +89,9 @@ class Corpus:
 
     def _title(self, rng: random.Random, i: int) -> str:
         a, n1, n2 = rng.choice(ADJECTIVES), rng.choice(NOUNS), rng.choice(NOUNS)
+        verb = rng.choice(VERBS).title()
         shapes = (
-            f"The {n1.title()} {rng.choice(VERBS).title()} Is {a.title()}, Not a {n2.title()} Signal",
+            f"The {n1.title()} {verb} Is {a.title()}, Not a {n2.title()} Signal",
             f"Why the {a.title()} {n1.title()} Matters for {n2.title()}",
             f"{n1.title()} and {n2.title()}: a {a.title()} Reading, Cycle {i}",
         )
@@ -141,7 +142,9 @@ class Corpus:
             elif kind < 0.2:
                 block = "\n".join(f"- {self._sentence(rng)}" for _ in range(rng.randrange(2, 6)))
             elif kind < 0.25:
-                block = "\n".join(f"{n}. {self._sentence(rng)}" for n in range(1, rng.randrange(3, 6)))
+                block = "\n".join(
+                    f"{n}. {self._sentence(rng)}" for n in range(1, rng.randrange(3, 6))
+                )
             elif kind < 0.3:
                 block = f"> {self._paragraph(rng)}"
             elif kind < 0.32:
