@@ -146,7 +146,7 @@ def create_many(session: Session, items: list[PostIn], default_author: str) -> i
     """
     now = utcnow()
     for data in items:
-        post = Post(
+        post = Post(  # type: ignore[call-arg]
             published_at=data.published_at or now.replace(microsecond=0),
             updated_at=now,
             content_hash=content_hash(data, default_author),

@@ -173,7 +173,7 @@ def _ingest(
         ]
     token = _token(database_url)
     readers = found[0]
-    rows = []
+    rows: list[dict[str, object]] = []
     for label, opts, base in (
         ("sequential", ["-t1", "-c1"], 50_000_000),
         ("8 concurrent", ["-t2", "-c8"], 60_000_000),

@@ -82,16 +82,20 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
         with Session(engine) as session:
             published = Post.status == STATUS_PUBLISHED
             rows = session.execute(
-                select(Post.id, Post.slug).where(published).order_by(Post.id)  # type: ignore[arg-type]
+                select(Post.id, Post.slug)  # type: ignore[call-overload]
+                .where(published)
+                .order_by(Post.id)
             ).all()
             step = max(1, len(rows) // ESSAY_SAMPLE)
             essays = [f"/read/{i}/{s}" for i, s in rows[::step]]
             middle = session.get(Post, rows[len(rows) // 2][0])
             assert middle is not None
             month = middle.published_at.strftime("%Y/%m")
-            tag = session.execute(select(Tag.slug).where(Tag.name == COMMON_TAG)).scalar()
+            tag = session.execute(
+                select(Tag.slug).where(Tag.name == COMMON_TAG)  # type: ignore[call-overload]
+            ).scalar()
             story = session.execute(
-                select(Story.slug)
+                select(Story.slug)  # type: ignore[call-overload]
                 .join(PostStory, PostStory.story_id == Story.id)  # type: ignore[arg-type]
                 .where(PostStory.post_id == middle.id)  # type: ignore[arg-type]
             ).scalar()
