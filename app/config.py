@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
     idempotency_key_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     response_cache: bool = True
+    response_cache_max_entries: int = Field(default=1000, ge=1)
+    response_cache_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    response_cache_max_entry_bytes: int = Field(default=1024 * 1024, ge=1024)
     websub_hub: str = ""
     log_json: bool = True
 

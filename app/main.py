@@ -7,6 +7,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from app import problems, websub
 from app.bodygate import BodyGate
+from app.cache import ResponseCache
 from app.config import Settings
 from app.db import make_engine
 from app.observability import RequestLogMiddleware, configure_logging, metrics_response
@@ -31,12 +32,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(feeds.router)
     websub.install(app)  # pings the WebSub hub after each write, when one is configured
     app.add_route("/metrics", metrics_response, include_in_schema=False)
-    # Middleware: the last added runs first. Request log -> body gate -> gzip -> routes.
+    app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
+    # Middleware: the last added runs first.
+    # Request log -> response cache (answers before routing) -> body gate -> gzip -> routes.
     app.add_middleware(GZipMiddleware, minimum_size=500)
     app.add_middleware(BodyGate, max_body_bytes=settings.max_body_bytes)
+    if settings.response_cache:
+        app.add_middleware(
+            ResponseCache,
+            engine=app.state.engine,
+            max_entries=settings.response_cache_max_entries,
+            max_bytes=settings.response_cache_max_bytes,
+            max_entry_bytes=settings.response_cache_max_entry_bytes,
+        )
     configure_logging(settings.log_json)
     app.add_middleware(RequestLogMiddleware)  # outermost: sees every answer, cached or not
-    app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
     return app
 
 

@@ -4,6 +4,7 @@ Tables are the source of truth for Alembic autogenerate; a test checks that the 
 `migrations/` produce exactly these tables.
 """
 
+import re
 import unicodedata
 from datetime import UTC, datetime
 from typing import Any
@@ -195,16 +196,21 @@ class SiteState(SQLModel, table=True):
 
 # --- API / import input -------------------------------------------------------------------------
 
-_CONTROL_OK = {"\n", "\t", "\r"}
+
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F, Cs is U+D800-U+DFFF: one
+# regex scan instead of a Python loop per character (bodies are ~10 KB; this was 1 ms each).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_NO_NEWLINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _no_control_chars(value: str, field: str, allow_newlines: bool) -> str:
-    for ch in value:
-        if unicodedata.category(ch) == "Cc" and not (allow_newlines and ch in _CONTROL_OK):
-            raise ValueError(f"{field} contains a control character (U+{ord(ch):04X})")
-        if unicodedata.category(ch) == "Cs":
-            raise ValueError(f"{field} contains an unpaired surrogate")
-    return value
+    found = (_CONTROL_NO_NEWLINES if allow_newlines else _CONTROL).search(value)
+    if found is None:
+        return value
+    ch = found.group()
+    if unicodedata.category(ch) == "Cs":
+        raise ValueError(f"{field} contains an unpaired surrogate")
+    raise ValueError(f"{field} contains a control character (U+{ord(ch):04X})")
 
 
 def _clean_line(value: str, field: str) -> str:

@@ -127,6 +127,15 @@ def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
         yield client
 
 
+@pytest.fixture
+def uncached_client(settings: Settings) -> Iterator[TestClient]:
+    """The app with the response cache off: what the routes themselves answer."""
+    app = create_app(test_settings(settings.database_url, response_cache=False))
+    with TestClient(app, base_url=SITE_URL, follow_redirects=False) as client:
+        yield client
+    app.state.engine.dispose()
+
+
 # --- content ----------------------------------------------------------------------------------
 
 

@@ -308,7 +308,7 @@ def test_empty_site_still_serves_valid_feeds(client: TestClient) -> None:
 
 
 @pytest.fixture
-def statements(client: TestClient) -> Iterator[list[str]]:
+def statements(uncached_client: TestClient) -> Iterator[list[str]]:
     """Every SQL statement the app's engine runs (transaction control left out)."""
     seen: list[str] = []
 
@@ -316,7 +316,7 @@ def statements(client: TestClient) -> Iterator[list[str]]:
         if not re.match(r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)", statement, re.I):
             seen.append(statement)
 
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = uncached_client.app.state.engine  # type: ignore[attr-defined]
     event.listen(engine, "before_cursor_execute", record)
     yield seen
     event.remove(engine, "before_cursor_execute", record)
@@ -324,8 +324,9 @@ def statements(client: TestClient) -> Iterator[list[str]]:
 
 @pytest.mark.parametrize("path", ALL_FEEDS + ["/sitemap.xml"])
 def test_304_costs_one_query_and_no_rendering(
-    client: TestClient, essays: list[posts.Post], statements: list[str], path: str
+    uncached_client: TestClient, essays: list[posts.Post], statements: list[str], path: str
 ) -> None:
+    client = uncached_client
     first = client.get(path)
     assert first.status_code == 200
     for header in ("etag", "last-modified"):

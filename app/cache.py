@@ -1,0 +1,325 @@
+"""A response cache answered before routing, keyed by the content version every write bumps.
+
+Pure ASGI middleware: a hit costs one tiny indexed read of `site_state` (the content version,
+bumped in the same transaction as every write, by any worker) plus two `send` calls, so pages
+stay fresh across workers and hosts without any invalidation message. A miss runs the app and
+keeps a copy of a cacheable answer in a bounded per-worker LRU.
+"""
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+VERSION_SQL = "SELECT value FROM site_state WHERE name = 'content_version'"
+CACHEABLE_STATUS = frozenset({200, 301, 404, 410})
+# Operator endpoints must answer live; static files and the API docs have their own caching.
+BYPASS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"})
+BYPASS_PREFIXES = ("/static/", "/docs/")
+# Headers that make an answer personal: such requests are never served from or stored in the cache.
+PRIVATE_REQUEST_HEADERS = frozenset({b"authorization", b"cookie"})
+# What a 304 repeats from the full answer (RFC 9110 section 15.4.5).
+NOT_MODIFIED_HEADERS = frozenset(
+    {b"etag", b"cache-control", b"last-modified", b"vary", b"content-location", b"expires"}
+)
+HIT = (b"x-cache", b"hit")
+MISS = (b"x-cache", b"miss")
+
+Key = tuple[bytes, str, bytes, bool, bool, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    etag: bytes | None
+    last_modified: bytes | None
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 200
+
+
+class LRU:
+    """Least recently used entries go first when either bound (entries or bytes) is passed."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._data: OrderedDict[Key, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: Key) -> Entry | None:
+        entry = self._data.get(key)
+        if entry is not None:
+            self._data.move_to_end(key)
+        return entry
+
+    def put(self, key: Key, entry: Entry) -> None:
+        old = self._data.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        self._data[key] = entry
+        self.bytes += entry.size
+        while self._data and (len(self._data) > self.max_entries or self.bytes > self.max_bytes):
+            _, evicted = self._data.popitem(last=False)
+            self.bytes -= evicted.size
+
+
+class VersionReader:
+    """Reads the content version on a connection of its own, kept out of the app's pool.
+
+    SQLite: a dedicated autocommit connection queried inline (microseconds; WAL readers never
+    wait for writers). PostgreSQL: a dedicated autocommit async connection, so the event loop
+    keeps serving while the query is on the wire. Every read sees the latest committed write.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._pid = 0
+        self._sqlite: Any = None
+        self._pg: psycopg.AsyncConnection[Any] | None = None
+        self._pg_loop: asyncio.AbstractEventLoop | None = None
+        self._pg_lock: asyncio.Lock | None = None
+
+    async def read(self) -> int:
+        if self._pid != os.getpid():  # a forked worker must not share its parent's connection
+            self._pid, self._sqlite, self._pg = os.getpid(), None, None
+        if self.is_sqlite:
+            return self._read_sqlite()
+        return await self._read_pg()
+
+    def _read_sqlite(self) -> int:
+        if self._sqlite is None:
+            # Through the engine, so its connect hook (WAL, busy_timeout, autocommit) applies.
+            proxy = self.engine.raw_connection()
+            proxy.detach()
+            self._sqlite = proxy.dbapi_connection
+        try:
+            row = self._sqlite.execute(VERSION_SQL).fetchone()
+        except Exception:
+            self._sqlite = None
+            raise
+        return int(row[0]) if row else 0
+
+    async def _read_pg(self) -> int:
+        conn = await self._pg_connection()
+        try:
+            cur = await conn.execute(VERSION_SQL, prepare=True)
+            row = await cur.fetchone()
+        except Exception:
+            self._pg = None
+            raise
+        return int(row[0]) if row else 0
+
+    async def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+        if self._pg is not None and self._pg_loop is asyncio.get_running_loop():
+            await self._pg.close()
+        self._pg = None
+
+    async def _pg_connection(self) -> psycopg.AsyncConnection[Any]:
+        loop = asyncio.get_running_loop()
+        if self._pg_loop is not loop:  # a connection belongs to the loop that opened it
+            self._pg, self._pg_loop, self._pg_lock = None, loop, asyncio.Lock()
+        if self._pg is not None and not self._pg.closed:
+            return self._pg
+        assert self._pg_lock is not None
+        async with self._pg_lock:
+            if self._pg is None or self._pg.closed:
+                url = self.engine.url.set(drivername="postgresql")
+                self._pg = await psycopg.AsyncConnection.connect(
+                    url.render_as_string(hide_password=False), autocommit=True
+                )
+        return self._pg
+
+
+class ResponseCache:
+    """ASGI middleware: serve GET/HEAD of public pages from memory while content is unchanged."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        engine: Engine,
+        max_entries: int = 1000,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_entry_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.app = app
+        self.versions = VersionReader(engine)
+        self.store = LRU(max_entries, max_bytes)
+        self.max_entry_bytes = max_entry_bytes
+        self._warned = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._closing(receive), send)
+            return
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("GET", "HEAD")
+            or _bypassed(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        host = b""
+        gzip = html = False
+        if_none_match = if_modified_since = None
+        for name, value in scope["headers"]:
+            if name in PRIVATE_REQUEST_HEADERS:
+                await self.app(scope, receive, send)
+                return
+            if name == b"host":
+                host = value
+            elif name == b"accept-encoding":
+                gzip = b"gzip" in value
+            elif name == b"accept":
+                html = b"text/html" in value  # error pages are HTML for browsers, JSON otherwise
+            elif name == b"if-none-match":
+                if_none_match = value
+            elif name == b"if-modified-since":
+                if_modified_since = value
+        try:
+            version = await self.versions.read()
+        except Exception:  # no version, no cache: the app answers (and reports the database)
+            if not self._warned:
+                log.warning("response cache bypassed: content version unreadable", exc_info=True)
+                self._warned = True
+            await self.app(scope, receive, send)
+            return
+        key: Key = (host, scope["path"], scope["query_string"], gzip, html, version)
+
+        entry = self.store.get(key)
+        if entry is not None:
+            head = scope["method"] == "HEAD"
+            await self._answer(entry, head, if_none_match, if_modified_since, send)
+        elif scope["method"] == "HEAD" or if_none_match or if_modified_since:
+            # Only full GET answers are stored; a conditional or HEAD miss just passes through.
+            await self.app(scope, receive, _tagged(send))
+        else:
+            await self._fill(key, scope, receive, send)
+
+    def _closing(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.versions.close()
+            return message
+
+        return wrapped
+
+    async def _answer(
+        self,
+        entry: Entry,
+        head: bool,
+        if_none_match: bytes | None,
+        if_modified_since: bytes | None,
+        send: Send,
+    ) -> None:
+        if entry.status == 200 and _not_modified(entry, if_none_match, if_modified_since):
+            headers = [(k, v) for k, v in entry.headers if k in NOT_MODIFIED_HEADERS]
+            await send({"type": "http.response.start", "status": 304, "headers": [*headers, HIT]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers = [*entry.headers, HIT]
+        await send({"type": "http.response.start", "status": entry.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head else entry.body})
+
+    async def _fill(self, key: Key, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app, passing every message straight on while keeping a copy to store."""
+        start: Message | None = None
+        chunks: list[bytes] = []
+        size = 0
+        keep = True
+
+        async def capture(message: Message) -> None:
+            nonlocal start, size, keep
+            if message["type"] == "http.response.start":
+                start = message
+                keep = message["status"] in CACHEABLE_STATUS and _storable(message["headers"])
+                message = {**message, "headers": [*message["headers"], MISS]}
+            elif message["type"] == "http.response.body" and keep:
+                body = message.get("body", b"")
+                size += len(body)
+                if size > self.max_entry_bytes:
+                    keep, chunks[:] = False, []
+                else:
+                    chunks.append(body)
+                if keep and not message.get("more_body", False) and start is not None:
+                    self._store(key, start, b"".join(chunks))
+            await send(message)
+
+        await self.app(scope, receive, capture)
+
+    def _store(self, key: Key, start: Message, body: bytes) -> None:
+        headers = [(k.lower(), v) for k, v in start["headers"]]
+        found = dict(headers)
+        etag, last_modified = found.get(b"etag"), found.get(b"last-modified")
+        entry = Entry(start["status"], headers, body, etag, last_modified)
+        self.store.put(key, entry)
+
+
+def _bypassed(path: str) -> bool:
+    return path in BYPASS_PATHS or path.startswith(BYPASS_PREFIXES)
+
+
+def _storable(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        name = name.lower()
+        if name == b"set-cookie":
+            return False
+        if name == b"cache-control" and (b"no-store" in value or b"private" in value):
+            return False
+        if name == b"vary" and value.strip() == b"*":
+            return False
+    return True
+
+
+def _not_modified(
+    entry: Entry, if_none_match: bytes | None, if_modified_since: bytes | None
+) -> bool:
+    """RFC 9110 section 13.1: If-None-Match (weak comparison) wins over If-Modified-Since."""
+    if if_none_match is not None:
+        if entry.etag is None:
+            return False
+        wanted = {t.strip().removeprefix(b"W/") for t in if_none_match.split(b",")}
+        return b"*" in wanted or entry.etag.removeprefix(b"W/") in wanted
+    if if_modified_since is not None and entry.last_modified is not None:
+        try:
+            since = parsedate_to_datetime(if_modified_since.decode("latin-1"))
+            modified = parsedate_to_datetime(entry.last_modified.decode("latin-1"))
+            return modified <= since
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def _tagged(send: Send) -> Send:
+    async def tagged(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message["headers"], MISS]}
+        await send(message)
+
+    return tagged

@@ -1,0 +1,240 @@
+"""`python -m bench`: build archives, serve them as an operator does, load every endpoint with
+wrk next to nginx serving the same bytes, and write bench/results/<date>-<db>.{md,json}."""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from bench import build, endpoints, load, report
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--sizes", default="1000,10000,100000", help="archive sizes, comma separated"
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per measurement")
+    parser.add_argument("--database-url", default=None, help="postgresql://... (default SQLite)")
+    parser.add_argument(
+        "--endpoints",
+        default="",
+        help="only endpoints whose name contains one of these (comma separated)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="reuse a built archive of the same size"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--no-ingest", action="store_true", help="skip the POST measurements")
+    return parser.parse_args(argv)
+
+
+def _target(base: str, path: str) -> str:
+    if path.startswith("http"):
+        parts = urlsplit(path)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return base + path
+
+
+def _token(database_url: str) -> str:
+    env = {**os.environ, "WORKSHOP_DATABASE_URL": database_url}
+    name = f"bench-{int(time.time() * 1000)}"
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "token", "create", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[0]
+
+
+def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, object]:
+    archive = build.prepare(size, args.database_url, args.keep)
+    if archive.build_seconds:
+        print(
+            f"  {size} essays built in {archive.build_seconds:.0f} s "
+            f"({size / archive.build_seconds:.0f} essays/s)",
+            file=sys.stderr,
+        )
+    wanted = [w.strip() for w in args.endpoints.split(",") if w.strip()]
+    modes = {"both": [True, False], "on": [True], "off": [False]}[args.cache]
+    rows: list[dict[str, object]] = []
+    nginx = load.Nginx()
+    static: dict[str, load.Result] = {}
+    try:
+        for cache in modes:
+            server = load.serve(archive.url, args.workers, cache, work / f"server-{size}.log")
+            try:
+                found = endpoints.discover(server.url, archive.url, work)
+                found = [e for e in found if not wanted or any(w in e.name for w in wanted)]
+                if not nginx.files:  # the same bytes as the app, once per archive
+                    for i, e in enumerate(found):
+                        if not e.absent:
+                            answer = httpx.get(_target(server.url, e.path), timeout=60)
+                            e.static_url = nginx.add(
+                                f"e{i}", answer.content, answer.headers.get("content-type", "")
+                            )
+                    nginx.start()
+                else:
+                    for i, e in enumerate(found):
+                        e.static_url = f"http://127.0.0.1:{nginx.port}/e{i}"
+                for e in found:
+                    rows.append(_measure(args, server, nginx, static, e, size, cache))
+                if not args.no_ingest and (not wanted or any("ingest" in w for w in wanted)):
+                    rows.extend(_ingest(args, server, archive.url, found, size, cache, work))
+            finally:
+                server.stop()
+    finally:
+        nginx.stop()
+    return {"size": size, "build_seconds": archive.build_seconds, "rows": rows}
+
+
+def _measure(
+    args: argparse.Namespace,
+    server: load.Server,
+    nginx: load.Nginx,
+    static: dict[str, load.Result],
+    e: endpoints.Endpoint,
+    size: int,
+    cache: bool,
+) -> dict[str, object]:
+    row: dict[str, object] = {
+        "endpoint": e.name,
+        "path": e.path,
+        "size": size,
+        "cache": "on" if cache else "off",
+    }
+    if e.absent:
+        print(f"  {e.name}: {e.absent}", file=sys.stderr)
+        return {**row, "absent": e.absent}
+    url = _target(server.url, e.path)
+    load.wrk(url, 1, e.script, headers=e.headers)  # warm-up, discarded
+    server.peak_total = server.peak_worker = 0
+    server.sample()
+    result = load.wrk(url, args.seconds, e.script, headers=e.headers)
+    server.sample()
+    if e.name not in static:
+        static_headers = {}
+        if e.status == 304:  # nginx answers 304 to its own ETag: the same work, statically
+            etag = httpx.get(e.static_url).headers["etag"]
+            static_headers = {"If-None-Match": etag}
+        load.wrk(e.static_url, 1, headers=static_headers)
+        static[e.name] = load.wrk(e.static_url, args.seconds, headers=static_headers)
+    peer = static[e.name]
+    row.update(
+        rps=result.rps,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        errors=result.errors,
+        static_rps=peer.rps,
+        ratio=result.rps / peer.rps if peer.rps else None,
+        peak_rss_mb=server.peak_total / 2**20,
+        peak_worker_rss_mb=server.peak_worker / 2**20,
+    )
+    print(
+        f"  {size:>6} cache {row['cache']:<3} {e.name:<30} {result.rps:8.0f} req/s  "
+        f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  ratio {row['ratio']:.3f}  "
+        f"rss {row['peak_rss_mb']:.0f} MB {result.errors}",
+        file=sys.stderr,
+    )
+    return row
+
+
+def _ingest(
+    args: argparse.Namespace,
+    server: load.Server,
+    database_url: str,
+    found: list[endpoints.Endpoint],
+    size: int,
+    cache: bool,
+    work: Path,
+) -> list[dict[str, object]]:
+    probe = httpx.post(server.url + "/api/v1/posts", json={})
+    base_row = {"size": size, "cache": "on" if cache else "off", "path": "/api/v1/posts"}
+    if probe.status_code in (404, 405):
+        print(f"  ingest: absent ({probe.status_code})", file=sys.stderr)
+        return [
+            {
+                **base_row,
+                "endpoint": "POST /api/v1/posts",
+                "absent": f"absent ({probe.status_code})",
+            }
+        ]
+    token = _token(database_url)
+    readers = found[0]
+    rows: list[dict[str, object]] = []
+    for label, opts, base in (
+        ("sequential", ["-t1", "-c1"], 50_000_000),
+        ("8 concurrent", ["-t2", "-c8"], 60_000_000),
+    ):
+        base += 0 if cache else 5_000_000
+        script = endpoints.ingest_script(token, base, work / "ingest.lua")
+        reader = subprocess.Popen(
+            [
+                load.WRK,
+                *load.WRK_OPTS,
+                f"-d{args.seconds}s",
+                "--latency",
+                "-s",
+                str(readers.script),
+                server.url + readers.path,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        server.peak_total = server.peak_worker = 0
+        result = load.wrk(server.url + "/api/v1/posts", args.seconds, script, opts=opts)
+        out = reader.communicate()[0]
+        reads = load.parse(out)
+        rows.append(
+            {
+                **base_row,
+                "endpoint": f"POST /api/v1/posts ({label}, readers loading)",
+                "rps": result.rps,
+                "p50_ms": result.p50_ms,
+                "p99_ms": result.p99_ms,
+                "errors": result.errors,
+                "reader_rps": reads.rps,
+                "reader_p99_ms": reads.p99_ms,
+                "peak_rss_mb": server.peak_total / 2**20,
+                "peak_worker_rss_mb": server.peak_worker / 2**20,
+            }
+        )
+        print(
+            f"  {size:>6} ingest {label}: {result.rps:.0f} posts/s p99 {result.p99_ms:.1f} ms "
+            f"{result.errors}; readers {reads.rps:.0f} req/s p99 {reads.p99_ms:.1f} ms",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    load.wait_for_tools()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    kind = "postgresql" if args.database_url else "sqlite"
+    started = datetime.now(UTC)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for size in sizes:
+            print(f"{kind}: {size} essays", file=sys.stderr)
+            runs.append(measure_size(args, size, Path(tmp)))
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"{started:%Y-%m-%d}-{kind}"
+    report.write(stem, kind, started, args, runs)
+    print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

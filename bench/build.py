@@ -1,0 +1,103 @@
+"""Build benchmark archives through the post service, one batch per transaction (streaming)."""
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import func, make_url, select
+from sqlmodel import Session
+
+from app import db, posts
+from app.config import Settings
+from app.models import Post
+from bench.corpus import Corpus
+
+DATA = Path(__file__).parent / "data"
+BATCH = 250
+
+
+@dataclass
+class Archive:
+    size: int
+    url: str  # a database the run may change (ingest): a copy of the built archive
+    build_seconds: float | None  # None when an existing archive was reused (--keep)
+
+
+def _settings(url: str) -> Settings:
+    return Settings(_env_file=None, database_url=url, log_json=False)  # type: ignore[call-arg]
+
+
+def _count(url: str) -> int:
+    engine = db.make_engine(_settings(url))
+    try:
+        with Session(engine) as session:
+            return int(session.execute(select(func.count()).select_from(Post)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _fill(url: str, size: int, seed: int) -> float:
+    """Create `size` essays; returns the seconds it took (progress on stderr)."""
+    settings = _settings(url)
+    db.upgrade(settings)
+    engine = db.make_engine(settings)
+    corpus = Corpus(size, seed)
+    started = time.monotonic()
+    try:
+        for start in range(0, size, BATCH):
+            batch = list(corpus.essays(start, min(start + BATCH, size)))
+            with db.write_session(engine) as session:
+                posts.create_many(session, batch, settings.author)
+            done = start + len(batch)
+            rate = done / (time.monotonic() - started)
+            print(f"\r  built {done}/{size} essays, {rate:.0f}/s", end="", file=sys.stderr)
+    finally:
+        engine.dispose()
+    print(file=sys.stderr)
+    return time.monotonic() - started
+
+
+def _pg_admin(url: str) -> str:
+    return make_url(url).set(drivername="postgresql", database="postgres").render_as_string(False)
+
+
+def _pg_db(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def prepare(size: int, database_url: str | None, keep: bool, seed: int = 7) -> Archive:
+    """The built archive of `size` essays (reused with `keep`) and a fresh copy to run on."""
+    seconds: float | None = None
+    if database_url is None:
+        DATA.mkdir(exist_ok=True)
+        built = DATA / f"archive-{size}-s{seed}.db"
+        if not (keep and built.exists() and _count(f"sqlite:///{built}") == size):
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{built}{suffix}").unlink(missing_ok=True)
+            seconds = _fill(f"sqlite:///{built}", size, seed)
+        run = DATA / f"run-{size}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{run}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(built, run)
+        return Archive(size, f"sqlite:///{run}", seconds)
+
+    built_name, run_name = f"workshop_bench_{size}_s{seed}", f"workshop_bench_run_{size}"
+    with psycopg.connect(_pg_admin(database_url), autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (built_name,)
+        ).fetchone()
+        if not (keep and exists and _count(_pg_db(database_url, built_name)) == size):
+            conn.execute(f'DROP DATABASE IF EXISTS "{built_name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{built_name}"')
+            seconds = _fill(_pg_db(database_url, built_name), size, seed)
+        conn.execute(f'DROP DATABASE IF EXISTS "{run_name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{run_name}" TEMPLATE "{built_name}"')
+    run_url = _pg_db(database_url, run_name)
+    with psycopg.connect(
+        make_url(run_url).set(drivername="postgresql").render_as_string(False), autocommit=True
+    ) as conn:
+        conn.execute("VACUUM ANALYZE")
+    return Archive(size, run_url, seconds)

@@ -1,0 +1,243 @@
+"""Load generation on loopback: the server as an operator starts it, wrk, nginx, and RSS."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK_OPTS = ["-t2", "-c32"]
+
+
+def wait_for_tools(timeout: float = 600) -> None:
+    """apt may still be installing wrk and nginx on a fresh machine."""
+    deadline = time.monotonic() + timeout
+    while not (Path(WRK).exists() and Path(NGINX).exists()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {WRK} or {NGINX} is missing")
+        time.sleep(5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: str = ""
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(
+    url: str,
+    seconds: int,
+    script: Path | None = None,
+    opts: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Result:
+    cmd = [WRK, *(opts or WRK_OPTS), f"-d{seconds}s", "--latency"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    return parse(subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout)
+
+
+def parse(out: str) -> Result:
+    """wrk's --latency report -> requests/s, p50, p99 (ms) and any error counts."""
+    rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = "; ".join(
+        m.strip() for m in re.findall(r"^\s*(Non-2xx.*|Socket errors.*)$", out, re.M)
+    )
+    return Result(rps, p50, p99, total, errors)
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    peak_total: int = 0  # bytes: the sum of the workers' RSS, sampled
+    peak_worker: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _sampler: threading.Thread | None = None
+
+    def workers(self) -> list[int]:
+        """The uvicorn worker processes (spawned children of the serve process)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.process.pid and b"resource_tracker" not in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+    def sample(self) -> None:
+        sizes = []
+        for pid in self.workers():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+            if found:
+                sizes.append(int(found.group(1)) * 1024)
+        if sizes:
+            self.peak_total = max(self.peak_total, sum(sizes))
+            self.peak_worker = max(self.peak_worker, max(sizes))
+
+    def start_sampling(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(0.2):
+                self.sample()
+
+        self._sampler = threading.Thread(target=loop, daemon=True)
+        self._sampler.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def serve(database_url: str, workers: int, cache: bool, log: Path) -> Server:
+    """`workshop serve --workers N`, exactly as an operator starts it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "WORKSHOP_DATABASE_URL": database_url,
+        "WORKSHOP_SITE_URL": url,
+        "WORKSHOP_RESPONSE_CACHE": "true" if cache else "false",
+    }
+    workshop = Path(sys.executable).with_name("workshop")
+    command = [str(workshop)] if workshop.exists() else [sys.executable, "-m", "app.cli"]
+    process = subprocess.Popen(
+        [*command, "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: the server exited; see {log}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                server = Server(url, process)
+                # Both workers answer /healthz only once each has imported the app.
+                for _ in range(20):
+                    httpx.get(url + "/healthz", timeout=5)
+                server.start_sampling()
+                return server
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"bench: the server did not start; see {log}")
+
+
+# --- nginx serving the same bytes ----------------------------------------------------------
+
+
+class Nginx:
+    """nginx on loopback serving each endpoint's body as a static file (same bytes, same type)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+        self.dir.chmod(0o755)
+        self.port = free_port()
+        self.files: dict[str, str] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def add(self, name: str, body: bytes, content_type: str) -> str:
+        path = self.dir / name
+        path.write_bytes(body)
+        path.chmod(0o644)
+        self.files[name] = content_type.replace('"', "")
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def start(self) -> None:
+        locations = "\n".join(
+            f'    location = /{name} {{ default_type "{ctype}"; try_files /{name} =404; }}'
+            for name, ctype in self.files.items()
+        )
+        temp = " ".join(
+            f"{k}_temp_path {self.dir}/{k};"
+            for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        (self.dir / "nginx.conf").write_text(f"""
+worker_processes auto;
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 10000000;
+  types {{ }}
+  {temp}
+  server {{
+    listen 127.0.0.1:{self.port};
+    root {self.dir};
+{locations}
+  }}
+}}
+""")
+        conf = self.dir / "nginx.conf"
+        self.process = subprocess.Popen(
+            [NGINX, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")]
+        )
+        for _ in range(50):
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise SystemExit("bench: nginx did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""The results table: Markdown for people, JSON for checks (ratios, flatness with size)."""
+
+import argparse
+import json
+import os
+import platform
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def write(
+    stem: Path, kind: str, started: datetime, args: argparse.Namespace, runs: list[dict[str, Any]]
+) -> None:
+    meta = {
+        "date": started.isoformat(timespec="seconds"),
+        "database": kind,
+        "workers": args.workers,
+        "seconds": args.seconds,
+        "wrk": "-t2 -c32 --latency (ingest: -t1 -c1 and -t2 -c8)",
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "command": "python -m bench "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in (("sizes", args.sizes), ("seconds", args.seconds), ("cache", args.cache))
+        ),
+    }
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
+
+    smallest = (
+        {(r["endpoint"], r["cache"]): r.get("p99_ms") for r in runs[0]["rows"]} if runs else {}
+    )
+    lines = [
+        f"# Benchmark {meta['date']} ({kind}, {args.workers} workers, {meta['cores']} cores)",
+        "",
+        f"`{meta['command']}`; wrk {meta['wrk']}, {args.seconds} s per measurement.",
+        "ratio = the endpoint's requests/s over nginx serving the same bytes as a static file, "
+        "measured in the same run. p99 x = p99 over the same endpoint's p99 at the smallest size.",
+        "",
+    ]
+    for run in runs:
+        built = run.get("build_seconds")
+        rate = f", built at {run['size'] / built:.0f} essays/s" if built else " (reused)"
+        lines += [
+            f"## {run['size']:,} essays{rate}",
+            "",
+            "| endpoint | cache | req/s | p50 ms | p99 ms | p99 x | ratio to nginx | nginx req/s "
+            "| peak RSS MB (all / one worker) | notes |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in run["rows"]:
+            if "absent" in r:
+                lines.append(f"| {r['endpoint']} | {r['cache']} | | | | | | | | {r['absent']} |")
+                continue
+            base = smallest.get((r["endpoint"], r["cache"]))
+            growth = r["p99_ms"] / base if base else None
+            notes = r.get("errors", "")
+            if "reader_rps" in r:
+                notes = (
+                    f"readers {r['reader_rps']:.0f} req/s, p99 {r['reader_p99_ms']:.1f} ms; {notes}"
+                )
+            lines.append(
+                f"| {r['endpoint']} | {r['cache']} | {r['rps']:.0f} | {r['p50_ms']:.2f} "
+                f"| {r['p99_ms']:.2f} | {_fmt(growth, '.2f')} | {_fmt(r.get('ratio'), '.3f')} "
+                f"| {_fmt(r.get('static_rps'), '.0f')} "
+                f"| {r['peak_rss_mb']:.0f} / {r['peak_worker_rss_mb']:.0f} | {notes} |"
+            )
+        lines.append("")
+    stem.with_suffix(".md").write_text("\n".join(lines))
