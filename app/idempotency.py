@@ -20,6 +20,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
 
 from app.config import Settings
 from app.db import write_session
@@ -111,18 +112,41 @@ def claim(
         )
 
 
+class Completion:
+    """Handed to the action: lets it store the key's answer inside its own write transaction.
+
+    Without it a worker that died between committing a post and recording the answer would
+    leave the key "in flight"; the retry that takes the abandoned key over would then run again
+    and, for a post without a cycle, create it twice. Recorded in the same transaction, the post
+    and the answer are both there or neither is.
+    """
+
+    def __init__(self, claimed: Claim | None) -> None:
+        self.claimed = claimed
+        self.recorded = False
+
+    def record(self, session: Session, answer: StoredResponse) -> None:
+        if self.claimed is not None:
+            _mark_done(session, self.claimed, answer)
+            self.recorded = True
+
+
+def _mark_done(session: Session, claimed: Claim, answer: StoredResponse) -> None:
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.id == claimed.row_id, IdempotencyKey.state == IN_FLIGHT)  # type: ignore[arg-type]
+        .values(
+            state=DONE,
+            response_status=answer.status,
+            response_body=answer.body,
+            response_location=answer.location,
+        )
+    )
+
+
 def complete(engine: Engine, claimed: Claim, answer: StoredResponse) -> None:
     with write_session(engine) as session:
-        session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.id == claimed.row_id, IdempotencyKey.state == IN_FLIGHT)  # type: ignore[arg-type]
-            .values(
-                state=DONE,
-                response_status=answer.status,
-                response_body=answer.body,
-                response_location=answer.location,
-            )
-        )
+        _mark_done(session, claimed, answer)
         session.commit()
 
 
@@ -142,18 +166,21 @@ def run(
     scope: str,
     key: str | None,
     request_hash: str,
-    action: Callable[[], StoredResponse],
+    action: Callable[[Completion], StoredResponse],
 ) -> tuple[StoredResponse, bool]:
     """Run `action` at most once per (scope, key); returns its answer and whether it is a replay."""
     if key is None:
-        return action(), False
+        return action(Completion(None)), False
     claimed = claim(engine, settings, scope, key, request_hash)
     if isinstance(claimed, StoredResponse):
         return claimed, True
+    completion = Completion(claimed)
     try:
-        answer = action()
+        answer = action(completion)
     except BaseException:
-        release(engine, claimed)
+        if not completion.recorded:
+            release(engine, claimed)
         raise
-    complete(engine, claimed, answer)
+    if not completion.recorded:  # the action wrote nothing (e.g. a retry answered 200)
+        complete(engine, claimed, answer)
     return answer, False

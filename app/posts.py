@@ -4,6 +4,7 @@ Used by the ingest API, the reader pages, the feeds and the CLI alike; every wri
 """
 
 import hashlib
+from collections.abc import Callable
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,8 +103,19 @@ def _matches(post: Post, data: PostIn, digest: str) -> bool:
 # --- writes ---------------------------------------------------------------------------------------
 
 
+# Called with the session and the written post just before the write commits, so a caller can
+# record something in the same transaction (the ingest API stores its Idempotency-Key answer
+# this way: the post and the key's answer are committed together or not at all).
+BeforeCommit = Callable[[Session, Post], None]
+
+
 def create_post(
-    session: Session, data: PostIn, default_author: str, *, post_id: int | None = None
+    session: Session,
+    data: PostIn,
+    default_author: str,
+    *,
+    post_id: int | None = None,
+    before_commit: BeforeCommit | None = None,
 ) -> SaveResult:
     """Create a post, or return the existing one when this is a retry of the same cycle.
 
@@ -130,6 +142,8 @@ def create_post(
         if post_id is not None:
             _advance_id_sequence(session)
         created_id = post.id
+        if before_commit is not None:
+            before_commit(session, post)
         _bump_content_version(session)
         session.commit()
         events.content_changed(session, created_id)
@@ -172,6 +186,7 @@ def update_post(
     *,
     if_match: str | None = None,
     reason: Literal["update", "restore", "import"] = "update",
+    before_commit: BeforeCommit | None = None,
 ) -> SaveResult:
     """Replace a post's content, keeping the previous version as a revision.
 
@@ -198,6 +213,8 @@ def update_post(
     post.version += 1
     post.updated_at = utcnow()
     _apply(session, post, data, default_author)
+    if before_commit is not None:
+        before_commit(session, post)
     _bump_content_version(session)
     session.commit()
     events.content_changed(session, post_id)
@@ -205,7 +222,13 @@ def update_post(
     return SaveResult(post, changed=True)
 
 
-def delete_post(session: Session, post_id: int, *, if_match: str | None = None) -> SaveResult:
+def delete_post(
+    session: Session,
+    post_id: int,
+    *,
+    if_match: str | None = None,
+    before_commit: BeforeCommit | None = None,
+) -> SaveResult:
     """Unpublish: the page answers 410 and the post leaves lists and feeds; nothing is erased."""
     post = _locked_post(session, post_id)
     _check_if_match(post, if_match)
@@ -217,6 +240,8 @@ def delete_post(session: Session, post_id: int, *, if_match: str | None = None) 
     post.version += 1
     post.updated_at = utcnow()
     session.add(post)
+    if before_commit is not None:
+        before_commit(session, post)
     _bump_content_version(session)
     session.commit()
     events.content_changed(session, post_id)

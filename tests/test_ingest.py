@@ -316,3 +316,26 @@ def test_openapi_documents_every_endpoint_and_error(client):
     assert schema["components"]["schemas"]["PostIn"]["example"]["title"]
     assert client.get("/docs").status_code == 200
     json.dumps(schema)
+
+
+def test_idempotency_answer_commits_with_the_post(engine, settings) -> None:
+    """A worker killed right after the post commits leaves a replayable answer, not a stale
+    in-flight claim that a retry would take over and run twice."""
+    from conftest import sample_input
+
+    from app import idempotency, posts
+    from app.db import write_session
+
+    claimed = idempotency.claim(engine, settings, "token:1", "key-1", "hash-1")
+    assert isinstance(claimed, idempotency.Claim)
+    completion = idempotency.Completion(claimed)
+
+    def record(session, post) -> None:  # type: ignore[no-untyped-def]
+        completion.record(session, idempotency.StoredResponse(201, f'{{"id": {post.id}}}', None))
+
+    with write_session(engine) as session:
+        created = posts.create_post(session, sample_input(cycle=None), "Workshop", before_commit=record)
+    # The worker dies here: idempotency.complete() never runs.
+    retry = idempotency.claim(engine, settings, "token:1", "key-1", "hash-1")
+    assert isinstance(retry, idempotency.StoredResponse)
+    assert retry.status == 201 and retry.body == f'{{"id": {created.post.id}}}'

@@ -98,10 +98,13 @@ def create_post(
     A post without a cycle is deduplicated only through `Idempotency-Key`."""
     settings: Settings = request.app.state.settings
 
-    def action() -> StoredResponse:
+    def action(completion: idempotency.Completion) -> StoredResponse:
+        def record(session: Session, post: Post) -> None:
+            completion.record(session, _answer(session, settings, post, 201))
+
         with write_session(request.app.state.engine) as session:
             try:
-                result = posts.create_post(session, data, settings.author)
+                result = posts.create_post(session, data, settings.author, before_commit=record)
             except CycleConflict as exc:
                 raise _conflict_with_url(session, settings, exc) from None
             return _answer(session, settings, result.post, 201 if result.created else 200)
@@ -132,11 +135,14 @@ def replace_post(
     current one. A deleted post is published again."""
     settings: Settings = request.app.state.settings
 
-    def action() -> StoredResponse:
+    def action(completion: idempotency.Completion) -> StoredResponse:
+        def record(session: Session, post: Post) -> None:
+            completion.record(session, _answer(session, settings, post, 200))
+
         with write_session(request.app.state.engine) as session:
             try:
                 result = posts.update_post(
-                    session, post_id, data, settings.author, if_match=if_match
+                    session, post_id, data, settings.author, if_match=if_match, before_commit=record
                 )
             except CycleConflict as exc:
                 raise _conflict_with_url(session, settings, exc) from None
@@ -165,10 +171,16 @@ def delete_post(
     """Unpublish: the page answers 410 and the post leaves lists, feeds and the sitemap. Nothing
     is erased; `workshop post revisions ID` / `workshop post restore ID REV` bring it back."""
 
-    def action() -> StoredResponse:
+    def action(completion: idempotency.Completion) -> StoredResponse:
+        answer = StoredResponse(204, "", None)
         with write_session(request.app.state.engine) as session:
-            posts.delete_post(session, post_id, if_match=if_match)
-        return StoredResponse(204, "", None)
+            posts.delete_post(
+                session,
+                post_id,
+                if_match=if_match,
+                before_commit=lambda s, _post: completion.record(s, answer),
+            )
+        return answer
 
     return _run(request, caller, idempotency_key, if_match, None, action)
 
