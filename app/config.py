@@ -2,7 +2,7 @@
 
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +41,10 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        ZoneInfo(value)  # raises on an unknown zone, so a typo fails at start, not per page
+        try:
+            ZoneInfo(value)  # a typo fails at start, not on every page
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
         return value
 
     @field_validator("trusted_proxies")
