@@ -3,10 +3,10 @@
 Rendering is a pure function of the database content (hence of the content version) and the
 request path, so a response cache may key on exactly that pair.
 
-Ids: RSS guid, Atom id and JSON Feed id are the short permalink `/read/{id}`. It answers with a
-301 to the canonical `/read/{id}/{slug}`, so it is a real permalink (`isPermaLink="true"`), and
-unlike the slugged URL it never changes when a title is edited: a changed id makes every feed
-reader show the essay twice.
+Ids: the RSS guid is the permalink `/read/{id}/{slug}` (`isPermaLink="true"`), as subscribers'
+readers and the old blog expect. Atom ids and JSON Feed ids must never change (RFC 4287 4.2.6),
+and a slug follows its title, so those use the short permalink `/read/{id}`, which 301s to the
+canonical page.
 """
 
 import html
@@ -278,8 +278,11 @@ def _generator(
     # feedgen prepends each new entry, so add oldest first to keep the document newest first.
     for entry in reversed(_entries(settings, views)):
         fe = fg.add_entry()
-        fe.id(entry.id)
-        fe.guid(entry.id, permalink=True)
+        # feedgen keeps one id for both formats, and the document is built per format.
+        if fmt is FeedFormat.RSS:
+            fe.guid(entry.url, permalink=True)
+        else:
+            fe.id(entry.id)
         fe.title(entry.title)
         fe.link(href=entry.url, rel="alternate", type="text/html")
         fe.author({"name": entry.author})
