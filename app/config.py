@@ -1,6 +1,7 @@
 """Settings, read from WORKSHOP_* environment variables and a .env file."""
 
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
     auth_fail_limit: int = Field(default=10, ge=1)
     auth_fail_window_seconds: int = Field(default=300, ge=1)
     trusted_proxies: str = ""
+    idempotency_key_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     response_cache: bool = True
     websub_hub: str = ""
     log_json: bool = True
@@ -38,6 +40,17 @@ class Settings(BaseSettings):
     def _known_timezone(cls, value: str) -> str:
         ZoneInfo(value)  # raises on an unknown zone, so a typo fails at start, not per page
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            ip_network(entry, strict=False)  # raises on a typo, at start rather than per request
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        return [ip_network(e.strip(), strict=False) for e in self.trusted_proxies.split(",") if e.strip()]
 
     @field_validator("site_url")
     @classmethod

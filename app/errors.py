@@ -7,10 +7,19 @@ class WorkshopError(Exception):
     status = 400
     title = "Bad request"
 
-    def __init__(self, detail: str, **extra: object) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        errors: list[dict[str, str]] | None = None,
+        **extra: object,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        self.headers = headers or {}  # HTTP headers the answer carries (WWW-Authenticate, ...)
+        self.errors = errors or []  # per-field errors: [{"field": ..., "message": ...}]
 
 
 class PostNotFound(WorkshopError):

@@ -6,10 +6,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import problems
+from app.bodygate import BodyGate
 from app.observability import RequestLogMiddleware, configure_logging, metrics_response
 from app.config import Settings
 from app.db import make_engine
-from app.routes import ops, reader
+from app.routes import ingest, ops, reader
 from app.templating import make_templates
 
 
@@ -26,6 +27,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(ops.router)
     app.include_router(reader.router)
+    app.include_router(ingest.router)
+    app.add_middleware(BodyGate, max_body_bytes=settings.max_body_bytes)
     app.add_route("/metrics", metrics_response, include_in_schema=False)
     configure_logging(settings.log_json)
     app.add_middleware(RequestLogMiddleware)  # outermost: sees every answer, cached or not

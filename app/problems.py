@@ -19,6 +19,14 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`("body", "debate", "minds", 0, "name")` -> `debate.minds.0.name`; `("query", "limit")` -> `limit`."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:] or parts
+    return ".".join(str(p) for p in parts) or "body"
+
+
 def wants_html(request: Request) -> bool:
     return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
 
@@ -31,14 +39,18 @@ def install(app: FastAPI) -> None:
 
             return error_page(request, exc.status, exc.title, exc.detail)
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float)}
-        headers = {"ETag": str(exc.extra["etag"])} if "etag" in exc.extra else None
-        return problem(exc.status, exc.title, exc.detail, headers=headers, **extra)
+        headers = dict(exc.headers)
+        if "etag" in exc.extra:
+            headers["ETag"] = str(exc.extra["etag"])
+        if exc.errors:
+            extra["errors"] = exc.errors
+        return problem(exc.status, exc.title, exc.detail, headers=headers or None, **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         errors = [
             {
-                "field": ".".join(str(p) for p in err["loc"] if p != "body") or "body",
+                "field": _field_name(err["loc"]),
                 "message": err["msg"],
             }
             for err in exc.errors()

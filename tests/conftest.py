@@ -222,3 +222,24 @@ def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
     server = start_server(settings, tmp_path)
     yield server
     stop_server(server)
+
+
+# --- the ingest API ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def token(engine: Engine) -> str:
+    """A fresh engine token, created the way `workshop token create` does."""
+    from app import tokens
+
+    return tokens.create_token(engine, "engine")
+
+
+@pytest.fixture
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def post_json(**overrides: object) -> dict[str, object]:
+    """A valid POST /api/v1/posts body (sample_input as the engine would send it)."""
+    return sample_input(**overrides).model_dump(mode="json", exclude_none=True)

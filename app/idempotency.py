@@ -1,0 +1,157 @@
+"""The `Idempotency-Key` header (IETF draft-ietf-httpapi-idempotency-key-header, as Stripe does it).
+
+A key is scoped to the token that sent it. The first request with a key claims it (a row in
+state `in_flight`, committed before the work starts, so every worker sees the claim); when the
+work succeeds its answer is stored and the key becomes `done`. Later requests with the key:
+
+- a different request (method, path, If-Match or body) -> 422, nothing runs;
+- while the first is still running -> 409 with Retry-After, nothing runs;
+- the same request after it finished -> the stored answer again, nothing runs.
+
+A refused request (any 4xx) stores nothing and releases its key, so the client may fix the
+request and send it again with the same key. Keys expire after `idempotency_key_ttl_seconds`.
+"""
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pydantic import BaseModel
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.config import Settings
+from app.db import write_session
+from app.errors import WorkshopError
+from app.models import IdempotencyKey, utcnow
+
+IN_FLIGHT = "in_flight"
+DONE = "done"
+# A claim this old belongs to a request that died with its worker (no request runs this long);
+# the next retry takes the key over instead of waiting for ever.
+ABANDONED_AFTER = timedelta(minutes=1)
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+
+
+class IdempotencyKeyReused(WorkshopError):
+    status = 422
+    title = "Idempotency key reused for a different request"
+
+
+class IdempotencyKeyInFlight(WorkshopError):
+    status = 409
+    title = "A request with this idempotency key is still in progress"
+
+
+@dataclass
+class Claim:
+    row_id: int
+
+
+@dataclass
+class StoredResponse:
+    status: int
+    body: str
+    location: str | None
+
+
+def fingerprint(method: str, path: str, if_match: str | None, body: BaseModel | None) -> str:
+    """What makes two requests "the same": validated content, so key order and spacing do not."""
+    digest = hashlib.sha256(f"{method} {path}\n{if_match or ''}\n".encode())
+    if body is not None:
+        digest.update(body.model_dump_json().encode())
+    return digest.hexdigest()
+
+
+def claim(
+    engine: Engine, settings: Settings, scope: str, key: str, request_hash: str
+) -> Claim | StoredResponse:
+    now = utcnow()
+    with write_session(engine) as session:
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        inserted = session.execute(
+            insert(IdempotencyKey)
+            .values(
+                scope=scope, key=key, request_hash=request_hash, state=IN_FLIGHT, created_at=now
+            )
+            .on_conflict_do_nothing(index_elements=["scope", "key"])
+        ).rowcount
+        row = session.execute(
+            select(IdempotencyKey)
+            .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+            .with_for_update()  # type: ignore[arg-type]
+        ).scalar_one()
+        expired = row.created_at <= now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
+        abandoned = row.state == IN_FLIGHT and row.created_at <= now - ABANDONED_AFTER
+        if inserted or expired or abandoned:
+            row.request_hash, row.state, row.created_at = request_hash, IN_FLIGHT, now
+            row.response_status = row.response_body = row.response_location = None
+            session.add(row)
+            session.commit()
+            return Claim(row.id)  # type: ignore[arg-type]
+        if row.request_hash != request_hash:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {key!r} was first used for a different request; "
+                "use a new key for a new request",
+                errors=[
+                    {"field": "Idempotency-Key", "message": "already used for a different request"}
+                ],
+            )
+        if row.state == IN_FLIGHT:
+            raise IdempotencyKeyInFlight(
+                f"the first request with Idempotency-Key {key!r} has not finished; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        return StoredResponse(
+            row.response_status or 200, row.response_body or "", row.response_location
+        )
+
+
+def complete(engine: Engine, claimed: Claim, answer: StoredResponse) -> None:
+    with write_session(engine) as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.id == claimed.row_id, IdempotencyKey.state == IN_FLIGHT)  # type: ignore[arg-type]
+            .values(
+                state=DONE,
+                response_status=answer.status,
+                response_body=answer.body,
+                response_location=answer.location,
+            )
+        )
+        session.commit()
+
+
+def release(engine: Engine, claimed: Claim) -> None:
+    with write_session(engine) as session:
+        session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.id == claimed.row_id, IdempotencyKey.state == IN_FLIGHT
+            )  # type: ignore[arg-type]
+        )
+        session.commit()
+
+
+def run(
+    engine: Engine,
+    settings: Settings,
+    scope: str,
+    key: str | None,
+    request_hash: str,
+    action: Callable[[], StoredResponse],
+) -> tuple[StoredResponse, bool]:
+    """Run `action` at most once per (scope, key); returns its answer and whether it is a replay."""
+    if key is None:
+        return action(), False
+    claimed = claim(engine, settings, scope, key, request_hash)
+    if isinstance(claimed, StoredResponse):
+        return claimed, True
+    try:
+        answer = action()
+    except BaseException:
+        release(engine, claimed)
+        raise
+    complete(engine, claimed, answer)
+    return answer, False
