@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,8 @@ def render_nginx_conf(directory: Path, port: int, upstreams: list[str]) -> str:
     """deploy/nginx.conf with loopback ports, and every path nginx writes under `directory`."""
     text = NGINX_CONF.read_text()
     servers = "".join(
-        f"        server {u.removeprefix('http://')} max_fails=2 fail_timeout=5s;\n" for u in upstreams
+        f"        server {u.removeprefix('http://')} max_fails=2 fail_timeout=5s;\n"
+        for u in upstreams
     )
     text, found = re.subn(r"(?m)^\s*server app\d+:8000[^\n]*\n", "", text)
     assert found, "deploy/nginx.conf no longer names app1:8000 / app2:8000"
@@ -203,8 +205,16 @@ def running_topology(
     started: list = []
     proxy: Nginx | None = None
     try:
-        for _ in range(hosts):
-            started.append(start_server(settings, directory, workers=workers, **env))
+        # Side by side: each host spends a while importing; a failure stops the ones that started.
+        with ThreadPoolExecutor(hosts) as pool:
+            futures = [
+                pool.submit(start_server, settings, directory, workers=workers, **env)
+                for _ in range(hosts)
+            ]
+        failures = [f.exception() for f in futures if f.exception() is not None]
+        started.extend(f.result() for f in futures if f.exception() is None)
+        if failures:
+            raise failures[0]  # type: ignore[misc]
         proxy = start_nginx(directory / "nginx", [h.url for h in started])
         yield Topology(started, proxy, database_url, env)
     finally:
