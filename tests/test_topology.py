@@ -1,4 +1,4 @@
-"""Nothing lives in one worker: two hosts on one database behind nginx's cache (deploy/nginx.conf)."""
+"""Nothing lives in one worker: two hosts on one database behind nginx (deploy/nginx.conf)."""
 
 import re
 from collections.abc import Iterator
@@ -101,8 +101,14 @@ def test_failed_authentication_limit_holds_across_hosts(topology) -> None:
 
 def test_token_revoked_on_the_cli_is_refused_by_every_host(topology, bearer) -> None:
     a, b = topology.hosts
-    assert httpx.post(a.url + "/api/v1/posts", json=post_json(cycle=4500), headers=bearer).status_code == 201
-    assert httpx.post(b.url + "/api/v1/posts", json=post_json(cycle=4501), headers=bearer).status_code == 201
+    assert (
+        httpx.post(a.url + "/api/v1/posts", json=post_json(cycle=4500), headers=bearer).status_code
+        == 201
+    )
+    assert (
+        httpx.post(b.url + "/api/v1/posts", json=post_json(cycle=4501), headers=bearer).status_code
+        == 201
+    )
     topology.cli("token", "revoke", "engine")
     for url in (b.url, a.url, topology.proxy_url):
         refused = httpx.post(url + "/api/v1/posts", json=post_json(cycle=4502), headers=bearer)
