@@ -38,6 +38,10 @@ AUTH_FAILURES = Counter("workshop_auth_failures_total", "Refused API authenticat
 CACHE_LOOKUPS = Counter("workshop_response_cache_total", "Response cache lookups", ["result"])
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A response-cache hit is answered before routing, so it has no route: it gets the route this
+# worker saw for the same path on the miss that filled the cache. Bounded, like the cache.
+_ROUTE_OF_PATH: dict[str, str] = {}
+_ROUTE_MEMORY = 10_000
 _log = logging.getLogger("workshop.access")
 
 
@@ -92,7 +96,13 @@ class RequestLogMiddleware:
         finally:
             duration = time.perf_counter() - start
             route = scope.get("route")
-            label = getattr(route, "path", None) or scope.get("workshop.route_label", "unmatched")
+            label = getattr(route, "path", None) or scope.get("workshop.route_label")
+            if label:
+                if len(_ROUTE_OF_PATH) >= _ROUTE_MEMORY:
+                    _ROUTE_OF_PATH.clear()
+                _ROUTE_OF_PATH[scope["path"]] = label
+            else:
+                label = _ROUTE_OF_PATH.get(scope["path"], "unmatched")
             REQUESTS.labels(scope["method"], label, str(status)).inc()
             LATENCY.labels(label).observe(duration)
             _count_outcome(scope["method"], label, status, dict(response_headers))
