@@ -99,7 +99,8 @@ def check_json(content_type: str | None, body: bytes) -> None:
         raise BodyRefused(
             415,
             "Unsupported media type",
-            f"the body must be JSON sent as Content-Type: application/json, not {media_type or 'nothing'}",
+            "the body must be JSON sent as Content-Type: application/json, "
+            f"not {media_type or 'nothing'}",
         )
     try:
         text = body.decode("utf-8")
@@ -111,7 +112,8 @@ def check_json(content_type: str | None, body: bytes) -> None:
         raise BodyRefused(
             400,
             "Malformed JSON",
-            f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (char {exc.pos})",
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, "
+            f"column {exc.colno} (char {exc.pos})",
             errors=[{"field": "body", "message": f"{exc.msg} at char {exc.pos}"}],
         ) from None
     except _DuplicateKey as exc:
@@ -153,7 +155,8 @@ def _bad_utf8(body: bytes, exc: UnicodeDecodeError) -> BodyRefused:
     return BodyRefused(
         400,
         "Invalid UTF-8",
-        f"{field}: the body is not valid UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})",
+        f"{field}: the body is not valid UTF-8 "
+        f"(byte 0x{body[exc.start]:02x} at offset {exc.start})",
         errors=[{"field": field, "message": "not valid UTF-8"}],
     )
 

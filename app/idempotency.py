@@ -71,13 +71,15 @@ def claim(
     with write_session(engine) as session:
         dialect = session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        # RETURNING tells whether this request made the claim (rowcount is unreliable here).
         inserted = session.execute(
             insert(IdempotencyKey)
             .values(
                 scope=scope, key=key, request_hash=request_hash, state=IN_FLIGHT, created_at=now
             )
             .on_conflict_do_nothing(index_elements=["scope", "key"])
-        ).rowcount
+            .returning(IdempotencyKey.id)  # type: ignore[arg-type]
+        ).first()
         row = session.execute(
             select(IdempotencyKey)
             .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
@@ -85,7 +87,7 @@ def claim(
         ).scalar_one()
         expired = row.created_at <= now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
         abandoned = row.state == IN_FLIGHT and row.created_at <= now - ABANDONED_AFTER
-        if inserted or expired or abandoned:
+        if inserted is not None or expired or abandoned:
             row.request_hash, row.state, row.created_at = request_hash, IN_FLIGHT, now
             row.response_status = row.response_body = row.response_location = None
             session.add(row)

@@ -91,7 +91,8 @@ class PostPage(BaseModel):
 
     items: list[PostOut]
     next: str | None = Field(
-        description='Absolute URL of the next (older) page, also sent as `Link: <...>; rel="next"`; '
+        description="Absolute URL of the next (older) page, "
+        'also sent as `Link: <...>; rel="next"`; '
         "null on the last page."
     )
 
@@ -127,7 +128,8 @@ def post_out(settings: Settings, view: PostView) -> PostOut:
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",
-    "description": "An RFC 9457 problem document; 400 and 422 list each offending field in `errors`.",
+    "description": "An RFC 9457 problem document; "
+    "400 and 422 list each offending field in `errors`.",
     "type": "object",
     "required": ["type", "title", "status", "detail"],
     "properties": {
@@ -163,7 +165,8 @@ _PROBLEMS: dict[int, tuple[str, dict[str, str]]] = {
     401: (
         "Missing, unknown or revoked token.",
         {
-            "WWW-Authenticate": 'Always `Bearer realm="workshop"`, with `error="invalid_token"` for a bad token.'
+            "WWW-Authenticate": 'Always `Bearer realm="workshop"`, '
+            'with `error="invalid_token"` for a bad token.'
         },
     ),
     404: ("No post with this id.", {}),
@@ -180,7 +183,8 @@ _PROBLEMS: dict[int, tuple[str, dict[str, str]]] = {
     413: ("The body is over the size limit (1 MiB by default).", {}),
     415: ("The body is not sent as application/json.", {}),
     422: (
-        "Validation failed (each field in `errors`), or an Idempotency-Key reused for another request.",
+        "Validation failed (each field in `errors`), "
+        "or an Idempotency-Key reused for another request.",
         {},
     ),
     429: (

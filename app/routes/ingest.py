@@ -38,7 +38,8 @@ IfMatch = Annotated[
     Header(
         alias="If-Match",
         max_length=1000,
-        description="Only change the post if its ETag still matches (else 412 and nothing changes).",
+        description="Only change the post if its ETag still matches "
+        "(else 412 and nothing changes).",
     ),
 ]
 IdempotencyKey = Annotated[
@@ -46,8 +47,9 @@ IdempotencyKey = Annotated[
     Header(
         alias="Idempotency-Key",
         pattern=idempotency.KEY_PATTERN,
-        description="Up to 255 visible ASCII characters (a UUID is ideal). The same key with the same "
-        "request replays the first answer (with `Idempotent-Replayed: true`); with a different request "
+        description="Up to 255 visible ASCII characters (a UUID is ideal). The same key with "
+        "the same request replays the first answer (with `Idempotent-Replayed: true`); "
+        "with a different request "
         "-> 422; while the first is still running -> 409. Keys are per token and kept 24 hours.",
         examples=["5f0c2e8e-3b1a-4d2a-9a53-2f1f4bfb7c11"],
     ),
@@ -150,7 +152,7 @@ def replace_post(
     status_code=204,
     responses={
         204: {"description": "Unpublished (or already was). The post and its revisions are kept."},
-        **problem_responses(401, 404, 412, 413, 429),
+        **problem_responses(401, 404, 412, 413, 422, 429),
     },
 )
 def delete_post(
