@@ -38,6 +38,10 @@ AUTH_FAILURES = Counter("workshop_auth_failures_total", "Refused API authenticat
 CACHE_LOOKUPS = Counter("workshop_response_cache_total", "Response cache lookups", ["result"])
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A response-cache hit is answered before routing, so it has no route: it gets the route this
+# worker saw for the same path on the miss that filled the cache. Bounded, like the cache.
+_ROUTE_OF_PATH: dict[str, str] = {}
+_ROUTE_MEMORY = 10_000
 _log = logging.getLogger("workshop.access")
 
 
@@ -54,7 +58,9 @@ class _JsonFormatter(logging.Formatter):
 
 def configure_logging(as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter("%(message)s %(fields)s"))
+    handler.setFormatter(
+        _JsonFormatter() if as_json else logging.Formatter("%(message)s %(fields)s")
+    )
     _log.handlers[:] = [handler]
     _log.setLevel(logging.INFO)
     _log.propagate = False
@@ -74,11 +80,13 @@ class RequestLogMiddleware:
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         status = 500
+        response_headers: list[tuple[bytes, bytes]] = []
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_headers
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_headers = list(message.get("headers", []))
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
@@ -88,9 +96,16 @@ class RequestLogMiddleware:
         finally:
             duration = time.perf_counter() - start
             route = scope.get("route")
-            label = getattr(route, "path", None) or scope.get("workshop.route_label", "unmatched")
+            label = getattr(route, "path", None) or scope.get("workshop.route_label")
+            if label:
+                if len(_ROUTE_OF_PATH) >= _ROUTE_MEMORY:
+                    _ROUTE_OF_PATH.clear()
+                _ROUTE_OF_PATH[scope["path"]] = label
+            else:
+                label = _ROUTE_OF_PATH.get(scope["path"], "unmatched")
             REQUESTS.labels(scope["method"], label, str(status)).inc()
             LATENCY.labels(label).observe(duration)
+            _count_outcome(scope["method"], label, status, dict(response_headers))
             _log.info(
                 "request",
                 extra={
@@ -103,6 +118,32 @@ class RequestLogMiddleware:
                     }
                 },
             )
+
+
+# The ingest API's answers, read off the response so every route and middleware is counted
+# without each of them importing the metrics.
+_INGEST_ACTIONS = {
+    ("POST", 201): "created",
+    ("POST", 200): "unchanged",
+    ("PUT", 200): "updated",
+    ("DELETE", 204): "deleted",
+}
+
+
+def _count_outcome(method: str, route: str, status: int, headers: dict[bytes, bytes]) -> None:
+    if route.startswith("/api/"):
+        replayed = headers.get(b"idempotent-replayed") == b"true"
+        action = _INGEST_ACTIONS.get((method, status))
+        if action and not replayed and method in ("POST", "PUT", "DELETE"):
+            POSTS_INGESTED.labels(action).inc()
+        if status == 401:
+            bad = b'error="invalid_token"' in headers.get(b"www-authenticate", b"")
+            AUTH_FAILURES.labels("invalid_token" if bad else "missing_token").inc()
+        elif status == 429:
+            AUTH_FAILURES.labels("locked_out").inc()
+    cache = headers.get(b"x-cache")  # set by the response cache middleware: hit or miss
+    if cache in (b"hit", b"miss"):
+        CACHE_LOOKUPS.labels(cache.decode()).inc()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -27,6 +27,12 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in parts) or "body"
 
 
+def _disk_full(exc: Exception) -> bool:
+    """SQLite's SQLITE_FULL, or PostgreSQL's disk_full (SQLSTATE 53100)."""
+    orig = getattr(exc, "orig", None)
+    return "database or disk is full" in str(orig) or getattr(orig, "sqlstate", None) == "53100"
+
+
 def wants_html(request: Request) -> bool:
     return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
 
@@ -62,14 +68,19 @@ def install(app: FastAPI) -> None:
         # The database is down, restarting or locked past busy_timeout: a retryable 503, never a
         # 500. (Data errors never get here: inputs are validated before any SQL runs.)
         headers = {"Retry-After": "5"}
-        detail = "the database is unavailable; retry shortly"
+        status, title, detail = 503, "Service unavailable", "the database is unavailable; retry shortly"
+        if _disk_full(exc):
+            # Not a bug and not transient: the operator must free space. Reads still work.
+            status, title = 507, "Insufficient storage"
+            detail = "the database's disk is full; nothing was stored; retry after space is freed"
+            headers = {"Retry-After": "60"}
         if wants_html(request):
             from app.routes.reader import error_page
 
-            response = error_page(request, 503, "Temporarily unavailable", detail)
+            response = error_page(request, status, title, detail)
             response.headers.update(headers)
             return response
-        return problem(503, "Service unavailable", detail, headers=headers)
+        return problem(status, title, detail, headers=headers)
 
     app.add_exception_handler(DBAPIError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
