@@ -83,7 +83,9 @@ def decode_cursor(token: str) -> tuple[datetime, int]:
         at_text, id_text = raw.split("|")
         at = datetime.fromisoformat(at_text)
         post_id = int(id_text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # An offset can push the instant past year 1..9999 in UTC (OverflowError, once a 500).
+        at = at.astimezone(UTC) if at.tzinfo is not None else at
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise BadCursor("the page link is not valid; start from the first page") from None
     if at.tzinfo is None or not 0 < post_id <= MAX_POST_ID:
         raise BadCursor("the page link is not valid; start from the first page")

@@ -1,5 +1,6 @@
 """Reader pages through the real app on a real database: content, head, links, HTTP caching."""
 
+import base64
 import json
 import re
 from urllib.parse import parse_qs, urlsplit
@@ -244,6 +245,32 @@ def test_bad_cursor_is_a_clear_400(client: TestClient, engine: Engine, cursor: s
         response = client.get(path, params={"after": cursor}, headers=HTML)
         assert response.status_code in (200, 400)
     assert client.get("/", params={"before": "garbage"}, headers=HTML).status_code == 400
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "0001-01-01T00:00:00+23:59|1",  # before year 1 in UTC: an OverflowError was a 500
+        "9999-12-31T23:59:59-23:59|1",  # after year 9999 in UTC
+        "2026-01-01T00:00:00+00:00|0",
+        "2026-01-01T00:00:00+00:00|99999999999999",
+    ],
+)
+def test_cursor_out_of_range_is_a_clear_400(client: TestClient, engine: Engine, raw: str) -> None:
+    add_post(engine)
+    for path in ("/", "/tags/qqq", "/stories/narrow-leadership"):
+        for direction in ("before", "after"):
+            response = client.get(path, params={direction: _cursor(raw)}, headers=HTML)
+            assert response.status_code == 400, (path, direction, response.status_code)
+            doc = lxml.html.fromstring(response.text)
+            assert any("page link" in t for t in texts(doc, "//main//p"))
+    response = client.get("/api/v1/posts", params={"cursor": _cursor(raw)})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "cursor"
 
 
 # --- lists ---------------------------------------------------------------------------------------
