@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from app.errors import BadCursor, PageNotFound
 from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
+from app.slugs import is_slug
 
 # The columns a list entry shows; the body and its HTML stay in the database.
 ENTRY_COLUMNS = (
@@ -149,6 +150,8 @@ def newest(
 
 
 def tag_by_slug(session: Session, slug: str) -> Tag:
+    if not is_slug(slug):
+        raise PageNotFound(f"no tag {slug[:80]!r}")
     tag = session.execute(select(Tag).where(Tag.slug == slug)).scalars().first()  # type: ignore[arg-type]
     if tag is None:
         raise PageNotFound(f"no tag {slug!r}")
@@ -171,6 +174,8 @@ def tagged(
 
 
 def story_by_slug(session: Session, slug: str) -> Story:
+    if not is_slug(slug):
+        raise PageNotFound(f"no story {slug[:80]!r}")
     story = session.execute(select(Story).where(Story.slug == slug)).scalars().first()  # type: ignore[arg-type]
     if story is None:
         raise PageNotFound(f"no story {slug!r}")

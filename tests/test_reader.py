@@ -247,6 +247,19 @@ def test_bad_cursor_is_a_clear_400(client: TestClient, engine: Engine, cursor: s
     assert client.get("/", params={"before": "garbage"}, headers=HTML).status_code == 400
 
 
+@pytest.mark.parametrize("slug", ["%00", "a%00b", "%ED%A0%80", "%C3%A9", "QQQ", "x" * 300])
+@pytest.mark.parametrize("kind", ["tags", "stories"])
+def test_hostile_tag_and_story_slugs_are_404(
+    client: TestClient, engine: Engine, kind: str, slug: str
+) -> None:
+    add_post(engine)
+    # NUL reached PostgreSQL, which refuses it in text: a 503 "database unavailable" page.
+    page(client, f"/{kind}/{slug}", status=404)
+    response = client.get(f"/{kind}/{slug}")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
 def _cursor(raw: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
