@@ -49,6 +49,8 @@ class _JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         doc.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
 
 
@@ -58,6 +60,12 @@ def configure_logging(as_json: bool) -> None:
     _log.handlers[:] = [handler]
     _log.setLevel(logging.INFO)
     _log.propagate = False
+    # app/problems.py logs the database errors it answers with 503 here, with their traceback.
+    errors = logging.getLogger("workshop.errors")
+    errors_handler = logging.StreamHandler(sys.stderr)
+    errors_handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter())
+    errors.handlers[:] = [errors_handler]
+    errors.propagate = False
 
 
 class RequestLogMiddleware:
