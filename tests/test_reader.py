@@ -9,7 +9,7 @@ import lxml.html
 import pytest
 from conftest import SITE_URL, add_post
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from app import db, posts
 
@@ -365,6 +365,38 @@ def test_archive_by_month_in_site_time(client: TestClient, engine: Engine) -> No
         "Last of February"
     ]
     assert texts(page(client, "/archive/2026/01"), "//ol[@class='compact']//a") == []
+
+
+def test_archive_spanning_centuries_costs_a_few_queries(
+    uncached_client: TestClient, engine: Engine
+) -> None:
+    # Essays at both ends of the allowed range: the archive used to count each of the ~96,000
+    # months in between (320 statements of 300 counts each; over 30 s, every request).
+    add_post(engine, cycle=1, title="Epoch", published_at="1970-01-01T00:00:00Z")
+    add_post(engine, cycle=2, title="Today", published_at="2026-04-03T17:51:27Z")
+    add_post(engine, cycle=3, title="Far Future", published_at="9998-12-31T23:59:59Z")
+    statements: list[str] = []
+
+    def listener(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    app_engine = uncached_client.app.state.engine  # type: ignore[attr-defined]
+    event.listen(app_engine, "before_cursor_execute", listener)
+    try:
+        doc = page(uncached_client, "/archive")
+    finally:
+        event.remove(app_engine, "before_cursor_execute", listener)
+    # 1970-01-01T00:00Z is still December 1969 in Los Angeles.
+    links = hrefs(doc, "//ul[@class='months']//a")
+    assert links == ["/archive/9998/12", "/archive/2026/04", "/archive/1969/12"]
+    assert len(statements) <= 10, statements
+    for link, title in zip(links, ["Far Future", "Today", "Epoch"], strict=True):
+        assert texts(page(uncached_client, link), "//ol[@class='compact']//a") == [title]
+
+
+@pytest.mark.parametrize("path", ["/archive/1969/11", "/archive/9999/02", "/archive/0000/01"])
+def test_archive_months_no_essay_can_be_in_are_404(client: TestClient, path: str) -> None:
+    page(client, path, status=404)
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
