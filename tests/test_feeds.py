@@ -308,6 +308,18 @@ def test_unknown_tag_or_story_is_404(
     assert response.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize("name", FEED_FILES)
+def test_if_none_match_star_does_not_hide_an_unknown_feed(
+    uncached_client: TestClient, essays: list[posts.Post], name: str
+) -> None:
+    star = {"If-None-Match": "*"}
+    # "*" answered 304 for the feed of any tag or story, known or not.
+    assert uncached_client.get(f"/tags/nope/{name}", headers=star).status_code == 404
+    assert uncached_client.get(f"/stories/nope/{name}", headers=star).status_code == 404
+    assert uncached_client.get(f"/tags/qqq/{name}", headers=star).status_code == 304
+    assert uncached_client.get(f"/{name}", headers=star).status_code == 304
+
+
 def test_empty_site_still_serves_valid_feeds(client: TestClient) -> None:
     for name in FEED_FILES:
         response = client.get(f"/{name}")

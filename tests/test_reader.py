@@ -402,6 +402,30 @@ def test_archive_months_no_essay_can_be_in_are_404(client: TestClient, path: str
 # --- HTTP ----------------------------------------------------------------------------------------
 
 
+def test_if_none_match_star_does_not_hide_a_missing_page(
+    client: TestClient, engine: Engine
+) -> None:
+    post = add_post(engine)
+    gone = add_post(engine, cycle=901, title="Withdrawn")
+    with db.write_session(engine) as session:
+        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
+    star = {"If-None-Match": "*", **HTML}
+    # "*" matched any path: unknown, withdrawn and moved pages all answered 304.
+    for path, status in [
+        ("/tags/nope", 404),
+        ("/read/999999/x", 404),
+        (f"/read/{gone.id}/{gone.slug}", 410),
+        (f"/read/{post.id}/old-slug", 301),
+        ("/archive/2026/13", 404),
+    ]:
+        for _ in range(2):  # the second may come from the response cache
+            assert client.get(path, headers=star).status_code == status, path
+    for path in (f"/read/{post.id}/{post.slug}", "/tags/qqq", "/"):
+        client.get(path, headers=HTML)
+        assert client.get(path, headers=star).status_code == 304, path
+
+
+
 @pytest.mark.parametrize("path", ["/", "/archive", "/search?q=breadth", "/tags/qqq", "ESSAY"])
 def test_etag_304_and_cache_control(client: TestClient, engine: Engine, path: str) -> None:
     post = add_post(engine)
