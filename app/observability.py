@@ -38,6 +38,9 @@ AUTH_FAILURES = Counter("workshop_auth_failures_total", "Refused API authenticat
 CACHE_LOOKUPS = Counter("workshop_response_cache_total", "Response cache lookups", ["result"])
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The method is a metric label: any other token a client sends (h11 accepts them all) counts
+# as OTHER, so a client cannot mint new time series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _log = logging.getLogger("workshop.access")
 
 
@@ -97,7 +100,8 @@ class RequestLogMiddleware:
             duration = time.perf_counter() - start
             route = scope.get("route")
             label = getattr(route, "path", None) or scope.get("workshop.route_label", "unmatched")
-            REQUESTS.labels(scope["method"], label, str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            REQUESTS.labels(method, label, str(status)).inc()
             LATENCY.labels(label).observe(duration)
             _log.info(
                 "request",

@@ -32,6 +32,14 @@ def test_metrics_in_prometheus_format(engine, client) -> None:
     assert 'route="/read/{post_id}/{slug}"' in body
 
 
+def test_unknown_methods_share_one_metric_label(client) -> None:
+    for method in ("FOOBAR", "X" * 200, "PROPFIND"):
+        assert client.request(method, "/").status_code == 405
+    body = client.get("/metrics").text
+    assert 'method="OTHER"' in body
+    assert "FOOBAR" not in body and "X" * 200 not in body and "PROPFIND" not in body
+
+
 def test_metrics_and_logs_from_a_real_server(engine, live_server) -> None:
     import json
 
