@@ -402,6 +402,36 @@ def test_archive_months_no_essay_can_be_in_are_404(client: TestClient, path: str
 # --- HTTP ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "ESSAY",
+        "/read/{id}",
+        "/read/{id}/old-slug",
+        "/cycle/900",
+        "/cycle/1",
+        "/archive",
+        "/archive/2026/04",
+        "/tags/qqq",
+        "/stories/narrow-leadership",
+        "/search?q=breadth",
+        "/healthz",
+        "/readyz",
+    ],
+)
+def test_head_answers_like_get(uncached_client: TestClient, engine: Engine, path: str) -> None:
+    post = add_post(engine)
+    path = f"/read/{post.id}/{post.slug}" if path == "ESSAY" else path.format(id=post.id)
+    got = uncached_client.get(path, headers=HTML)
+    # FastAPI routes answer only the methods they name: HEAD was 405 on every page.
+    head = uncached_client.head(path, headers=HTML)
+    assert head.status_code == got.status_code, (path, head.status_code)
+    assert head.content == b""
+    for name in ("etag", "location", "cache-control", "content-type"):
+        assert head.headers.get(name) == got.headers.get(name), name
+
+
 def test_if_none_match_star_does_not_hide_a_missing_page(
     client: TestClient, engine: Engine
 ) -> None:
