@@ -58,7 +58,7 @@ def _answer_head_like_get(*routers: APIRouter) -> None:
     server sends no body for HEAD. (The API keeps its documented methods and schema.)"""
     for router in routers:
         for route in router.routes:
-            if isinstance(route, APIRoute) and "GET" in route.methods:
+            if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
                 route.methods.add("HEAD")
 
 
