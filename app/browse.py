@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from app.errors import BadCursor, PageNotFound
 from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
+from app.slugs import is_slug
 
 # The columns a list entry shows; the body and its HTML stay in the database.
 ENTRY_COLUMNS = (
@@ -83,7 +84,9 @@ def decode_cursor(token: str) -> tuple[datetime, int]:
         at_text, id_text = raw.split("|")
         at = datetime.fromisoformat(at_text)
         post_id = int(id_text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # An offset can push the instant past year 1..9999 in UTC (OverflowError, once a 500).
+        at = at.astimezone(UTC) if at.tzinfo is not None else at
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise BadCursor("the page link is not valid; start from the first page") from None
     if at.tzinfo is None or not 0 < post_id <= MAX_POST_ID:
         raise BadCursor("the page link is not valid; start from the first page")
@@ -147,6 +150,8 @@ def newest(
 
 
 def tag_by_slug(session: Session, slug: str) -> Tag:
+    if not is_slug(slug):
+        raise PageNotFound(f"no tag {slug[:80]!r}")
     tag = session.execute(select(Tag).where(Tag.slug == slug)).scalars().first()  # type: ignore[arg-type]
     if tag is None:
         raise PageNotFound(f"no tag {slug!r}")
@@ -169,6 +174,8 @@ def tagged(
 
 
 def story_by_slug(session: Session, slug: str) -> Story:
+    if not is_slug(slug):
+        raise PageNotFound(f"no story {slug[:80]!r}")
     story = session.execute(select(Story).where(Story.slug == slug)).scalars().first()  # type: ignore[arg-type]
     if story is None:
         raise PageNotFound(f"no story {slug!r}")
@@ -214,15 +221,20 @@ def archive_months(session: Session, tz: ZoneInfo) -> list[Month]:
     ).one()
     if low is None:
         return []
-    first, last = low.astimezone(tz), high.astimezone(tz)
-    months: list[tuple[int, int]] = []
-    year, month = first.year, first.month
-    while (year, month) <= (last.year, last.month):
-        months.append((year, month))
-        year, month = _next_month(year, month)
+    last = high.astimezone(tz)
+    end = (last.year, last.month)
     counts: dict[tuple[int, int], int] = {}
-    for chunk_start in range(0, len(months), 300):  # SQLite caps compound selects at 500 terms
-        chunk = months[chunk_start : chunk_start + 300]
+    months: list[tuple[int, int]] = []
+    start: datetime | None = low
+    while start is not None:
+        # Up to 300 months from the next essay (SQLite caps compound selects at 500 terms), then
+        # seek the essay after them: a gap of centuries (one essay dated 1970, one 9998) costs
+        # one indexed query, not a count for each of its thousands of empty months.
+        local = start.astimezone(tz)
+        chunk = [(local.year, local.month)]
+        while len(chunk) < 300 and chunk[-1] < end:
+            chunk.append(_next_month(*chunk[-1]))
+        months += chunk
         parts = [
             select(literal(y * 100 + m).label("ym"), func.count().label("n")).where(
                 _published,
@@ -234,12 +246,22 @@ def archive_months(session: Session, tz: ZoneInfo) -> list[Month]:
         statement = union_all(*parts) if len(parts) > 1 else parts[0]
         for ym, n in session.execute(statement):
             counts[divmod(int(ym), 100)] = int(n)
+        start = None
+        if chunk[-1] < end:
+            after = _month_start(*_next_month(*chunk[-1]), tz)
+            start = session.execute(
+                select(func.min(Post.published_at)).where(
+                    _published, Post.published_at >= after  # type: ignore[operator, arg-type]
+                )
+            ).scalar()
     return [Month(y, m, counts[(y, m)]) for y, m in reversed(months) if counts.get((y, m))]
 
 
 def month_entries(session: Session, year: int, month: int, tz: ZoneInfo) -> list[Entry]:
     """Every essay of one month (site time), oldest first; only the columns the list shows."""
-    if not (1 <= month <= 12 and 1970 <= year <= 9998):
+    # Essays fall between 1970-01-01 and 9998-12-31 UTC, which in site time can be as early as
+    # December 1969 (the archive lists that month, so its page must exist) or January 9999.
+    if not (1 <= month <= 12 and (1969, 12) <= (year, month) <= (9999, 1)):
         raise PageNotFound(f"no archive for {year}-{month:02d}")
     rows = session.execute(
         select(*ARCHIVE_COLUMNS)

@@ -27,6 +27,7 @@ from app import posts, urls
 from app.config import Settings
 from app.errors import FeedNotFound
 from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
+from app.slugs import is_slug
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
@@ -90,6 +91,8 @@ def feed_urls(settings: Settings, scope: Scope) -> list[str]:
 
 def resolve_scope(session: Session, kind: str, slug: str) -> Scope:
     """The tag or story named by `slug`; FeedNotFound when there is none."""
+    if not is_slug(slug):
+        raise FeedNotFound(f"no {kind} {slug[:80]!r}")
     if kind == "tag":
         tag = session.execute(select(Tag).where(Tag.slug == slug)).scalars().first()  # type: ignore[arg-type]
         if tag is not None:

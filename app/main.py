@@ -2,7 +2,8 @@
 
 from importlib.resources import files
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
 
 from app import problems, websub
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings)
     app.state.templates = make_templates(settings)
     problems.install(app)
+    _answer_head_like_get(ops.router, reader.router)  # before including: routes are copied
     app.include_router(ops.router)
     app.include_router(reader.router)
     app.include_router(ingest.router)
@@ -48,6 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_json)
     app.add_middleware(RequestLogMiddleware)  # outermost: sees every answer, cached or not
     return app
+
+
+def _answer_head_like_get(*routers: APIRouter) -> None:
+    """HEAD wherever a page answers GET (RFC 9110 section 9.3.2), as Starlette's own routes do
+    and FastAPI's do not: link checkers, uptime probes and CDNs send HEAD, and got 405. The
+    server sends no body for HEAD. (The API keeps its documented methods and schema.)"""
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
+                route.methods.add("HEAD")
 
 
 def app_from_env() -> FastAPI:

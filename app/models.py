@@ -322,12 +322,24 @@ class PostIn(BaseModel):
             raise ValueError("body must not be empty")
         return value
 
+    @field_validator("published_at", mode="before")
+    @classmethod
+    def _not_a_number(cls, value: Any) -> Any:
+        # pydantic reads a number as Unix seconds *or* milliseconds, guessing by its size; the
+        # schema says an RFC 3339 string, so a number is refused rather than silently misdated.
+        if isinstance(value, int | float):
+            raise ValueError("published_at must be an RFC 3339 string such as 2026-04-03T17:51:27Z")
+        return value
+
     @field_validator("published_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        value = value.astimezone(UTC)
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 is past the year 9999 in UTC
+            raise ValueError("published_at must be between 1970 and 9998") from None
         if not 1970 <= value.year <= 9998:
             raise ValueError("published_at must be between 1970 and 9998")
         # Store to the second: the export format (and most feeds) carry no fractions.

@@ -42,6 +42,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # worker saw for the same path on the miss that filled the cache. Bounded, like the cache.
 _ROUTE_OF_PATH: dict[str, str] = {}
 _ROUTE_MEMORY = 10_000
+# The method is a metric label: any other token a client sends (h11 accepts them all) counts
+# as OTHER, so a client cannot mint new time series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _log = logging.getLogger("workshop.access")
 
 
@@ -53,6 +56,8 @@ class _JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         doc.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
 
 
@@ -64,6 +69,12 @@ def configure_logging(as_json: bool) -> None:
     _log.handlers[:] = [handler]
     _log.setLevel(logging.INFO)
     _log.propagate = False
+    # app/problems.py logs the database errors it answers with 503 here, with their traceback.
+    errors = logging.getLogger("workshop.errors")
+    errors_handler = logging.StreamHandler(sys.stderr)
+    errors_handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter())
+    errors.handlers[:] = [errors_handler]
+    errors.propagate = False
 
 
 class RequestLogMiddleware:
@@ -103,7 +114,8 @@ class RequestLogMiddleware:
                 _ROUTE_OF_PATH[scope["path"]] = label
             else:
                 label = _ROUTE_OF_PATH.get(scope["path"], "unmatched")
-            REQUESTS.labels(scope["method"], label, str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            REQUESTS.labels(method, label, str(status)).inc()
             LATENCY.labels(label).observe(duration)
             _count_outcome(scope["method"], label, status, dict(response_headers))
             _log.info(

@@ -1,5 +1,6 @@
 """RFC 9457 problem responses: one place that maps errors to HTTP answers."""
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from app.errors import WorkshopError
 
 PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("workshop.errors")
 
 
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -66,7 +68,9 @@ def install(app: FastAPI) -> None:
 
     async def _database_unavailable(request: Request, exc: Exception) -> Response:
         # The database is down, restarting or locked past busy_timeout: a retryable 503, never a
-        # 500. (Data errors never get here: inputs are validated before any SQL runs.)
+        # 500. (Data errors should never get here: inputs are validated before any SQL runs;
+        # the log line is how an operator learns that one did.)
+        log.error("database error answered 503: %s", type(exc).__name__, exc_info=exc)
         headers = {"Retry-After": "5"}
         status, title, detail = 503, "Service unavailable", "the database is unavailable; retry shortly"
         if _disk_full(exc):

@@ -28,9 +28,11 @@ def is_search_object(name: str | None, type_: str) -> bool:
 
 MAX_TERMS = 12
 MAX_TERM_LENGTH = 64
-# Private-use characters mark the highlights, so the snippet can be HTML-escaped as a whole
+# Control characters mark the highlights, so the snippet can be HTML-escaped as a whole
 # (the body is raw Markdown and may hold "<script>") before the marks become <mark> elements.
-_OPEN, _CLOSE = "\ue000", "\ue001"
+# They must be characters no stored body can hold (PostIn refuses C0 controls but tab and
+# newline): private-use U+E000 was allowed, so a body could forge its own <mark>.
+_OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 

@@ -1,10 +1,13 @@
 """Slugs as the spec defines them: lowercase ASCII words joined by single hyphens, <= 80 chars."""
 
+import re
+
 from slugify import slugify as _slugify
 from text_unidecode import unidecode
 
 MAX_SLUG_LENGTH = 80
 FALLBACK_SLUG = "essay"
+_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 def slugify(text: str, fallback: str = FALLBACK_SLUG) -> str:
@@ -22,3 +25,9 @@ def slugify(text: str, fallback: str = FALLBACK_SLUG) -> str:
         regex_pattern=r"[^a-z0-9]+",
     )
     return slug or fallback
+
+
+def is_slug(text: str) -> bool:
+    """Whether `text` could be a slug we made: lets lookups answer 404 without a query, so a
+    path like `/tags/%00` never reaches PostgreSQL (which refuses NUL in text with an error)."""
+    return len(text) <= 120 and _SLUG.fullmatch(text) is not None

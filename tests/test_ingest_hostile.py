@@ -155,6 +155,12 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
     ("garbage-datetime", body(published_at="yesterday"), JSON, 422, "published_at"),
     ("datetime-object", body(published_at={"year": 2026}), JSON, 422, "published_at"),
     ("datetime-year-0001", body(published_at="0001-01-01T00:00:00Z"), JSON, 422, "published_at"),
+    # Out of range once converted to UTC: an OverflowError inside the validator was a 500.
+    ("datetime-past-9999-utc", body(published_at="9999-12-31T23:59:59-23:59"), JSON, 422, "publ"),
+    ("datetime-before-1-utc", body(published_at="0001-01-01T00:00:00+01:00"), JSON, 422, "publ"),
+    # A number was read as Unix seconds or milliseconds depending on its size (year 5138 here).
+    ("datetime-unix-number", body(published_at=99999999999999), JSON, 422, "published_at"),
+    ("datetime-unix-seconds", body(published_at=1775238687), JSON, 422, "published_at"),
     ("deeply-nested", nested(100_000), JSON, 400, "nested"),
     ("moderately-nested", nested(500), JSON, 422, "tags"),
     ("control-char-title", body(title="Bell\u0007 title"), JSON, 422, "title"),

@@ -32,6 +32,14 @@ def test_metrics_in_prometheus_format(engine, client) -> None:
     assert 'route="/read/{post_id}/{slug}"' in body
 
 
+def test_unknown_methods_share_one_metric_label(client) -> None:
+    for method in ("FOOBAR", "X" * 200, "PROPFIND"):
+        assert client.request(method, "/").status_code == 405
+    body = client.get("/metrics").text
+    assert 'method="OTHER"' in body
+    assert "FOOBAR" not in body and "X" * 200 not in body and "PROPFIND" not in body
+
+
 def test_metrics_and_logs_from_a_real_server(engine, live_server) -> None:
     import json
 
@@ -44,6 +52,8 @@ def test_metrics_and_logs_from_a_real_server(engine, live_server) -> None:
 
 
 def test_database_down_is_503_with_retry_after(tmp_path) -> None:
+    import logging
+
     from fastapi.testclient import TestClient
 
     from app.main import create_app
@@ -51,8 +61,15 @@ def test_database_down_is_503_with_retry_after(tmp_path) -> None:
 
     # A database that cannot be opened: the directory does not exist.
     app = create_app(test_settings(f"sqlite:///{tmp_path}/missing/dir/x.db"))
+    logged: list[logging.LogRecord] = []
+    capture = logging.Handler()
+    capture.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("workshop.errors").addHandler(capture)
     with TestClient(app) as client:
         api = client.get("/read/1/x")
         assert api.status_code == 503 and api.headers["retry-after"] == "5"
         page = client.get("/", headers={"accept": "text/html"})
         assert page.status_code == 503 and "<html" in page.text
+    logging.getLogger("workshop.errors").removeHandler(capture)
+    # Each one is logged with its cause: a data error mistaken for an outage must be visible.
+    assert len(logged) == 2 and all(r.exc_info and r.levelname == "ERROR" for r in logged)

@@ -1,5 +1,6 @@
 """Reader pages through the real app on a real database: content, head, links, HTTP caching."""
 
+import base64
 import json
 import re
 from urllib.parse import parse_qs, urlsplit
@@ -8,7 +9,7 @@ import lxml.html
 import pytest
 from conftest import SITE_URL, add_post
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from app import db, posts
 
@@ -246,6 +247,45 @@ def test_bad_cursor_is_a_clear_400(client: TestClient, engine: Engine, cursor: s
     assert client.get("/", params={"before": "garbage"}, headers=HTML).status_code == 400
 
 
+@pytest.mark.parametrize("slug", ["%00", "a%00b", "%ED%A0%80", "%C3%A9", "QQQ", "x" * 300])
+@pytest.mark.parametrize("kind", ["tags", "stories"])
+def test_hostile_tag_and_story_slugs_are_404(
+    client: TestClient, engine: Engine, kind: str, slug: str
+) -> None:
+    add_post(engine)
+    # NUL reached PostgreSQL, which refuses it in text: a 503 "database unavailable" page.
+    page(client, f"/{kind}/{slug}", status=404)
+    response = client.get(f"/{kind}/{slug}")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "0001-01-01T00:00:00+23:59|1",  # before year 1 in UTC: an OverflowError was a 500
+        "9999-12-31T23:59:59-23:59|1",  # after year 9999 in UTC
+        "2026-01-01T00:00:00+00:00|0",
+        "2026-01-01T00:00:00+00:00|99999999999999",
+    ],
+)
+def test_cursor_out_of_range_is_a_clear_400(client: TestClient, engine: Engine, raw: str) -> None:
+    add_post(engine)
+    for path in ("/", "/tags/qqq", "/stories/narrow-leadership"):
+        for direction in ("before", "after"):
+            response = client.get(path, params={direction: _cursor(raw)}, headers=HTML)
+            assert response.status_code == 400, (path, direction, response.status_code)
+            doc = lxml.html.fromstring(response.text)
+            assert any("page link" in t for t in texts(doc, "//main//p"))
+    response = client.get("/api/v1/posts", params={"cursor": _cursor(raw)})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "cursor"
+
+
 # --- lists ---------------------------------------------------------------------------------------
 
 
@@ -327,7 +367,93 @@ def test_archive_by_month_in_site_time(client: TestClient, engine: Engine) -> No
     assert texts(page(client, "/archive/2026/01"), "//ol[@class='compact']//a") == []
 
 
+def test_archive_spanning_centuries_costs_a_few_queries(
+    uncached_client: TestClient, engine: Engine
+) -> None:
+    # Essays at both ends of the allowed range: the archive used to count each of the ~96,000
+    # months in between (320 statements of 300 counts each; over 30 s, every request).
+    add_post(engine, cycle=1, title="Epoch", published_at="1970-01-01T00:00:00Z")
+    add_post(engine, cycle=2, title="Today", published_at="2026-04-03T17:51:27Z")
+    add_post(engine, cycle=3, title="Far Future", published_at="9998-12-31T23:59:59Z")
+    statements: list[str] = []
+
+    def listener(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    app_engine = uncached_client.app.state.engine  # type: ignore[attr-defined]
+    event.listen(app_engine, "before_cursor_execute", listener)
+    try:
+        doc = page(uncached_client, "/archive")
+    finally:
+        event.remove(app_engine, "before_cursor_execute", listener)
+    # 1970-01-01T00:00Z is still December 1969 in Los Angeles.
+    links = hrefs(doc, "//ul[@class='months']//a")
+    assert links == ["/archive/9998/12", "/archive/2026/04", "/archive/1969/12"]
+    assert len(statements) <= 10, statements
+    for link, title in zip(links, ["Far Future", "Today", "Epoch"], strict=True):
+        assert texts(page(uncached_client, link), "//ol[@class='compact']//a") == [title]
+
+
+@pytest.mark.parametrize("path", ["/archive/1969/11", "/archive/9999/02", "/archive/0000/01"])
+def test_archive_months_no_essay_can_be_in_are_404(client: TestClient, path: str) -> None:
+    page(client, path, status=404)
+
+
 # --- HTTP ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "ESSAY",
+        "/read/{id}",
+        "/read/{id}/old-slug",
+        "/cycle/900",
+        "/cycle/1",
+        "/archive",
+        "/archive/2026/04",
+        "/tags/qqq",
+        "/stories/narrow-leadership",
+        "/search?q=breadth",
+        "/healthz",
+        "/readyz",
+    ],
+)
+def test_head_answers_like_get(uncached_client: TestClient, engine: Engine, path: str) -> None:
+    post = add_post(engine)
+    path = f"/read/{post.id}/{post.slug}" if path == "ESSAY" else path.format(id=post.id)
+    got = uncached_client.get(path, headers=HTML)
+    # FastAPI routes answer only the methods they name: HEAD was 405 on every page.
+    head = uncached_client.head(path, headers=HTML)
+    assert head.status_code == got.status_code, (path, head.status_code)
+    assert head.content == b""
+    for name in ("etag", "location", "cache-control", "content-type"):
+        assert head.headers.get(name) == got.headers.get(name), name
+
+
+def test_if_none_match_star_does_not_hide_a_missing_page(
+    client: TestClient, engine: Engine
+) -> None:
+    post = add_post(engine)
+    gone = add_post(engine, cycle=901, title="Withdrawn")
+    with db.write_session(engine) as session:
+        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
+    star = {"If-None-Match": "*", **HTML}
+    # "*" matched any path: unknown, withdrawn and moved pages all answered 304.
+    for path, status in [
+        ("/tags/nope", 404),
+        ("/read/999999/x", 404),
+        (f"/read/{gone.id}/{gone.slug}", 410),
+        (f"/read/{post.id}/old-slug", 301),
+        ("/archive/2026/13", 404),
+    ]:
+        for _ in range(2):  # the second may come from the response cache
+            assert client.get(path, headers=star).status_code == status, path
+    for path in (f"/read/{post.id}/{post.slug}", "/tags/qqq", "/"):
+        client.get(path, headers=HTML)
+        assert client.get(path, headers=star).status_code == 304, path
+
 
 
 @pytest.mark.parametrize("path", ["/", "/archive", "/search?q=breadth", "/tags/qqq", "ESSAY"])

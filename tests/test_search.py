@@ -60,6 +60,15 @@ def test_snippet_escapes_the_body(client: TestClient, engine: Engine) -> None:
     assert "lurks" in snippet.text_content() and not snippet.xpath(".//*[not(self::mark)]")
 
 
+@pytest.mark.parametrize("body", ["Danger \ue000forged\ue001 here.", "Danger \ue001 \ue000 here."])
+def test_body_cannot_forge_highlights(client: TestClient, engine: Engine, body: str) -> None:
+    # The highlight marks were private-use characters a body may hold, so its own U+E000 and
+    # U+E001 became <mark> and </mark> in the snippet.
+    add_post(engine, body=body)
+    _, doc = results(client, "danger")
+    assert doc.xpath("//p[contains(@class,'snippet')]//mark/text()") == ["Danger"]
+
+
 HOSTILE = [
     '"',
     '"unterminated',

@@ -1,6 +1,6 @@
 import pytest
 
-from app.slugs import MAX_SLUG_LENGTH, slugify
+from app.slugs import MAX_SLUG_LENGTH, is_slug, slugify
 
 REFERENCE = "The Mega-Cap Selloff Is Real, But It's Not a Regime Signal Yet"
 
@@ -45,3 +45,9 @@ def test_slug_shape(title: str) -> None:
     assert 0 < len(slug) <= MAX_SLUG_LENGTH
     assert slug == slug.strip("-") and "--" not in slug
     assert all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for c in slug)
+    assert is_slug(slug)  # lookups refuse anything else without a query
+
+
+@pytest.mark.parametrize("text", ["", "-a", "a-", "a--b", "A", "a b", "a\x00", "é", "x" * 121])
+def test_is_slug_refuses_what_slugify_never_makes(text: str) -> None:
+    assert not is_slug(text)

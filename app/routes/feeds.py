@@ -42,6 +42,12 @@ def _conditional(request: Request, session: Session) -> tuple[dict[str, str], Re
 def _feed(request: Request, session: Session, kind: str, slug: str, fmt: FeedFormat) -> Response:
     headers, not_modified = _conditional(request, session)
     if not_modified is not None:
+        # A validator from an earlier answer shows the tag or story exists (they are never
+        # deleted), so that poll stays one query; "If-None-Match: *" claims no copy at all, and
+        # the feed of an unknown tag or story must stay a 404 (RFC 9110 section 13.1.2).
+        star = any(t.strip() == "*" for t in request.headers.get("if-none-match", "").split(","))
+        if star and kind != "site":
+            feeds.resolve_scope(session, kind, slug)
         return not_modified
     scope = feeds.SITE if kind == "site" else feeds.resolve_scope(session, kind, slug)
     body = feeds.render_feed(session, request.app.state.settings, scope, fmt)

@@ -8,7 +8,7 @@ import base64
 import binascii
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -341,7 +341,8 @@ def _decode_cursor(cursor: str) -> posts.Cursor:
         at, post_id = datetime.fromisoformat(at_text), int(id_text)
         if at.tzinfo is None or not 0 < post_id < 2**31:
             raise ValueError("not a cursor")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        at = at.astimezone(UTC)  # OverflowError when an offset pushes it past year 1..9999
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor(
             "cursor is not one this API issued; copy it from a page's `next`",
             errors=[{"field": "cursor", "message": "not a cursor this API issued"}],

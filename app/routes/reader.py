@@ -50,18 +50,27 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
     wanted = etag.removeprefix("W/")
-    return any(t.strip() in ("*", etag, wanted) or t.strip().removeprefix("W/") == wanted
+    return any(t.strip() in (etag, wanted) or t.strip().removeprefix("W/") == wanted
                for t in header.split(","))
+
+
+def _is_star(header: str | None) -> bool:
+    return header is not None and any(t.strip() == "*" for t in header.split(","))
 
 
 def cached(request: Request, session: SessionDep, build: Callable[[], Response]) -> Response:
     """Answer 304 when the client holds this page at the current content version, else build it."""
     etag = page_etag(request, posts.content_version(session))
     headers = {"ETag": etag, "Cache-Control": PAGE_CACHE_CONTROL}
-    if _etag_matches(request.headers.get("if-none-match"), etag):
+    if_none_match = request.headers.get("if-none-match")
+    if _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     response = build()
     if response.status_code == 200:
+        # "*" matches only a page that exists: an unknown, withdrawn or moved one keeps its
+        # 404, 410 or 301 (RFC 9110 section 13.1.2).
+        if _is_star(if_none_match):
+            return Response(status_code=304, headers=headers)
         response.headers.update(headers)
     return response
 
