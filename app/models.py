@@ -59,6 +59,9 @@ class Post(SQLModel, table=True):
     body: str = SQLField(sa_column=Column(Text, nullable=False))
     body_html: str = SQLField(sa_column=Column(Text, nullable=False))
     excerpt: str = SQLField(sa_column=Column(Text, nullable=False))
+    # The essay page's post-only HTML, rendered at write time (app/fragments.py); NULL or stale
+    # (another build or site) means the page renders it live.
+    page_html: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     author: str = SQLField(max_length=200)
     published_at: datetime = _utc_column(index=True)
     updated_at: datetime = _utc_column()

@@ -101,7 +101,9 @@ def create_post(
     def action() -> StoredResponse:
         with write_session(request.app.state.engine) as session:
             try:
-                result = posts.create_post(session, data, settings.author)
+                result = posts.create_post(
+                    session, data, settings.author, render=request.app.state.renderer
+                )
             except CycleConflict as exc:
                 raise _conflict_with_url(session, settings, exc) from None
             return _answer(session, settings, result.post, 201 if result.created else 200)
@@ -136,7 +138,12 @@ def replace_post(
         with write_session(request.app.state.engine) as session:
             try:
                 result = posts.update_post(
-                    session, post_id, data, settings.author, if_match=if_match
+                    session,
+                    post_id,
+                    data,
+                    settings.author,
+                    if_match=if_match,
+                    render=request.app.state.renderer,
                 )
             except CycleConflict as exc:
                 raise _conflict_with_url(session, settings, exc) from None
