@@ -66,13 +66,13 @@ def summary(doc: dict[str, Any]) -> list[str]:
         lines.append(f"- Ratios to nginx at {run['size']:,} essays:")
         for name in HOT:
             for cache in ("on", "off"):
-                row = rows.get((name, cache))
-                if row is None:
+                hot = rows.get((name, cache))
+                if hot is None:
                     continue
                 target = HOT_RATIO if cache == "on" else UNCACHED_ESSAY_RATIO
                 applies = cache == "on" or name.startswith("essay")
-                verdict = f" (target {target}: {_mark(row['ratio'] >= target)})" if applies else ""
-                lines.append(f"  - {name}, cache {cache}: {row['ratio']:.3f}{verdict}")
+                verdict = f" (target {target}: {_mark(hot['ratio'] >= target)})" if applies else ""
+                lines.append(f"  - {name}, cache {cache}: {hot['ratio']:.3f}{verdict}")
         for (name, cache), row in rows.items():
             if "304" in name and cache == "on":
                 ok = row["ratio"] >= NOT_MODIFIED_RATIO

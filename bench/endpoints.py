@@ -94,7 +94,7 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
             essays = [f"/read/{i}/{s}" for i, s in rows[::step]]
             oldest_first = (
                 select(Post)
-                .where(published)
+                .where(published)  # type: ignore[arg-type]
                 .order_by(Post.published_at.asc(), Post.id.asc())  # type: ignore[attr-defined, union-attr]
             )
             # The key just above the oldest page: ?before= it is the last page of `/`, and the
