@@ -1,6 +1,7 @@
 """The `workshop` console command for operators."""
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from app import backup as backups
 from app import db, posts, tokens, transfer
 from app.config import Settings
 from app.errors import WorkshopError
+from app.fragments import Renderer
 
 
 def _settings() -> Settings:
@@ -97,20 +99,28 @@ def token_revoke(name: str) -> None:
 @main.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def import_(files: tuple[Path, ...]) -> None:
-    """Import essays in the blog's export format; one line per file."""
+    """Import essays in the blog's export format; one line per file.
+
+    A directory stands for every *.txt file in it (so 100,000 files need no argument list).
+    Lines are printed as each file is done (constant memory); a progress bar and the
+    essays/second go to stderr.
+    """
     settings = _settings()
     if settings.is_sqlite:
         db.upgrade(settings)
     engine = db.make_engine(settings)
-    refused = 0
-    with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) as bar:
-        results = []
+    paths = transfer.expand_paths(files)
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+    with click.progressbar(
+        paths, label="importing", file=sys.stderr, show_pos=True, show_percent=True
+    ) as bar:
         for path in bar:
-            results.append(transfer.import_file(engine, settings, path))
-    for result in results:
-        refused += result.outcome == "refused"
-        click.echo(result.line())
-    if refused:
+            result = transfer.import_file(engine, settings, path)
+            counts[result.outcome] = counts.get(result.outcome, 0) + 1
+            click.echo(result.line())
+    _rate("imported", len(paths), time.monotonic() - started, counts)
+    if counts.get("refused"):
         raise SystemExit(1)
 
 
@@ -119,8 +129,25 @@ def import_(files: tuple[Path, ...]) -> None:
 def export(directory: Path) -> None:
     """Write every published essay to DIRECTORY in the export format."""
     settings = _settings()
-    count = sum(1 for _ in transfer.export_all(db.make_engine(settings), settings, directory))
+    engine = db.make_engine(settings)
+    total = transfer.count_published(engine)
+    started = time.monotonic()
+    count = 0
+    with click.progressbar(
+        length=total, label="exporting", file=sys.stderr, show_pos=True, show_percent=True
+    ) as bar:
+        for _ in transfer.export_all(engine, settings, directory):
+            count += 1
+            bar.update(1)
     click.echo(f"exported {count} essays to {directory}")
+    _rate("exported", count, time.monotonic() - started, {})
+
+
+def _rate(verb: str, count: int, seconds: float, counts: dict[str, int]) -> None:
+    detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+    rate = count / seconds if seconds > 0 else 0.0
+    tail = f" ({detail})" if detail else ""
+    click.echo(f"{verb} {count} files in {seconds:.1f} s: {rate:.0f} essays/s{tail}", err=True)
 
 
 @main.command("backup")
@@ -160,7 +187,8 @@ def post_restore(post_id: int, revision_id: int) -> None:
     """Bring back an earlier version of a post (the current one becomes a revision)."""
     settings = _settings()
     with db.write_session(db.make_engine(settings)) as session:
-        _run(lambda: posts.restore_revision(session, post_id, revision_id, settings.author))
+        render = Renderer.for_settings(settings)
+        _run(lambda: posts.restore_revision(session, post_id, revision_id, settings.author, render))
     click.echo(f"post {post_id} restored from revision {revision_id}")
 
 

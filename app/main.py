@@ -11,6 +11,7 @@ from app.bodygate import BodyGate
 from app.cache import ResponseCache
 from app.config import Settings
 from app.db import make_engine
+from app.fragments import Renderer
 from app.observability import RequestLogMiddleware, configure_logging, metrics_response
 from app.routes import feeds, ingest, ops, reader
 from app.templating import StaticAssets, make_templates
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings)
     app.state.templates = make_templates(settings)
+    app.state.renderer = Renderer(app.state.templates)  # the essay page's stored HTML
     problems.install(app)
     _answer_head_like_get(ops.router, reader.router)  # before including: routes are copied
     app.include_router(ops.router)

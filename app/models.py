@@ -59,6 +59,9 @@ class Post(SQLModel, table=True):
     body: str = SQLField(sa_column=Column(Text, nullable=False))
     body_html: str = SQLField(sa_column=Column(Text, nullable=False))
     excerpt: str = SQLField(sa_column=Column(Text, nullable=False))
+    # The essay page's post-only HTML, rendered at write time (app/fragments.py); NULL or stale
+    # (another build or site) means the page renders it live.
+    page_html: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     author: str = SQLField(max_length=200)
     published_at: datetime = _utc_column(index=True)
     updated_at: datetime = _utc_column()
@@ -296,7 +299,7 @@ class PostIn(BaseModel):
     )
 
     title: str = Field(min_length=1, max_length=300)
-    body: str = Field(min_length=1, max_length=500_000)
+    body: str = Field(min_length=1, max_length=200_000)
     cycle: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
     published_at: AwareDatetime | None = None
     author: str | None = Field(default=None, min_length=1, max_length=200)

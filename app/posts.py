@@ -16,7 +16,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from app import events
-from app.errors import CycleConflict, IdTaken, PostGone, PostNotFound, PreconditionFailed, RevisionNotFound
+from app.errors import (
+    CycleConflict,
+    IdTaken,
+    PostGone,
+    PostNotFound,
+    PreconditionFailed,
+    RevisionNotFound,
+)
+from app.fragments import Render
 from app.models import (
     STATUS_DELETED,
     STATUS_PUBLISHED,
@@ -31,7 +39,7 @@ from app.models import (
     Tag,
     utcnow,
 )
-from app.render import excerpt, render_markdown
+from app.render import render_with_excerpt
 from app.slugs import slugify
 
 CONTENT_VERSION = "content_version"
@@ -116,12 +124,16 @@ def create_post(
     *,
     post_id: int | None = None,
     before_commit: BeforeCommit | None = None,
+    render: Render | None = None,
 ) -> SaveResult:
     """Create a post, or return the existing one when this is a retry of the same cycle.
 
     The same cycle with other content raises CycleConflict; a concurrent duplicate that wins
     the race is caught by the unique index on cycle and answered like a retry.
     """
+    # Markdown is rendered before the first statement opens the transaction, so a slow render
+    # never holds SQLite's write lock (or a PostgreSQL row lock) while other writers wait.
+    prepared = render_with_excerpt(data.body)
     digest = content_hash(data, default_author)
     if data.cycle is not None:
         existing = _by_cycle(session, data.cycle)
@@ -138,7 +150,7 @@ def create_post(
         content_hash=digest,
     )
     try:
-        _apply(session, post, data, default_author)
+        _apply(session, post, data, default_author, render, fresh=True, done=prepared)
         if post_id is not None:
             _advance_id_sequence(session)
         created_id = post.id
@@ -159,20 +171,40 @@ def create_post(
     return SaveResult(post, created=True, changed=True)
 
 
-def create_many(session: Session, items: list[PostIn], default_author: str) -> int:
+Prepared = tuple[str, str]  # (body_html, excerpt): the Markdown work of one post
+
+
+def prepare(items: list[PostIn]) -> list[Prepared]:
+    """The CPU-heavy part of writing posts, with no database: bulk loads run it in worker
+    processes (or before taking SQLite's write lock) and hand the result to `create_many`."""
+    return [render_with_excerpt(data.body) for data in items]
+
+
+def create_many(
+    session: Session,
+    items: list[PostIn],
+    default_author: str,
+    render: Render | None = None,
+    prepared: list[Prepared] | None = None,
+) -> int:
     """Create fresh posts in one transaction (bulk loads: the benchmark, big imports).
 
     The same `_apply` as `create_post`, without its retry handling: a cycle that already
     exists fails the whole batch with IntegrityError, and nothing of it is stored.
     """
     now = utcnow()
-    for data in items:
+    known: dict[tuple[str, str], tuple[int, str]] = {}  # tag and story ids seen in this batch
+    # Markdown first, before the first statement begins the transaction (and on SQLite takes
+    # the write lock), so concurrent bulk writers only queue for the database part.
+    if prepared is None or len(prepared) != len(items):
+        prepared = prepare(items)
+    for data, done in zip(items, prepared, strict=True):
         post = Post(  # type: ignore[call-arg]
             published_at=data.published_at or now.replace(microsecond=0),
             updated_at=now,
             content_hash=content_hash(data, default_author),
         )
-        _apply(session, post, data, default_author)
+        _apply(session, post, data, default_author, render, fresh=True, known=known, done=done)
     _bump_content_version(session)
     session.commit()
     return len(items)
@@ -187,12 +219,14 @@ def update_post(
     if_match: str | None = None,
     reason: Literal["update", "restore", "import"] = "update",
     before_commit: BeforeCommit | None = None,
+    render: Render | None = None,
 ) -> SaveResult:
     """Replace a post's content, keeping the previous version as a revision.
 
     An omitted published_at keeps the current one. An identical replacement changes nothing.
     A deleted post is published again (that is how a revision is restored after a delete).
     """
+    prepared = render_with_excerpt(data.body)  # outside the lock, as in create_post
     post = _locked_post(session, post_id)
     _check_if_match(post, if_match)
     if data.published_at is None:
@@ -212,7 +246,7 @@ def update_post(
     post.content_hash = digest
     post.version += 1
     post.updated_at = utcnow()
-    _apply(session, post, data, default_author)
+    _apply(session, post, data, default_author, render, done=prepared)
     if before_commit is not None:
         before_commit(session, post)
     _bump_content_version(session)
@@ -250,14 +284,18 @@ def delete_post(
 
 
 def restore_revision(
-    session: Session, post_id: int, revision_id: int, default_author: str
+    session: Session,
+    post_id: int,
+    revision_id: int,
+    default_author: str,
+    render: Render | None = None,
 ) -> SaveResult:
     revision = session.get(Revision, revision_id)
     if revision is None or revision.post_id != post_id:
         raise RevisionNotFound(f"post {post_id} has no revision {revision_id}")
     snapshot = json.loads(revision.snapshot)
     data = PostIn.model_validate(snapshot["input"])
-    return update_post(session, post_id, data, default_author, reason="restore")
+    return update_post(session, post_id, data, default_author, reason="restore", render=render)
 
 
 def _by_cycle(session: Session, cycle: int) -> Post | None:
@@ -315,13 +353,24 @@ def _snapshot(session: Session, post: Post, reason: str) -> None:
     )
 
 
-def _apply(session: Session, post: Post, data: PostIn, default_author: str) -> None:
-    """Write every field of `data` onto `post` and replace its minds, tags and stories."""
+def _apply(
+    session: Session,
+    post: Post,
+    data: PostIn,
+    default_author: str,
+    render: Render | None = None,
+    *,
+    fresh: bool = False,
+    known: dict[tuple[str, str], tuple[int, str]] | None = None,
+    done: Prepared | None = None,
+) -> None:
+    """Write every field of `data` onto `post` and replace its minds, tags and stories; with
+    `render`, store the essay page's post-only HTML too (else NULL: the page renders it live).
+    A `fresh` post has no rows to replace; `known` remembers tag and story ids across a batch."""
     post.title = data.title
     post.slug = slugify(data.title)
     post.body = data.body
-    post.body_html = render_markdown(data.body)
-    post.excerpt = excerpt(data.body)
+    post.body_html, post.excerpt = done or render_with_excerpt(data.body)
     post.author = data.author or default_author
     if data.published_at is not None:
         post.published_at = data.published_at
@@ -332,15 +381,25 @@ def _apply(session: Session, post: Post, data: PostIn, default_author: str) -> N
     session.flush()
     assert post.id is not None
 
-    for table in (Mind, PostTag, PostStory):
+    for table in () if fresh else (Mind, PostTag, PostStory):
         session.execute(delete(table).where(table.post_id == post.id))  # type: ignore[attr-defined]
+    view = PostView(post)
     for position, mind in enumerate(data.debate.minds if data.debate else []):
-        session.add(Mind(post_id=post.id, position=position, name=mind.name, confidence=mind.confidence))
+        view.minds.append(
+            Mind(post_id=post.id, position=position, name=mind.name, confidence=mind.confidence)
+        )
+    session.add_all(view.minds)
     for position, name in enumerate(data.tags):
-        tag_id = _get_or_create(session, Tag, slugify(name), {"name": name})
-        session.add(PostTag(post_id=post.id, tag_id=tag_id, position=position, published_at=post.published_at))
+        slug = slugify(name)
+        tag_id, stored_name = _get_or_create(session, Tag, slug, {"name": name}, known)
+        view.tags.append(Tag(id=tag_id, slug=slug, name=stored_name))
+        session.add(
+            PostTag(post_id=post.id, tag_id=tag_id, position=position, published_at=post.published_at)
+        )
     for position, story in enumerate(data.stories):
-        story_id = _get_or_create(session, Story, slugify(story.title), {"title": story.title})
+        slug = slugify(story.title)
+        story_id, title = _get_or_create(session, Story, slug, {"title": story.title}, known)
+        view.stories.append((Story(id=story_id, slug=slug, title=title), story.status))
         session.add(
             PostStory(
                 post_id=post.id,
@@ -350,16 +409,31 @@ def _apply(session: Session, post: Post, data: PostIn, default_author: str) -> N
                 published_at=post.published_at,
             )
         )
+    post.page_html = render(view) if render is not None else None
     session.flush()
 
 
-def _get_or_create(session: Session, table: type[Tag] | type[Story], slug: str, values: dict[str, Any]) -> int:
-    """Insert-if-absent that two concurrent writers cannot turn into a unique violation."""
+def _get_or_create(
+    session: Session,
+    table: type[Tag] | type[Story],
+    slug: str,
+    values: dict[str, Any],
+    known: dict[tuple[str, str], tuple[int, str]] | None = None,
+) -> tuple[int, str]:
+    """Insert-if-absent that two concurrent writers cannot turn into a unique violation; the
+    row's id and its stored name (the first writer's spelling)."""
+    if known is not None and (table.__name__, slug) in known:
+        return known[(table.__name__, slug)]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(table).values(slug=slug, **values).on_conflict_do_nothing(index_elements=["slug"])
     session.execute(stmt)
-    return session.execute(select(table.id).where(table.slug == slug)).scalar_one()  # type: ignore[arg-type]
+    label = Tag.name if table is Tag else Story.title
+    row = session.execute(select(table.id, label).where(table.slug == slug)).one()  # type: ignore[arg-type, call-overload]
+    found = int(row[0]), str(row[1])
+    if known is not None:
+        known[(table.__name__, slug)] = found
+    return found
 
 
 def _advance_id_sequence(session: Session) -> None:
@@ -397,8 +471,12 @@ def _bump_content_version(session: Session) -> None:
 # --- reads ----------------------------------------------------------------------------------------
 
 
+# Built once: every page asks for it, and building a statement costs more than running it.
+_CONTENT_VERSION = select(SiteState.value).where(SiteState.name == CONTENT_VERSION)  # type: ignore[arg-type]
+
+
 def content_version(session: Session) -> int:
-    value = session.execute(select(SiteState.value).where(SiteState.name == CONTENT_VERSION)).scalar()  # type: ignore[arg-type]
+    value = session.execute(_CONTENT_VERSION).scalar()
     return int(value or 0)
 
 

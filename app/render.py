@@ -2,8 +2,10 @@
 
 import re
 from functools import lru_cache
+from typing import Any
 
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 from mdit_py_plugins.footnote import footnote_plugin
 
 # Anything not on this list (javascript:, vbscript:, data:, file:, ...) is refused.
@@ -32,12 +34,25 @@ def render_markdown(text: str) -> str:
     return _markdown().render(text)
 
 
+def render_with_excerpt(text: str, limit: int = 280) -> tuple[str, str]:
+    """`render_markdown(text)` and `excerpt(text)` from one parse (the write path needs both)."""
+    md = _markdown()
+    env: dict[str, Any] = {}
+    tokens = md.parse(text, env)
+    summary = _excerpt(tokens, limit)  # before rendering: the renderer may touch the tokens
+    return md.renderer.render(tokens, md.options, env), summary
+
+
 def excerpt(text: str, limit: int = 280) -> str:
     """Plain text of the first paragraphs (headings skipped), cut at a word boundary."""
+    return _excerpt(_markdown().parse(text), limit)
+
+
+def _excerpt(tokens: list[Token], limit: int) -> str:
     paragraphs: list[str] = []
     length = 0
     skipping = 0  # inside a heading or a table: not prose a reader wants in a summary
-    for token in _markdown().parse(text):
+    for token in tokens:
         if token.type in ("heading_open", "table_open"):
             skipping += 1
         elif token.type in ("heading_close", "table_close"):

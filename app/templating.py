@@ -96,6 +96,7 @@ def make_templates(settings: Settings) -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(_templates_root()))
     env = templates.env
     env.autoescape = True
+    env.auto_reload = False  # templates ship with the build: no stat() of each one per render
     env.trim_blocks = True
     env.lstrip_blocks = True
     env.globals.update(

@@ -5,13 +5,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
 from app import exportfmt, posts
 from app.config import Settings
 from app.db import write_session
 from app.errors import WorkshopError
+from app.fragments import Renderer
 from app.models import STATUS_PUBLISHED, Post
 from app.urls import permalink
 
@@ -50,6 +51,7 @@ def import_file(engine: Engine, settings: Settings, path: Path) -> ImportResult:
 
 def _store(session: Session, settings: Settings, path: Path, parsed: exportfmt.ExportedPost) -> ImportResult:
     author = settings.author
+    render = Renderer.for_settings(settings)
     if parsed.post_id is None and parsed.post.cycle is None:
         # Nothing identifies the essay but its title and time: re-importing must not duplicate it.
         parsed.post_id = session.execute(
@@ -58,10 +60,31 @@ def _store(session: Session, settings: Settings, path: Path, parsed: exportfmt.E
             )
         ).scalar()
     if parsed.post_id is not None and session.get(Post, parsed.post_id) is not None:
-        result = posts.update_post(session, parsed.post_id, parsed.post, author, reason="import")
+        result = posts.update_post(
+            session, parsed.post_id, parsed.post, author, reason="import", render=render
+        )
         return ImportResult(path, "updated" if result.changed else "unchanged", result.post.id)
-    result = posts.create_post(session, parsed.post, author, post_id=parsed.post_id)
+    result = posts.create_post(
+        session, parsed.post, author, post_id=parsed.post_id, render=render
+    )
     return ImportResult(path, "imported" if result.created else "unchanged", result.post.id)
+
+
+def expand_paths(args: tuple[Path, ...] | list[Path]) -> list[Path]:
+    """Command-line paths: a directory stands for its *.txt files, in name order."""
+    found: list[Path] = []
+    for arg in args:
+        found.extend(sorted(arg.glob("*.txt")) if arg.is_dir() else [arg])
+    return found
+
+
+def count_published(engine: Engine) -> int:
+    with Session(engine) as session:
+        return int(
+            session.execute(
+                select(func.count()).select_from(Post).where(Post.status == STATUS_PUBLISHED)  # type: ignore[arg-type]
+            ).scalar_one()
+        )
 
 
 def export_name(post: Post) -> str:

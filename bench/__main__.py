@@ -226,14 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     kind = "postgresql" if args.database_url else "sqlite"
     started = datetime.now(UTC)
     runs = []
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"{started:%Y-%m-%d}-{kind}"
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for size in sizes:
             print(f"{kind}: {size} essays", file=sys.stderr)
             runs.append(measure_size(args, size, Path(tmp)))
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"{started:%Y-%m-%d}-{kind}"
-    report.write(stem, kind, started, args, runs)
-    print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
+            # After every size, so a long run that is stopped still leaves its results.
+            report.write(stem, kind, started, args, runs)
+            print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Build benchmark archives through the post service, one batch per transaction (streaming)."""
 
+import multiprocessing
 import shutil
 import sys
 import time
@@ -12,11 +13,13 @@ from sqlmodel import Session
 
 from app import db, posts
 from app.config import Settings
-from app.models import Post
+from app.fragments import Renderer
+from app.models import Post, PostIn
 from bench.corpus import Corpus
 
 DATA = Path(__file__).parent / "data"
 BATCH = 250
+PREPARE_WORKERS = 2  # processes generating essays and rendering their Markdown
 
 
 @dataclass
@@ -39,21 +42,35 @@ def _count(url: str) -> int:
         engine.dispose()
 
 
+def _prepare(args: tuple[int, int, int, int]) -> tuple[list[PostIn], list[posts.Prepared]]:
+    """A worker process: generate one batch of essays and do its Markdown work."""
+    size, seed, start, stop = args
+    batch = list(Corpus(size, seed).essays(start, stop))
+    return batch, posts.prepare(batch)
+
+
 def _fill(url: str, size: int, seed: int) -> float:
-    """Create `size` essays; returns the seconds it took (progress on stderr)."""
+    """Create `size` essays; returns the seconds it took (progress on stderr).
+
+    Worker processes generate the essays and render their Markdown (`posts.prepare`); this
+    process stores them in order through `posts.create_many` (slugs, minds, tags, stories and
+    the stored page HTML), one transaction per batch, so ids are the same on every build.
+    """
     settings = _settings(url)
     db.upgrade(settings)
     engine = db.make_engine(settings)
-    corpus = Corpus(size, seed)
+    render = Renderer.for_settings(settings)
     started = time.monotonic()
+    jobs = [(size, seed, start, min(start + BATCH, size)) for start in range(0, size, BATCH)]
+    done = 0
     try:
-        for start in range(0, size, BATCH):
-            batch = list(corpus.essays(start, min(start + BATCH, size)))
-            with db.write_session(engine) as session:
-                posts.create_many(session, batch, settings.author)
-            done = start + len(batch)
-            rate = done / (time.monotonic() - started)
-            print(f"\r  built {done}/{size} essays, {rate:.0f}/s", end="", file=sys.stderr)
+        with multiprocessing.get_context("spawn").Pool(PREPARE_WORKERS) as pool:
+            for batch, prepared in pool.imap(_prepare, jobs):
+                with db.write_session(engine) as session:
+                    posts.create_many(session, batch, settings.author, render, prepared)
+                done += len(batch)
+                rate = done / (time.monotonic() - started)
+                print(f"\r  built {done}/{size} essays, {rate:.0f}/s", end="", file=sys.stderr)
     finally:
         engine.dispose()
     print(file=sys.stderr)

@@ -10,12 +10,16 @@ import httpx
 from sqlalchemy import select
 from sqlmodel import Session
 
-from app import db
+from app import browse, db
 from app.config import Settings
 from app.models import STATUS_PUBLISHED, Post, PostStory, Story, Tag
+from app.routes.ingest import _encode_cursor as api_cursor
 from bench.corpus import COMMON_TAG, COMMON_WORD, PHRASE, RARE_WORD, Corpus
 
 ESSAY_SAMPLE = 5000  # random essay paths handed to wrk (all of them in a smaller archive)
+PAGE_SIZE = 20  # the server's default page_size: the last page of / is the 20 oldest essays
+API_LIMIT = 20
+SITEMAP_CHILD = "/sitemaps/posts-1.xml"  # ids 50,000-99,999: exists once the archive passes 50,000
 
 
 @dataclass
@@ -88,6 +92,26 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
             ).all()
             step = max(1, len(rows) // ESSAY_SAMPLE)
             essays = [f"/read/{i}/{s}" for i, s in rows[::step]]
+            oldest_first = (
+                select(Post)
+                .where(published)  # type: ignore[arg-type]
+                .order_by(Post.published_at.asc(), Post.id.asc())  # type: ignore[attr-defined, union-attr]
+            )
+            # The key just above the oldest page: ?before= it is the last page of `/`, and the
+            # API's cursor there is its deepest full page (constructed, as a client following
+            # `next` to the end would reach it).
+            last_key = session.execute(oldest_first.offset(PAGE_SIZE).limit(1)).scalars().first()
+            deep_key = session.execute(oldest_first.offset(API_LIMIT).limit(1)).scalars().first()
+            last_page = (
+                "/?before=" + browse.encode_cursor(last_key)  # type: ignore[arg-type]
+                if last_key is not None
+                else ""
+            )
+            deep_api = (
+                f"/api/v1/posts?limit={API_LIMIT}&cursor={api_cursor(deep_key)}"
+                if deep_key is not None
+                else ""
+            )
             middle = session.get(Post, rows[len(rows) // 2][0])
             assert middle is not None
             month = middle.published_at.strftime("%Y/%m")
@@ -110,6 +134,7 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
         Endpoint("essay (one popular)", popular),
         Endpoint("/", "/"),
         Endpoint("/ next page", ""),
+        Endpoint("/ last page", last_page, absent="" if last_page else "absent (one page)"),
         Endpoint("/archive", "/archive"),
         Endpoint("/archive/{yyyy}/{mm}", f"/archive/{month}"),
         Endpoint("/tags/{common}", f"/tags/{tag or 'none'}"),
@@ -121,21 +146,38 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
         Endpoint("/feed.xml", "/feed.xml"),
         Endpoint("/atom.xml", "/atom.xml"),
         Endpoint("/feed.json", "/feed.json"),
-        Endpoint("/sitemap.xml", "/sitemap.xml"),
+        Endpoint("/sitemap.xml (index past 50,000)", "/sitemap.xml"),
+        Endpoint("/sitemaps/posts-1.xml (ids 50,000+)", SITEMAP_CHILD),
         Endpoint("GET /api/v1/posts", "/api/v1/posts"),
         Endpoint("GET /api/v1/posts next page", ""),
+        Endpoint(
+            "GET /api/v1/posts deepest page",
+            deep_api,
+            absent="" if deep_api else "absent (one page)",
+        ),
         Endpoint("essay 304 (If-None-Match)", popular, status=304),
         Endpoint("/ 304 (If-None-Match)", "/", status=304),
         Endpoint("/feed.xml 304 (If-None-Match)", "/feed.xml", status=304),
+        Endpoint("/feed.json 304 (If-None-Match)", "/feed.json", status=304),
+        Endpoint("/tags/{common} 304 (If-None-Match)", f"/tags/{tag or 'none'}", status=304),
     ]
+    by_name = {e.name: e for e in found}
     with httpx.Client(base_url=base, timeout=60) as client:
         home = client.get("/")
         nxt = _link(home.text, "next")
-        found[3].path, found[3].absent = (nxt, "") if nxt else ("/", "absent (no rel=next on /)")
+        second = by_name["/ next page"]
+        second.path, second.absent = (nxt, "") if nxt else ("/", "absent (no rel=next on /)")
+        last = by_name["/ last page"]
+        if last.path and _link(client.get(last.path).text, "next") is not None:
+            last.absent = "absent (the constructed last page links to a next one)"
         api = client.get("/api/v1/posts")
         api_next = _api_next(api)
-        found[17].path = api_next or "/api/v1/posts"
-        found[17].absent = "" if api_next else "absent (no next link in GET /api/v1/posts)"
+        api_second = by_name["GET /api/v1/posts next page"]
+        api_second.path = api_next or "/api/v1/posts"
+        api_second.absent = "" if api_next else "absent (no next link in GET /api/v1/posts)"
+        deepest = by_name["GET /api/v1/posts deepest page"]
+        if deepest.path and _api_next(client.get(deepest.path)) is not None:
+            deepest.absent = "absent (the constructed deepest page links to a next one)"
         for endpoint in found:
             if endpoint.absent:
                 continue

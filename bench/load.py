@@ -59,7 +59,7 @@ def wrk(
     opts: list[str] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Result:
-    cmd = [WRK, *(opts or WRK_OPTS), f"-d{seconds}s", "--latency"]
+    cmd = [WRK, *(opts or WRK_OPTS), f"-d{seconds}s", "--timeout", "30s", "--latency"]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
     if script is not None:

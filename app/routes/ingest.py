@@ -104,7 +104,13 @@ def create_post(
 
         with write_session(request.app.state.engine) as session:
             try:
-                result = posts.create_post(session, data, settings.author, before_commit=record)
+                result = posts.create_post(
+                    session,
+                    data,
+                    settings.author,
+                    render=request.app.state.renderer,
+                    before_commit=record,
+                )
             except CycleConflict as exc:
                 raise _conflict_with_url(session, settings, exc) from None
             return _answer(session, settings, result.post, 201 if result.created else 200)
@@ -142,7 +148,13 @@ def replace_post(
         with write_session(request.app.state.engine) as session:
             try:
                 result = posts.update_post(
-                    session, post_id, data, settings.author, if_match=if_match, before_commit=record
+                    session,
+                    post_id,
+                    data,
+                    settings.author,
+                    if_match=if_match,
+                    render=request.app.state.renderer,
+                    before_commit=record,
                 )
             except CycleConflict as exc:
                 raise _conflict_with_url(session, settings, exc) from None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import browse, posts, search
+from app import browse, essaypage, posts, search
 from app.db import SessionDep
 from app.errors import PostGone, PostNotFound
 from app.urls import post_path
@@ -187,28 +187,28 @@ def read(request: Request, post_id: str, slug: str, session: SessionDep) -> Resp
     number = _path_int(post_id, "essay")
 
     def build() -> Response:
-        post = posts.get_post(session, number, include_deleted=True)
+        # Three statements (version, this post, neighbours + minds) and the stored HTML of
+        # everything that depends only on the post: see app/essaypage.py and app/fragments.py.
+        post = essaypage.page_row(session, number)
         if post.status == posts.STATUS_DELETED:
             raise PostGone(f"essay {number} was withdrawn")
         if slug != post.slug:
             return _redirect_to(post)
-        older, newer = posts.neighbours(session, post)
-        views = posts.load_views(session, [p for p in (post, older, newer) if p is not None])
-        view = views[0]
-        present = {m.name for m in view.minds}
-        # A mind that took part in the neighbouring debates but not in this one is "absent".
-        absent = list(
-            dict.fromkeys(m.name for v in views[1:] for m in v.minds if m.name not in present)
+        around = essaypage.context(session, post)
+        parts = request.app.state.renderer.parts(
+            post.page_html,
+            lambda: posts.load_views(session, [posts.get_post(session, number)])[0],
         )
         return render(
             request,
             "post.html",
-            view=view,
             post=post,
-            older=older,
-            newer=newer,
-            absent=absent if post.debate_outcome is not None else [],
-            canonical_path=post_path(post),
+            parts=parts,
+            older=around.older,
+            newer=around.newer,
+            minds=around.minds,
+            absent=around.absent,
+            canonical_path=post_path(post),  # type: ignore[arg-type]
         )
 
     return cached(request, session, build)
@@ -221,5 +221,5 @@ def cycle(cycle: str, session: SessionDep) -> Response:
     return _redirect_to(post, status=302)
 
 
-def _redirect_to(post: posts.Post, status: int = 301) -> RedirectResponse:
-    return RedirectResponse(post_path(post), status_code=status)
+def _redirect_to(post: posts.Post | essaypage.PageRow, status: int = 301) -> RedirectResponse:
+    return RedirectResponse(post_path(post), status_code=status)  # type: ignore[arg-type]

@@ -1,0 +1,100 @@
+"""`python -m bench.check bench/results/<date>-<db>.json`: the issue's targets, read from one run.
+
+Prints a Markdown summary: flat with size (p99 and a worker's peak memory at the largest size
+within 1.25x of the smallest), the ratios to nginx for the hot paths (cache on, cache off), and
+search's p99 against an essay page's. Figures only: nothing here is a pass/fail test.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+FLAT = 1.25
+HOT = ("essay (random ids)", "essay (one popular)", "/", "/feed.xml")
+HOT_RATIO, NOT_MODIFIED_RATIO, UNCACHED_ESSAY_RATIO, SEARCH_P99 = 0.35, 0.5, 0.1, 10.0
+
+
+def _rows(run: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["endpoint"], r["cache"]): r for r in run["rows"] if "absent" not in r}
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def summary(doc: dict[str, Any]) -> list[str]:
+    runs = doc["runs"]
+    small, large = runs[0], runs[-1]
+    a, b = _rows(small), _rows(large)
+    lines = [
+        f"### {doc['meta']['database']}: {small['size']:,} vs {large['size']:,} essays",
+        "",
+        f"| endpoint | cache | p99 ms at {small['size']:,} | p99 ms at {large['size']:,} "
+        f"| growth | flat (<= {FLAT}x) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    flat = 0
+    compared = 0
+    for key, row in b.items():
+        if key not in a or "ratio" not in row:
+            continue
+        compared += 1
+        if not (row["requests_ok"] if "requests_ok" in row else row["rps"] > 0) or not (
+            a[key]["p99_ms"] and row["p99_ms"]
+        ):
+            # wrk saw no answer within the run (p99 0): no figure, so not flat.
+            lines.append(f"| {key[0]} | {key[1]} | {a[key]['p99_ms']:.1f} | - | - | no answers |")
+            continue
+        growth = row["p99_ms"] / a[key]["p99_ms"]
+        flat += growth <= FLAT
+        lines.append(
+            f"| {key[0]} | {key[1]} | {a[key]['p99_ms']:.1f} | {row['p99_ms']:.1f} "
+            f"| {growth:.2f} | {_mark(growth <= FLAT)} |"
+        )
+    mem_a = max((r["peak_worker_rss_mb"] for r in a.values()), default=0.0)
+    mem_b = max((r["peak_worker_rss_mb"] for r in b.values()), default=0.0)
+    growth = mem_b / mem_a if mem_a else float("inf")
+    lines += [
+        "",
+        f"- p99 flat with size: {flat} of {compared} endpoint rows within {FLAT}x.",
+        f"- Largest worker's peak RSS: {mem_a:.0f} MB at {small['size']:,}, {mem_b:.0f} MB at "
+        f"{large['size']:,} ({growth:.2f}x): {_mark(growth <= FLAT)}.",
+    ]
+    for run in runs:
+        rows = _rows(run)
+        lines.append(f"- Ratios to nginx at {run['size']:,} essays:")
+        for name in HOT:
+            for cache in ("on", "off"):
+                hot = rows.get((name, cache))
+                if hot is None:
+                    continue
+                target = HOT_RATIO if cache == "on" else UNCACHED_ESSAY_RATIO
+                applies = cache == "on" or name.startswith("essay")
+                verdict = f" (target {target}: {_mark(hot['ratio'] >= target)})" if applies else ""
+                lines.append(f"  - {name}, cache {cache}: {hot['ratio']:.3f}{verdict}")
+        for (name, cache), row in rows.items():
+            if "304" in name and cache == "on":
+                ok = row["ratio"] >= NOT_MODIFIED_RATIO
+                lines.append(
+                    f"  - {name}: {row['ratio']:.3f} (target {NOT_MODIFIED_RATIO}: {_mark(ok)})"
+                )
+    essay = b.get(("essay (random ids)", "on"))
+    for (name, cache), row in b.items():
+        if name.startswith("/search") and cache == "on" and essay and row["p99_ms"]:
+            times = row["p99_ms"] / essay["p99_ms"]
+            lines.append(
+                f"- {name} p99 at {large['size']:,}: {times:.1f}x the essay page's "
+                f"(target <= {SEARCH_P99}x: {_mark(times <= SEARCH_P99)})"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    for name in argv if argv is not None else sys.argv[1:]:
+        print("\n".join(summary(json.loads(Path(name).read_text()))))
+        print()
+
+
+if __name__ == "__main__":
+    main()
