@@ -54,6 +54,13 @@ def restore(settings: Settings, source: Path) -> None:
     if shutil.which("pg_restore") is None:
         raise BackupError("pg_restore is not installed")
     subprocess.run(
-        ["pg_restore", "--clean", "--if-exists", "--no-owner", f"--dbname={_pg_url(settings)}", str(source)],
+        [
+            "pg_restore",
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            f"--dbname={_pg_url(settings)}",
+            str(source),
+        ],
         check=True,
     )

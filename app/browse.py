@@ -251,7 +251,8 @@ def archive_months(session: Session, tz: ZoneInfo) -> list[Month]:
             after = _month_start(*_next_month(*chunk[-1]), tz)
             start = session.execute(
                 select(func.min(Post.published_at)).where(
-                    _published, Post.published_at >= after  # type: ignore[operator, arg-type]
+                    _published,
+                    Post.published_at >= after,  # type: ignore[operator, arg-type]
                 )
             ).scalar()
     return [Month(y, m, counts[(y, m)]) for y, m in reversed(months) if counts.get((y, m))]

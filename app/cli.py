@@ -41,7 +41,9 @@ def serve(host: str, port: int, workers: int) -> None:
     if settings.is_sqlite:
         db.upgrade(settings)
     elif not db.is_at_head(db.make_engine(settings)):
-        raise click.ClickException("the database is not at the latest migration: run `workshop db upgrade`")
+        raise click.ClickException(
+            "the database is not at the latest migration: run `workshop db upgrade`"
+        )
     uvicorn.run(
         "app.main:app_from_env",
         factory=True,
@@ -85,7 +87,10 @@ def token_list() -> None:
     """Name, created, last used and revoked time of every token."""
     click.echo(f"{'NAME':<24} {'CREATED':<20} {'LAST USED':<20} REVOKED")
     for t in tokens.list_tokens(db.make_engine(_settings())):
-        click.echo(f"{t.name:<24} {_when(t.created_at):<20} {_when(t.last_used_at):<20} {_when(t.revoked_at)}")
+        click.echo(
+            f"{t.name:<24} {_when(t.created_at):<20} {_when(t.last_used_at):<20} "
+            f"{_when(t.revoked_at)}"
+        )
 
 
 @token_group.command("revoke")

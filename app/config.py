@@ -56,7 +56,11 @@ class Settings(BaseSettings):
 
     @cached_property
     def trusted_proxy_networks(self) -> list[IPv4Network | IPv6Network]:
-        return [ip_network(e.strip(), strict=False) for e in self.trusted_proxies.split(",") if e.strip()]
+        return [
+            ip_network(e.strip(), strict=False)
+            for e in self.trusted_proxies.split(",")
+            if e.strip()
+        ]
 
     @field_validator("site_url")
     @classmethod

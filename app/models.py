@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
@@ -65,7 +74,9 @@ class Post(SQLModel, table=True):
     author: str = SQLField(max_length=200)
     published_at: datetime = _utc_column(index=True)
     updated_at: datetime = _utc_column()
-    cycle: int | None = SQLField(default=None, sa_column=Column(Integer, unique=True, nullable=True))
+    cycle: int | None = SQLField(
+        default=None, sa_column=Column(Integer, unique=True, nullable=True)
+    )
     status: str = SQLField(default=STATUS_PUBLISHED, max_length=16)
     debate_outcome: str | None = SQLField(default=None, max_length=100)
     debate_conviction: float | None = None
@@ -83,7 +94,9 @@ class Mind(SQLModel, table=True):
     )
 
     id: int | None = SQLField(default=None, primary_key=True)
-    post_id: int = SQLField(sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), nullable=False))
+    post_id: int = SQLField(
+        sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), nullable=False)
+    )
     position: int
     name: str = SQLField(max_length=100, index=True)
     confidence: float
@@ -126,7 +139,9 @@ class PostStory(SQLModel, table=True):
     """A story's status word at one post's cycle."""
 
     __tablename__ = "post_stories"
-    __table_args__ = (Index("ix_post_stories_story_published", "story_id", "published_at", "post_id"),)
+    __table_args__ = (
+        Index("ix_post_stories_story_published", "story_id", "published_at", "post_id"),
+    )
 
     post_id: int = SQLField(
         sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True)
@@ -145,7 +160,11 @@ class Revision(SQLModel, table=True):
     __tablename__ = "revisions"
 
     id: int | None = SQLField(default=None, primary_key=True)
-    post_id: int = SQLField(sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), nullable=False, index=True))
+    post_id: int = SQLField(
+        sa_column=Column(
+            Integer, ForeignKey("posts.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
     version: int
     reason: str = SQLField(max_length=20)
     created_at: datetime = _utc_column()
@@ -224,7 +243,9 @@ def _clean_line(value: str, field: str) -> str:
 
 
 class MindIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"name": "Macro", "confidence": 0.25}})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"name": "Macro", "confidence": 0.25}}
+    )
 
     name: str = Field(min_length=1, max_length=100)
     confidence: float = Field(ge=0, le=1, allow_inf_nan=False)
@@ -320,7 +341,9 @@ class PostIn(BaseModel):
     @field_validator("body")
     @classmethod
     def _body(cls, value: str) -> str:
-        value = _no_control_chars(value, "body", allow_newlines=True).replace("\r\n", "\n").strip("\n")
+        value = (
+            _no_control_chars(value, "body", allow_newlines=True).replace("\r\n", "\n").strip("\n")
+        )
         if not value.strip():
             raise ValueError("body must not be empty")
         return value

@@ -4,8 +4,8 @@ Used by the ingest API, the reader pages, the feeds and the CLI alike; every wri
 """
 
 import hashlib
-from collections.abc import Callable
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -394,7 +394,9 @@ def _apply(
         tag_id, stored_name = _get_or_create(session, Tag, slug, {"name": name}, known)
         view.tags.append(Tag(id=tag_id, slug=slug, name=stored_name))
         session.add(
-            PostTag(post_id=post.id, tag_id=tag_id, position=position, published_at=post.published_at)
+            PostTag(
+                post_id=post.id, tag_id=tag_id, position=position, published_at=post.published_at
+            )
         )
     for position, story in enumerate(data.stories):
         slug = slugify(story.title)
@@ -522,18 +524,26 @@ def neighbours(session: Session, post: Post) -> tuple[Post | None, Post | None]:
     """(previous = older, next = newer) published essays around `post`."""
     key = (post.published_at, post.id)
     published = Post.status == STATUS_PUBLISHED
-    older = session.execute(
-        select(Post)
-        .where(published, _key() < key)  # type: ignore[arg-type]
-        .order_by(Post.published_at.desc(), Post.id.desc())  # type: ignore[attr-defined, union-attr]
-        .limit(1)
-    ).scalars().first()
-    newer = session.execute(
-        select(Post)
-        .where(published, _key() > key)  # type: ignore[arg-type]
-        .order_by(Post.published_at.asc(), Post.id.asc())  # type: ignore[attr-defined, union-attr]
-        .limit(1)
-    ).scalars().first()
+    older = (
+        session.execute(
+            select(Post)
+            .where(published, _key() < key)  # type: ignore[arg-type]
+            .order_by(Post.published_at.desc(), Post.id.desc())  # type: ignore[attr-defined, union-attr]
+            .limit(1)
+        )
+        .scalars()
+        .first()
+    )
+    newer = (
+        session.execute(
+            select(Post)
+            .where(published, _key() > key)  # type: ignore[arg-type]
+            .order_by(Post.published_at.asc(), Post.id.asc())  # type: ignore[attr-defined, union-attr]
+            .limit(1)
+        )
+        .scalars()
+        .first()
+    )
     return older, newer
 
 

@@ -16,13 +16,16 @@ PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("workshop.errors")
 
 
-def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
-    """`("body", "debate", "minds", 0, "name")` -> `debate.minds.0.name`; `("query", "limit")` -> `limit`."""
+    """`("body", "debate", "minds", 0, "name")` -> `debate.minds.0.name`;
+    `("query", "limit")` -> `limit`."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
         parts = parts[1:] or parts
@@ -36,7 +39,9 @@ def _disk_full(exc: Exception) -> bool:
 
 
 def wants_html(request: Request) -> bool:
-    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get(
+        "accept", ""
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -72,7 +77,11 @@ def install(app: FastAPI) -> None:
         # the log line is how an operator learns that one did.)
         log.error("database error answered 503: %s", type(exc).__name__, exc_info=exc)
         headers = {"Retry-After": "5"}
-        status, title, detail = 503, "Service unavailable", "the database is unavailable; retry shortly"
+        status, title, detail = (
+            503,
+            "Service unavailable",
+            "the database is unavailable; retry shortly",
+        )
         if _disk_full(exc):
             # Not a bug and not transient: the operator must free space. Reads still work.
             status, title = 507, "Insufficient storage"

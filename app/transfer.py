@@ -49,14 +49,17 @@ def import_file(engine: Engine, settings: Settings, path: Path) -> ImportResult:
             return ImportResult(path, "refused", message=exc.detail)
 
 
-def _store(session: Session, settings: Settings, path: Path, parsed: exportfmt.ExportedPost) -> ImportResult:
+def _store(
+    session: Session, settings: Settings, path: Path, parsed: exportfmt.ExportedPost
+) -> ImportResult:
     author = settings.author
     render = Renderer.for_settings(settings)
     if parsed.post_id is None and parsed.post.cycle is None:
         # Nothing identifies the essay but its title and time: re-importing must not duplicate it.
         parsed.post_id = session.execute(
             select(Post.id).where(
-                Post.title == parsed.post.title, Post.published_at == parsed.post.published_at  # type: ignore[arg-type]
+                Post.title == parsed.post.title,
+                Post.published_at == parsed.post.published_at,  # type: ignore[arg-type]
             )
         ).scalar()
     if parsed.post_id is not None and session.get(Post, parsed.post_id) is not None:
@@ -64,9 +67,7 @@ def _store(session: Session, settings: Settings, path: Path, parsed: exportfmt.E
             session, parsed.post_id, parsed.post, author, reason="import", render=render
         )
         return ImportResult(path, "updated" if result.changed else "unchanged", result.post.id)
-    result = posts.create_post(
-        session, parsed.post, author, post_id=parsed.post_id, render=render
-    )
+    result = posts.create_post(session, parsed.post, author, post_id=parsed.post_id, render=render)
     return ImportResult(path, "imported" if result.created else "unchanged", result.post.id)
 
 

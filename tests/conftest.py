@@ -52,7 +52,9 @@ test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a 
 
 def _pg_admin_url() -> str:
     url = make_url(PG_URL)
-    return url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    return url.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +76,9 @@ def template_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 @contextmanager
-def fresh_database(template_database: str, directory: Path, filename: str = "workshop.db") -> Iterator[str]:
+def fresh_database(
+    template_database: str, directory: Path, filename: str = "workshop.db"
+) -> Iterator[str]:
     """An empty, migrated database of the kind under test, dropped afterwards."""
     if PG_URL:
         name = f"workshop_t_{uuid.uuid4().hex[:10]}"

@@ -5,7 +5,19 @@ from html.parser import HTMLParser
 
 UNSAFE_SCHEME = re.compile(r"^\s*(javascript|vbscript|data|file):", re.IGNORECASE)
 URL_ATTRS = {"href", "src", "action", "formaction", "xlink:href", "poster", "srcset", "background"}
-EXECUTABLE_TAGS = {"script", "iframe", "object", "embed", "form", "base", "meta", "link", "style", "svg", "math"}
+EXECUTABLE_TAGS = {
+    "script",
+    "iframe",
+    "object",
+    "embed",
+    "form",
+    "base",
+    "meta",
+    "link",
+    "style",
+    "svg",
+    "math",
+}
 
 
 class _Collector(HTMLParser):
@@ -22,7 +34,11 @@ class _Collector(HTMLParser):
         for name, value in attrs:
             if name.startswith("on"):
                 self.problems.append(f"<{tag} {name}=...>")
-            if name in URL_ATTRS and value and UNSAFE_SCHEME.match(re.sub(r"[\x00-\x20]", "", value)):
+            if (
+                name in URL_ATTRS
+                and value
+                and UNSAFE_SCHEME.match(re.sub(r"[\x00-\x20]", "", value))
+            ):
                 self.problems.append(f"<{tag} {name}={value!r}>")
 
 

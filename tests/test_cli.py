@@ -63,7 +63,9 @@ def test_post_revisions_and_restore(tmp_path: Path, engine, database_url: str) -
     listing = workshop("post", "revisions", str(post.id), database_url=database_url, cwd=tmp_path)
     assert listing.returncode == 0 and "update" in listing.stdout
     revision_id = listing.stdout.split()[0]
-    restore = workshop("post", "restore", str(post.id), revision_id, database_url=database_url, cwd=tmp_path)
+    restore = workshop(
+        "post", "restore", str(post.id), revision_id, database_url=database_url, cwd=tmp_path
+    )
     assert restore.returncode == 0, restore.stderr
     from sqlmodel import Session
 
@@ -73,7 +75,9 @@ def test_post_revisions_and_restore(tmp_path: Path, engine, database_url: str) -
     assert missing.returncode != 0 and "no post" in missing.stderr
 
 
-def test_backup_and_restore_round_trip(tmp_path: Path, engine, database_url: str, second_database_url: str) -> None:
+def test_backup_and_restore_round_trip(
+    tmp_path: Path, engine, database_url: str, second_database_url: str
+) -> None:
     import shutil
 
     import pytest

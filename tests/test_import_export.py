@@ -1,4 +1,4 @@
-"""The blog's export format: parse, import (idempotent, line-numbered refusals), export round trip."""
+"""The blog's export format: parse, import (idempotent, line-numbered refusals), round trip."""
 
 import subprocess
 import sys
@@ -47,11 +47,18 @@ def test_parse_full_essay() -> None:
     assert parsed.post_id == 4242
     assert post.title == "Breadth Is Thinning Under a Calm Index"
     assert post.cycle == 900 and post.author == "Workshop"
-    assert post.published_at is not None and post.published_at.isoformat() == "2026-04-05T15:04:00+00:00"
+    assert (
+        post.published_at is not None
+        and post.published_at.isoformat() == "2026-04-05T15:04:00+00:00"
+    )
     assert post.body.count("---") == 1 and post.body.endswith("part of the body.")
     assert post.debate is not None
     assert (post.debate.outcome, post.debate.conviction) == ("split", 0.42)
-    assert [(m.name, m.confidence) for m in post.debate.minds] == [("Macro", 0.35), ("Flow", 0.6), ("Contrarian", 0.3)]
+    assert [(m.name, m.confidence) for m in post.debate.minds] == [
+        ("Macro", 0.35),
+        ("Flow", 0.6),
+        ("Contrarian", 0.3),
+    ]
     assert post.tags == ["QQQ", "breadth"]
     assert [(s.title, s.status) for s in post.stories] == [("Narrow Leadership", "developing")]
 
@@ -68,6 +75,9 @@ def test_render_is_the_inverse_of_parse(settings: Settings) -> None:
     assert exportfmt.render(parsed.post, permalink=link, tz=settings.tz) == ESSAY
 
 
+HEAD = "# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n"
+
+
 @pytest.mark.parametrize(
     ("text", "line", "words"),
     [
@@ -76,10 +86,26 @@ def test_render_is_the_inverse_of_parse(settings: Settings) -> None:
         ("# Title\n\nno author line\n", 3, "author line"),
         ("# Title\n\n*Workshop · 2026-02-30 10:00:00*\n\nBody\n", 3, "invalid date"),
         ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n", 4, "no body"),
-        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n---\n*Debate: split | Conviction: lots*\n", 8, "percentage"),
-        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n---\n*Debate: split | Conviction: 140%*\n", 8, "conviction"),
-        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n---\n*Debate: x | Macro: 1% | Macro: 2%*\n", 8, "duplicate mind"),
-        ("# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n---\nPermanent link: https://x.example/about\n", 8, "permanent link"),
+        (
+            HEAD + "---\n*Debate: split | Conviction: lots*\n",
+            8,
+            "percentage",
+        ),
+        (
+            HEAD + "---\n*Debate: split | Conviction: 140%*\n",
+            8,
+            "conviction",
+        ),
+        (
+            HEAD + "---\n*Debate: x | Macro: 1% | Macro: 2%*\n",
+            8,
+            "duplicate mind",
+        ),
+        (
+            HEAD + "---\nPermanent link: https://x.example/about\n",
+            8,
+            "permanent link",
+        ),
     ],
 )
 def test_malformed_files_name_the_line(text: str, line: int, words: str) -> None:
@@ -102,7 +128,9 @@ def test_import_is_idempotent_and_keeps_ids(tmp_path: Path, engine, settings: Se
         assert posts.revisions(session, 4242) == []
 
 
-def test_reimport_of_an_edited_file_updates_and_keeps_a_revision(tmp_path: Path, engine, settings: Settings) -> None:
+def test_reimport_of_an_edited_file_updates_and_keeps_a_revision(
+    tmp_path: Path, engine, settings: Settings
+) -> None:
     transfer.import_file(engine, settings, write(tmp_path, "a.txt", ESSAY))
     edited = ESSAY.replace("Flow saw money", "Flow saw more money")
     result = transfer.import_file(engine, settings, write(tmp_path, "a.txt", edited))
@@ -112,7 +140,9 @@ def test_reimport_of_an_edited_file_updates_and_keeps_a_revision(tmp_path: Path,
         assert len(posts.revisions(session, 4242)) == 1
 
 
-def test_new_posts_after_import_do_not_collide_with_imported_ids(tmp_path: Path, engine, settings: Settings) -> None:
+def test_new_posts_after_import_do_not_collide_with_imported_ids(
+    tmp_path: Path, engine, settings: Settings
+) -> None:
     from conftest import add_post
 
     transfer.import_file(engine, settings, write(tmp_path, "a.txt", ESSAY))
@@ -126,7 +156,10 @@ def test_cli_import_reports_each_file_and_goes_on(tmp_path: Path, database_url: 
     env = {"WORKSHOP_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
     run = subprocess.run(
         [sys.executable, "-m", "app.cli", "import", str(bad), str(good)],
-        env=env, cwd=tmp_path, capture_output=True, text=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 1
     lines = run.stdout.strip().splitlines()
@@ -134,7 +167,10 @@ def test_cli_import_reports_each_file_and_goes_on(tmp_path: Path, database_url: 
     assert lines[1].startswith("imported") and "post 4242" in lines[1]
     again = subprocess.run(
         [sys.executable, "-m", "app.cli", "import", str(good)],
-        env=env, cwd=tmp_path, capture_output=True, text=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert again.returncode == 0 and again.stdout.startswith("unchanged")
 
@@ -148,8 +184,17 @@ def test_export_import_export_gives_identical_files(
 
     transfer.import_file(engine, settings, write(tmp_path, "a.txt", ESSAY))
     transfer.import_file(engine, settings, DATA / "essay-minimal.txt")
-    add_post(engine, cycle=950, title="Déjà Vu: It’s the Same Rotation 🚀", tags=["NVDA", "rotation"],
-             debate={"outcome": "contested", "conviction": 0.125, "minds": [{"name": "Volatility", "confidence": 0.875}]})
+    add_post(
+        engine,
+        cycle=950,
+        title="Déjà Vu: It’s the Same Rotation 🚀",
+        tags=["NVDA", "rotation"],
+        debate={
+            "outcome": "contested",
+            "conviction": 0.125,
+            "minds": [{"name": "Volatility", "confidence": 0.875}],
+        },
+    )
     add_post(engine, cycle=951, title="No Debate This Time", debate=None, tags=[], stories=[])
     first = sorted(transfer.export_all(engine, settings, tmp_path / "first"))
     assert len(first) == 4

@@ -334,7 +334,9 @@ def test_idempotency_answer_commits_with_the_post(engine, settings) -> None:
         completion.record(session, idempotency.StoredResponse(201, f'{{"id": {post.id}}}', None))
 
     with write_session(engine) as session:
-        created = posts.create_post(session, sample_input(cycle=None), "Workshop", before_commit=record)
+        created = posts.create_post(
+            session, sample_input(cycle=None), "Workshop", before_commit=record
+        )
     # The worker dies here: idempotency.complete() never runs.
     retry = idempotency.claim(engine, settings, "token:1", "key-1", "hash-1")
     assert isinstance(retry, idempotency.StoredResponse)

@@ -29,8 +29,16 @@ def test_downgrade_to_base_and_back(engine, settings: Settings) -> None:
     assert tables == set()
     db.upgrade(settings)
     assert db.is_at_head(engine)
-    assert {"posts", "minds", "tags", "post_tags", "stories", "post_stories", "revisions",
-            "api_tokens"} <= set(inspect(engine).get_table_names())
+    assert {
+        "posts",
+        "minds",
+        "tags",
+        "post_tags",
+        "stories",
+        "post_stories",
+        "revisions",
+        "api_tokens",
+    } <= set(inspect(engine).get_table_names())
     with engine.connect() as conn:
         version = conn.execute(text("SELECT value FROM site_state WHERE name = 'content_version'"))
         assert version.scalar() == 0
@@ -42,13 +50,22 @@ def test_search_index_follows_posts(engine) -> None:
     post = add_post(engine, title="Zeitgeist of the Tape", body="Volatility sellers got paid.")
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            found = conn.execute(
-                text("SELECT rowid FROM posts_fts WHERE posts_fts MATCH 'zeitgeist'")
-            ).scalars().all()
+            found = (
+                conn.execute(text("SELECT rowid FROM posts_fts WHERE posts_fts MATCH 'zeitgeist'"))
+                .scalars()
+                .all()
+            )
         else:
-            found = conn.execute(
-                text("SELECT id FROM posts WHERE search_vector @@ plainto_tsquery('english', 'zeitgeist')")
-            ).scalars().all()
+            found = (
+                conn.execute(
+                    text(
+                        "SELECT id FROM posts "
+                        "WHERE search_vector @@ plainto_tsquery('english', 'zeitgeist')"
+                    )
+                )
+                .scalars()
+                .all()
+            )
     assert found == [post.id]
 
 
@@ -57,7 +74,9 @@ def test_sqlite_runs_with_wal_and_busy_timeout(engine, settings: Settings) -> No
         return
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == settings.sqlite_busy_timeout_ms
+        assert (
+            conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == settings.sqlite_busy_timeout_ms
+        )
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 

@@ -19,8 +19,13 @@ def test_readyz_reports_pending_migrations(settings, engine, client) -> None:
 
 
 def test_request_id_is_echoed_or_made(client) -> None:
-    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
-    made = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers["x-request-id"]
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    made = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers[
+        "x-request-id"
+    ]
     assert made and " " not in made
 
 
@@ -46,7 +51,11 @@ def test_metrics_and_logs_from_a_real_server(engine, live_server) -> None:
     httpx.get(live_server.url + "/", headers={"X-Request-ID": "req-42"})
     metrics = httpx.get(live_server.url + "/metrics")
     assert metrics.status_code == 200 and "workshop_http_request_duration_seconds" in metrics.text
-    lines = [json.loads(line) for line in live_server.log.read_text().splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line)
+        for line in live_server.log.read_text().splitlines()
+        if line.startswith("{")
+    ]
     mine = [line for line in lines if line.get("request_id") == "req-42"]
     assert mine and mine[0]["path"] == "/" and mine[0]["status"] == 200 and "duration_ms" in mine[0]
 
@@ -54,10 +63,10 @@ def test_metrics_and_logs_from_a_real_server(engine, live_server) -> None:
 def test_database_down_is_503_with_retry_after(tmp_path) -> None:
     import logging
 
+    from conftest import test_settings
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from conftest import test_settings
 
     # A database that cannot be opened: the directory does not exist.
     app = create_app(test_settings(f"sqlite:///{tmp_path}/missing/dir/x.db"))

@@ -92,7 +92,9 @@ def test_hostile_title_is_escaped(engine, client) -> None:
     post = add_post(engine, title=title, body="[x](javascript:alert(1)) <script>bad()</script>")
     page = client.get(f"/read/{post.id}/{post.slug}")
     assert page.status_code == 200
-    assert [p for p in executable_parts(page.text, {"script", "link", "meta"}) if "script" not in p] == []
+    assert [
+        p for p in executable_parts(page.text, {"script", "link", "meta"}) if "script" not in p
+    ] == []
     assert parse(page.text).h1.strip() == title
     assert "<script>alert(1)</script>" not in page.text and "<script>bad()" not in page.text
 

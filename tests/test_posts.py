@@ -25,9 +25,14 @@ def test_create_stores_everything(engine) -> None:
         assert "<em>breadth</em>" in view.post.body_html
         assert view.post.published_at == datetime(2026, 4, 5, 15, 4, tzinfo=UTC)
         assert [(m.name, m.position, m.confidence) for m in view.minds] == [
-            ("Macro", 0, 0.35), ("Flow", 1, 0.6), ("Contrarian", 2, 0.3)]
+            ("Macro", 0, 0.35),
+            ("Flow", 1, 0.6),
+            ("Contrarian", 2, 0.3),
+        ]
         assert [t.slug for t in view.tags] == ["qqq", "breadth"]
-        assert [(s.slug, status) for s, status in view.stories] == [("narrow-leadership", "developing")]
+        assert [(s.slug, status) for s, status in view.stories] == [
+            ("narrow-leadership", "developing")
+        ]
         assert view.to_input() == sample_input()
         assert posts.content_version(session) == 1
 
@@ -56,14 +61,21 @@ def test_same_cycle_other_content_conflicts_naming_the_post(engine) -> None:
 def test_update_keeps_revision_and_moves_slug(engine) -> None:
     post = add_post(engine)
     with write_session(engine) as session:
-        result = posts.update_post(session, post.id, sample_input(title="Breadth Snaps Back"), "Workshop")
-        assert result.changed and result.post.slug == "breadth-snaps-back" and result.post.version == 2
+        result = posts.update_post(
+            session, post.id, sample_input(title="Breadth Snaps Back"), "Workshop"
+        )
+        assert (
+            result.changed and result.post.slug == "breadth-snaps-back" and result.post.version == 2
+        )
         # published_at left out keeps the original instant.
         assert result.post.published_at == post.published_at
     with Session(engine) as session:
         revs = posts.revisions(session, post.id)
         assert [r.reason for r in revs] == ["update"]
-        assert json.loads(revs[0].snapshot)["input"]["title"] == "Breadth Is Thinning Under a Calm Index"
+        assert (
+            json.loads(revs[0].snapshot)["input"]["title"]
+            == "Breadth Is Thinning Under a Calm Index"
+        )
 
 
 def test_identical_update_changes_nothing(engine) -> None:
@@ -82,7 +94,9 @@ def test_if_match_mismatch_is_refused_and_changes_nothing(engine) -> None:
     with write_session(engine) as session:
         current = posts.get_post(session, post.id)
         assert current.title == post.title
-        posts.update_post(session, post.id, sample_input(title="X"), "Workshop", if_match=posts.etag(current))
+        posts.update_post(
+            session, post.id, sample_input(title="X"), "Workshop", if_match=posts.etag(current)
+        )
 
 
 def test_delete_unpublishes_and_restore_brings_back(engine) -> None:
@@ -103,8 +117,15 @@ def test_delete_unpublishes_and_restore_brings_back(engine) -> None:
 
 
 def test_keyset_pages_cover_everything_once(engine) -> None:
-    ids = [add_post(engine, cycle=1000 + i, title=f"Essay {i}",
-                    published_at=f"2026-04-{1 + i // 3:02d}T12:00:00Z").id for i in range(10)]
+    ids = [
+        add_post(
+            engine,
+            cycle=1000 + i,
+            title=f"Essay {i}",
+            published_at=f"2026-04-{1 + i // 3:02d}T12:00:00Z",
+        ).id
+        for i in range(10)
+    ]
     seen: list[int] = []
     cursor = None
     with Session(engine) as session:

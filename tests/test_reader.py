@@ -455,7 +455,6 @@ def test_if_none_match_star_does_not_hide_a_missing_page(
         assert client.get(path, headers=star).status_code == 304, path
 
 
-
 @pytest.mark.parametrize("path", ["/", "/archive", "/search?q=breadth", "/tags/qqq", "ESSAY"])
 def test_etag_304_and_cache_control(client: TestClient, engine: Engine, path: str) -> None:
     post = add_post(engine)

@@ -33,7 +33,7 @@ HOSTILE_BODIES = [
     '<a href="https://ok.example" onclick="alert(1)">x</a>',
     "<!-- <script>alert(1)</script> -->",
     "<style>body{display:none}</style>",
-    "<math><mi xlink:href=\"javascript:alert(1)\">x</mi></math>",
+    '<math><mi xlink:href="javascript:alert(1)">x</mi></math>',
 ]
 
 
@@ -45,7 +45,8 @@ def test_nothing_executable_survives(body: str) -> None:
 
 def test_commonmark_extensions() -> None:
     html = render_markdown(
-        'A "quote" -- and ~~struck~~.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nNote[^n].\n\n[^n]: Footnote.'
+        'A "quote" -- and ~~struck~~.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n'
+        "Note[^n].\n\n[^n]: Footnote."
     )
     found = set(tags(html))
     assert {"table", "thead", "td", "s", "sup", "section"} <= found
@@ -53,7 +54,9 @@ def test_commonmark_extensions() -> None:
 
 
 def test_safe_links_are_kept() -> None:
-    html = render_markdown("[a](https://example.com/x?y=1) [b](/read/1/x) [c](#fn) [d](mailto:a@b.c)")
+    html = render_markdown(
+        "[a](https://example.com/x?y=1) [b](/read/1/x) [c](#fn) [d](mailto:a@b.c)"
+    )
     assert tags(html).count("a") == 4
 
 

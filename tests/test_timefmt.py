@@ -38,7 +38,9 @@ def test_local_time_table(instant: str, zone: str, shown: str) -> None:
 
 
 def test_cycle_line_matches_the_reference_essay() -> None:
-    assert cycle_line(803, utc("2026-04-03T17:51:27Z"), LA) == "Cycle 803 | April 3, 2026 — 10:51 AM"
+    assert (
+        cycle_line(803, utc("2026-04-03T17:51:27Z"), LA) == "Cycle 803 | April 3, 2026 — 10:51 AM"
+    )
 
 
 def test_cycle_line_without_cycle_shows_only_time() -> None:

@@ -19,7 +19,9 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         ready = await run_in_threadpool(is_at_head, request.app.state.engine)
     except Exception as exc:  # any database failure means "not ready", never a 500
-        return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "detail": type(exc).__name__}, status_code=503
+        )
     if not ready:
         return JSONResponse({"status": "migrations pending"}, status_code=503)
     return JSONResponse({"status": "ready"})

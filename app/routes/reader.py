@@ -50,8 +50,10 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
     wanted = etag.removeprefix("W/")
-    return any(t.strip() in (etag, wanted) or t.strip().removeprefix("W/") == wanted
-               for t in header.split(","))
+    return any(
+        t.strip() in (etag, wanted) or t.strip().removeprefix("W/") == wanted
+        for t in header.split(",")
+    )
 
 
 def _is_star(header: str | None) -> bool:
