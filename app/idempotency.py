@@ -178,8 +178,9 @@ def run(
     try:
         answer = action(completion)
     except BaseException:
-        if not completion.recorded:
-            release(engine, claimed)
+        # Deletes only a claim still in flight: if the write committed its answer, that stays;
+        # if the commit failed after the answer was recorded, the claim is freed for a retry.
+        release(engine, claimed)
         raise
     if not completion.recorded:  # the action wrote nothing (e.g. a retry answered 200)
         complete(engine, claimed, answer)
