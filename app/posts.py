@@ -247,13 +247,7 @@ def update_post(
     post.version += 1
     post.updated_at = utcnow()
     _apply(session, post, data, default_author, render, done=prepared)
-    if before_commit is not None:
-        before_commit(session, post)
-    _bump_content_version(session)
-    session.commit()
-    events.content_changed(session, post_id)
-    session.refresh(post)
-    return SaveResult(post, changed=True)
+    return _commit_change(session, post, before_commit)
 
 
 def delete_post(
@@ -274,11 +268,16 @@ def delete_post(
     post.version += 1
     post.updated_at = utcnow()
     session.add(post)
+    return _commit_change(session, post, before_commit)
+
+
+def _commit_change(session: Session, post: Post, before_commit: BeforeCommit | None) -> SaveResult:
+    """Commit an edit of an existing post: the caller's hook, the content version, then notify."""
     if before_commit is not None:
         before_commit(session, post)
     _bump_content_version(session)
     session.commit()
-    events.content_changed(session, post_id)
+    events.content_changed(session, post.id)  # type: ignore[arg-type]
     session.refresh(post)
     return SaveResult(post, changed=True)
 
