@@ -11,7 +11,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 from prometheus_client import (
@@ -61,7 +60,23 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
+_access_json = False
+
+
+def _access_log(fields: dict[str, Any]) -> None:
+    """One line per request. The JSON form is written straight to stderr: the logging module's
+    record, handler and formatter machinery was a fifth of a cached page's cost (py-spy)."""
+    if _access_json:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        doc = {"time": stamp, "level": "info", "message": "request", **fields}
+        sys.stderr.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    else:
+        _log.info("request", extra={"fields": fields})
+
+
 def configure_logging(as_json: bool) -> None:
+    global _access_json
+    _access_json = as_json
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         _JsonFormatter() if as_json else logging.Formatter("%(message)s %(fields)s")
@@ -89,7 +104,7 @@ class RequestLogMiddleware:
             return
         start = time.perf_counter()
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         status = 500
         response_headers: list[tuple[bytes, bytes]] = []
 
@@ -118,17 +133,14 @@ class RequestLogMiddleware:
             REQUESTS.labels(method, label, str(status)).inc()
             LATENCY.labels(label).observe(duration)
             _count_outcome(scope["method"], label, status, dict(response_headers))
-            _log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round(duration * 1000, 2),
-                        "request_id": request_id,
-                    }
-                },
+            _access_log(
+                {
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 2),
+                    "request_id": request_id,
+                }
             )
 
 
