@@ -9,6 +9,7 @@ keeps a copy of a cacheable answer in a bounded per-worker LRU.
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Engine
+
+from app import beacon
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +89,13 @@ class LRU:
 
 
 class VersionReader:
-    """Reads the content version on a connection of its own, kept out of the app's pool.
+    """Reads the content version; every read sees the latest acknowledged write.
 
-    SQLite: a dedicated autocommit connection queried inline (microseconds; WAL readers never
-    wait for writers). PostgreSQL: a dedicated autocommit async connection, so the event loop
-    keeps serving while the query is on the wire. Every read sees the latest committed write.
+    SQLite file: the shared-memory beacon beside the database (`app/beacon.py`), compared with
+    the database itself every `beacon.RECHECK_SECONDS`. Other SQLite databases: a dedicated
+    autocommit connection queried inline (WAL readers never wait for writers). PostgreSQL: a
+    dedicated autocommit async connection, kept out of the app's pool, so the event loop keeps
+    serving while the query is on the wire (several hosts share no memory).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -98,6 +103,8 @@ class VersionReader:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._pid = 0
         self._sqlite: Any = None
+        self._beacon: beacon.Beacon | None = None
+        self._recheck_at = 0.0
         self._pg: psycopg.AsyncConnection[Any] | None = None
         self._pg_loop: asyncio.AbstractEventLoop | None = None
         self._pg_lock: asyncio.Lock | None = None
@@ -105,6 +112,13 @@ class VersionReader:
     async def read(self) -> int:
         if self._pid != os.getpid():  # a forked worker must not share its parent's connection
             self._pid, self._sqlite, self._pg = os.getpid(), None, None
+            self._beacon, self._recheck_at = beacon.for_engine(self.engine), 0.0
+        if self._beacon is not None:
+            if time.monotonic() < self._recheck_at:
+                return self._beacon.read()
+            version = self._beacon.reconcile(self._read_sqlite)
+            self._recheck_at = time.monotonic() + beacon.RECHECK_SECONDS
+            return version
         if self.is_sqlite:
             return self._read_sqlite()
         return await self._read_pg()

@@ -53,6 +53,7 @@ def serve(host: str, port: int, workers: int) -> None:
         proxy_headers=False,
         server_header=False,
         log_level="warning",
+        access_log=False,  # app/observability.py writes its own, with the request id
     )
 
 

@@ -1,10 +1,12 @@
 """The application factory: `create_app(settings)` builds a Workshop app on its own database."""
 
 from importlib.resources import files
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import problems, websub
 from app.bodygate import BodyGate
@@ -17,7 +19,27 @@ from app.routes import feeds, ingest, ops, reader
 from app.templating import StaticAssets, make_templates
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class Workshop:
+    """What a worker serves: the request log and the response cache around the FastAPI app.
+
+    Both are plain ASGI wrappers outside FastAPI, so a cached answer never enters FastAPI's own
+    middleware stack (error handling, telemetry, body limits) or its router: that stack cost more
+    than half of a cache hit (py-spy). Everything else (`state`, `routes`, `openapi()`...) is the
+    FastAPI app's, reached through this object.
+    """
+
+    def __init__(self, fastapi: FastAPI, serve: ASGIApp) -> None:
+        self.fastapi = fastapi
+        self._serve = serve
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fastapi, name)
+
+
+def create_app(settings: Settings | None = None) -> Workshop:
     settings = settings or Settings()
     app = FastAPI(
         title="Workshop",
@@ -37,21 +59,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     websub.install(app)  # pings the WebSub hub after each write, when one is configured
     app.add_route("/metrics", metrics_response, include_in_schema=False)
     app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
-    # Middleware: the last added runs first.
-    # Request log -> response cache (answers before routing) -> body gate -> gzip -> routes.
+    # Request log -> response cache (answers before FastAPI) -> FastAPI's own stack -> body
+    # gate -> gzip -> routes. (Of `add_middleware`, the last added runs first.)
     app.add_middleware(GZipMiddleware, minimum_size=500)
     app.add_middleware(BodyGate, max_body_bytes=settings.max_body_bytes)
+    serve: ASGIApp = app
     if settings.response_cache:
-        app.add_middleware(
-            ResponseCache,
+        serve = ResponseCache(
+            serve,
             engine=app.state.engine,
             max_entries=settings.response_cache_max_entries,
             max_bytes=settings.response_cache_max_bytes,
             max_entry_bytes=settings.response_cache_max_entry_bytes,
         )
     configure_logging(settings.log_json)
-    app.add_middleware(RequestLogMiddleware)  # outermost: sees every answer, cached or not
-    return app
+    return Workshop(app, RequestLogMiddleware(serve))  # the log sees every answer, cached or not
 
 
 def _answer_head_like_get(*routers: APIRouter) -> None:
@@ -64,6 +86,6 @@ def _answer_head_like_get(*routers: APIRouter) -> None:
                 route.methods.add("HEAD")
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> Workshop:
     """Entry point for `uvicorn --factory app.main:app_from_env` (each worker builds its own)."""
     return create_app(Settings())

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from app import events
+from app import beacon, events
 from app.errors import (
     CycleConflict,
     IdTaken,
@@ -451,9 +451,13 @@ def _advance_id_sequence(session: Session) -> None:
 
 
 def _bump_content_version(session: Session) -> None:
-    session.execute(
-        update(SiteState).where(SiteState.name == CONTENT_VERSION).values(value=SiteState.value + 1)  # type: ignore[arg-type]
-    )
+    version = session.execute(
+        update(SiteState)
+        .where(SiteState.name == CONTENT_VERSION)  # type: ignore[arg-type]
+        .values(value=SiteState.value + 1)
+        .returning(SiteState.value)
+    ).scalar_one()
+    beacon.note_version(session, version)  # published to the other processes after the commit
     # The change time feeds Last-Modified. It moves forward at least one second per write, so a
     # client that only sends If-Modified-Since still sees two writes within the same second.
     now = int(utcnow().timestamp()) - CHANGED_AT_EPOCH

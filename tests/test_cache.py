@@ -7,9 +7,10 @@ import pytest
 from conftest import SITE_URL, add_post, sample_input, start_server, stop_server
 from conftest import test_settings as make_settings
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlmodel import Session
 
-from app import db, posts
+from app import beacon, db, posts
 from app.cache import LRU, Entry, ResponseCache
 from app.config import Settings
 from app.main import create_app
@@ -203,3 +204,46 @@ def test_lru_keeps_within_both_bounds():
     assert lru.bytes <= 2000
     assert lru.get((b"", "/2", b"", False, False, 1)) is not None
     assert lru.get((b"", "/3", b"", False, False, 1)) is None
+
+
+# --- the shared-memory beacon (SQLite files): the version without a query ---------------------
+
+
+def test_every_write_publishes_its_version_to_the_beacon(engine):
+    shared = beacon.for_engine(engine)
+    if shared is None:
+        pytest.skip("the beacon is for SQLite files; PostgreSQL reads the version per request")
+    post = add_post(engine)
+    with Session(engine) as session:
+        assert shared.read() == posts.content_version(session)
+    _edit_title(engine, post.id, "A Second Title")
+    with Session(engine) as session:
+        assert shared.read() == posts.content_version(session)
+
+
+def test_the_beacon_never_goes_back(tmp_path):
+    shared = beacon.Beacon(tmp_path / "x.db-version")
+    shared.publish(7)
+    shared.publish(5)  # a slower writer publishing an older commit
+    assert shared.read() == 7
+    assert shared.reconcile(lambda: 9) == 9 and shared.read() == 9
+
+
+def test_a_change_the_beacon_missed_shows_after_the_recheck(engine, monkeypatch):
+    """A writer killed between its commit and its publish: readers catch up from the database."""
+    if beacon.for_engine(engine) is None:
+        pytest.skip("the beacon is for SQLite files; PostgreSQL reads the version per request")
+    monkeypatch.setattr(beacon, "RECHECK_SECONDS", 3600.0)
+    calls: list[str] = []
+    cache = ResponseCache(_asgi_app(calls), engine)
+    with TestClient(cache, base_url=SITE_URL) as client:  # type: ignore[arg-type]
+        client.get("/tagged")
+        with engine.begin() as conn:  # a committed write that never reached the beacon
+            conn.execute(
+                text("UPDATE site_state SET value = value + 1 WHERE name = 'content_version'")
+            )
+        assert client.get("/tagged").headers["x-cache"] == "hit"  # the beacon, not a query
+        cache.versions._recheck_at = 0.0  # the recheck is due
+        assert client.get("/tagged").headers["x-cache"] == "miss"
+        assert client.get("/tagged").headers["x-cache"] == "hit"
+    assert calls == ["/tagged", "/tagged"]
