@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine
 
-from app import beacon
+from app import beacon, db
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,6 @@ class VersionReader:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._pid = 0
-        self._sqlite: Any = None
         self._beacon: beacon.Beacon | None = None
         self._recheck_at = 0.0
         self._pg: psycopg.AsyncConnection[Any] | None = None
@@ -111,7 +110,7 @@ class VersionReader:
 
     async def read(self) -> int:
         if self._pid != os.getpid():  # a forked worker must not share its parent's connection
-            self._pid, self._sqlite, self._pg = os.getpid(), None, None
+            self._pid, self._pg = os.getpid(), None
             self._beacon, self._recheck_at = beacon.for_engine(self.engine), 0.0
         if self._beacon is not None:
             if time.monotonic() < self._recheck_at:
@@ -124,15 +123,10 @@ class VersionReader:
         return await self._read_pg()
 
     def _read_sqlite(self) -> int:
-        if self._sqlite is None:
-            # Through the engine, so its connect hook (WAL, busy_timeout, autocommit) applies.
-            proxy = self.engine.raw_connection()
-            proxy.detach()
-            self._sqlite = proxy.dbapi_connection
         try:
-            row = self._sqlite.execute(VERSION_SQL).fetchone()
+            row = db.sqlite_reader(self.engine).execute(VERSION_SQL).fetchone()
         except Exception:
-            self._sqlite = None
+            db.forget_sqlite_reader(self.engine)
             raise
         return int(row[0]) if row else 0
 
@@ -147,9 +141,8 @@ class VersionReader:
         return int(row[0]) if row else 0
 
     async def close(self) -> None:
-        if self._sqlite is not None:
-            self._sqlite.close()
-            self._sqlite = None
+        if self.is_sqlite:
+            db.forget_sqlite_reader(self.engine)
         if self._pg is not None and self._pg_loop is asyncio.get_running_loop():
             await self._pg.close()
         self._pg = None

@@ -8,7 +8,7 @@ import click
 from sqlmodel import Session
 
 from app import backup as backups
-from app import db, posts, tokens, transfer
+from app import db, essaypage, posts, tokens, transfer
 from app.config import Settings
 from app.errors import WorkshopError
 from app.fragments import Renderer
@@ -170,6 +170,35 @@ def restore(file: Path) -> None:
     """Replace the database's contents with the backup in FILE."""
     _run(lambda: backups.restore(_settings(), file))
     click.echo(f"restored from {file}")
+
+
+@main.group("pages")
+def pages_group() -> None:
+    """The essay pages stored at write time."""
+
+
+@pages_group.command("refresh")
+def pages_refresh() -> None:
+    """Store every published essay's page again. Run it after a deploy that changes the
+    templates or the site's name or timezone: until then those pages render on each request
+    (correct, only slower). Safe while the site runs."""
+    settings = _settings()
+    engine = db.make_engine(settings)
+    renderer = Renderer.for_settings(settings)
+    started = time.monotonic()
+    total = transfer.count_published(engine)
+    done = 0
+    with click.progressbar(
+        length=total, label="storing pages", file=sys.stderr, show_pos=True, show_percent=True
+    ) as bar:
+        for count in essaypage.refresh_all(engine, renderer):
+            done += count
+            bar.update(count)
+    click.echo(f"stored {done} essay pages")
+    seconds = time.monotonic() - started
+    click.echo(
+        f"stored {done} pages in {seconds:.1f} s: {done / max(seconds, 1e-9):.0f}/s", err=True
+    )
 
 
 @main.group("post")

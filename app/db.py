@@ -1,5 +1,8 @@
 """Database engine and sessions; migrations through Alembic."""
 
+import contextlib
+import os
+import weakref
 from collections.abc import Iterator
 from importlib.resources import files
 from typing import Annotated, Any
@@ -61,6 +64,32 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_begin(conn: Any) -> None:
         write = conn.get_execution_options().get("sqlite_write")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+_readers: "weakref.WeakKeyDictionary[Engine, tuple[int, Any]]" = weakref.WeakKeyDictionary()
+
+
+def sqlite_reader(engine: Engine) -> Any:
+    """This process's own DBAPI connection to an SQLite database, outside the engine's pool,
+    for the short reads the event loop makes inline (the content version, a stored page). In
+    autocommit mode every statement is its own read transaction, so it sees the latest commit;
+    skipping the pool, BEGIN and ROLLBACK and SQLAlchemy's statement cache made a stored essay
+    page's read about a third cheaper. Opened through the engine, so its connect hook (WAL,
+    busy_timeout) applies; a forked or spawned worker opens its own."""
+    found = _readers.get(engine)
+    if found is None or found[0] != os.getpid():
+        proxy = engine.raw_connection()
+        proxy.detach()
+        found = _readers[engine] = (os.getpid(), proxy.dbapi_connection)
+    return found[1]
+
+
+def forget_sqlite_reader(engine: Engine) -> None:
+    """Close it (after an error, or at shutdown): the next read opens a new one."""
+    found = _readers.pop(engine, None)
+    if found is not None and found[0] == os.getpid():
+        with contextlib.suppress(Exception):
+            found[1].close()
 
 
 def write_session(engine: Engine) -> Session:

@@ -1,20 +1,46 @@
-"""The essay page's reads: three small statements whatever the archive's size.
+"""The essay page: stored whole at write time, served with one indexed read.
 
-1. the content version (the ETag, in `routes.reader.cached`), 2. the post's own columns with its
-stored page HTML (`app/fragments.py`), 3. the older and newer essays (id, slug, title only, each
-an index seek on (status, published_at, id)) together with the minds of all three posts, in one
-UNION ALL. No ORM objects, no bodies of the neighbours.
+Serving (`stored`): one statement reads the post's id, slug and status with its stored page
+(`essay_pages`). A current stored page is the answer; its ETag was computed when it was stored.
+
+Rendering (`render`, at write time by `store_pages`, or live for a page with no current stored
+copy): 1. the post's own columns with its stored post-only HTML (`app/fragments.py`), 2. the
+older and newer essays (id, slug, title only, each an index seek on (status, published_at, id))
+together with the minds of all three posts, in one UNION ALL. No ORM objects, no bodies of the
+neighbours. A page shows its neighbours' titles and minds, so every write refreshes the stored
+pages of the posts it changed and of their neighbours before and after (`posts._refresh_pages`).
 """
 
-from dataclasses import dataclass, field
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, literal, null, select, tuple_, union_all
+from sqlalchemy import (
+    Engine,
+    Integer,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    null,
+    select,
+    text,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
+from app import db
 from app.errors import PostNotFound
-from app.models import STATUS_PUBLISHED, Mind, Post
+from app.fragments import Renderer
+from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
+from app.urls import post_path
 
 P: Any = Post
 M: Any = Mind
@@ -142,3 +168,127 @@ def context(session: Session, post: PageRow) -> Context:
         names = [n for role in (1, 2) for _, n in sorted(neighbour_minds[role])]
         found.absent = list(dict.fromkeys(n for n in names if n not in present))
     return found
+
+
+# --- the stored page ---------------------------------------------------------------------------
+
+E: Any = EssayPage
+# Plain SQL with a named parameter: the same text runs on sqlite3 directly and through
+# SQLAlchemy on PostgreSQL.
+STORED_SQL = (
+    "SELECT p.id, p.slug, p.status, e.html, e.etag FROM posts AS p"
+    " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = :pid"
+)
+_NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expanding=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    id: int
+    slug: str
+    status: str
+    html: str | None  # the page with the renderer's key in front, or None
+    etag: str | None
+
+
+async def stored(engine: Engine, post_id: int) -> Stored:
+    """The post's id, slug, status and stored page: one primary-key read. On SQLite it runs
+    inline on this process's own connection (a local file: microseconds, and WAL readers never
+    wait); on PostgreSQL in the thread pool (a network round trip must not hold the loop)."""
+    params = {"pid": post_id}
+    if engine.dialect.name == "sqlite":
+        try:
+            row = db.sqlite_reader(engine).execute(STORED_SQL, params).fetchone()
+        except sqlite3.Error as exc:
+            db.forget_sqlite_reader(engine)
+            raise OperationalError(STORED_SQL, params, exc) from exc  # answered 503 like any
+    else:
+
+        def read() -> Any:
+            with engine.connect() as conn:
+                return conn.execute(text(STORED_SQL), params).first()
+
+        row = await run_in_threadpool(read)
+    if row is None:
+        raise PostNotFound(f"no post with id {post_id}")
+    return Stored(*row)
+
+
+def render(session: Session, renderer: Renderer, post: PageRow) -> str:
+    """The whole page of a published post, the site URL a placeholder (`Renderer.finish`)."""
+    from app import posts  # the post service imports this module
+
+    around = context(session, post)
+    parts = renderer.parts(
+        post.page_html,
+        lambda: posts.load_views(session, [posts.get_post(session, post.id)])[0],
+    )
+    return renderer.page(
+        post=post,
+        parts=parts,
+        older=around.older,
+        newer=around.newer,
+        minds=around.minds,
+        absent=around.absent,
+        canonical_path=post_path(post),  # type: ignore[arg-type]
+    )
+
+
+def neighbours(session: Session, post_ids: set[int]) -> set[int]:
+    """The published essays just older and just newer than each of these posts."""
+    found: set[int] = set()
+    for post_id, published_at in session.execute(_NEIGHBOURS, {"ids": list(post_ids)}).all():
+        rows = session.execute(_CONTEXT, {"at": published_at, "pid": post_id}).all()
+        found.update(int(row[1]) for row in rows if row[0] != 0 and row[1] is not None)
+    return found
+
+
+def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> None:
+    """Render and store the pages of these posts (in the caller's transaction); a post that is
+    not published loses its stored page."""
+    from app import posts  # the post service imports this module
+
+    for post_id in sorted(post_ids):
+        try:
+            post = page_row(session, post_id)
+        except PostNotFound:
+            continue
+        session.execute(delete(EssayPage).where(E.post_id == post_id))
+        if post.status != STATUS_PUBLISHED:
+            continue
+        if post.page_html is None or not post.page_html.startswith(renderer.key):
+            # The post-only part is from another build too: store a current one with it.
+            view = posts.load_views(session, [posts.get_post(session, post_id)])[0]
+            post = replace(post, page_html=renderer(view))
+            session.execute(update(Post).where(P.id == post_id).values(page_html=post.page_html))
+        html = renderer.key + render(session, renderer, post)
+        etag = hashlib.sha256(html.encode()).hexdigest()[:24]
+        session.execute(insert(EssayPage).values(post_id=post_id, html=html, etag=etag))
+
+
+def drop_pages(session: Session, post_ids: set[int]) -> None:
+    session.execute(delete(EssayPage).where(E.post_id.in_(list(post_ids))))
+
+
+def refresh_all(engine: Engine, renderer: Renderer, batch: int = 200) -> Iterator[int]:
+    """Store every published essay's page again, a batch per write transaction (so writers
+    queue for moments, never minutes); yields the number done after each batch."""
+    from app.db import write_session
+
+    after = 0
+    while True:
+        with write_session(engine) as session:
+            ids = list(
+                session.execute(
+                    select(P.id)
+                    .where(P.status == STATUS_PUBLISHED, P.id > after)
+                    .order_by(P.id)
+                    .limit(batch)
+                ).scalars()
+            )
+            if not ids:
+                return
+            store_pages(session, renderer, set(ids))
+            session.commit()
+        after = ids[-1]
+        yield len(ids)

@@ -29,6 +29,7 @@ HEAD_MARK = "<!--workshop:head-->"
 SITE_URL = "https://site-url.workshop.invalid"  # stands for settings.site_url in stored HTML
 MINDS_MARK = "<!--workshop:minds-->"
 TEMPLATE = "_post_fragment.html"
+PAGE_TEMPLATE = "post.html"
 
 Render = Callable[["PostView"], str]
 _RENDERERS: dict[tuple[str, ...], "Renderer"] = {}
@@ -61,10 +62,13 @@ class Renderer:
         self.templates = templates
         self.key = key_of(templates)
         self._template = templates.env.get_template(TEMPLATE)
+        self._page = templates.env.get_template(PAGE_TEMPLATE)
         settings: Settings = templates.env.globals["settings"]  # type: ignore[assignment]
         self._settings = settings.model_copy(update={"site_url": SITE_URL})
         # The site URL as it appears inside HTML attributes and the JSON-LD script alike.
         self._site_url = str(json_script(settings.site_url))[1:-1]
+        # Stored pages hold a placeholder for the site URL: their ETags name the site too.
+        self.site_tag = hashlib.sha256(settings.site_url.encode()).hexdigest()[:8]
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "Renderer":
@@ -78,11 +82,19 @@ class Renderer:
         return self.key + self._template.render(post=view.post, view=view, settings=self._settings)
 
     def parts(self, stored: str | None, live: Callable[[], "PostView"]) -> Parts:
-        """The stored fragment split for the page, or one rendered now when it is missing or was
-        rendered by another build or for other settings."""
+        """The stored fragment split for the page (the site URL still a placeholder), or one
+        rendered now when it is missing or was rendered by another build or other settings."""
         if stored is None or not stored.startswith(self.key):
             stored = self(live())
-        text = stored[len(self.key) :].replace(SITE_URL, self._site_url)
-        head, _, article = text.partition(HEAD_MARK)
+        head, _, article = stored[len(self.key) :].partition(HEAD_MARK)
         before, found, after = article.partition(MINDS_MARK)
         return Parts(Markup(head), Markup(before), Markup(after), bool(found))
+
+    def page(self, **context: object) -> str:
+        """The whole essay page (`post.html`), the site URL still a placeholder: the same text
+        whether it is stored (`essay_pages`) or rendered for one request."""
+        return self._page.render(settings=self._settings, request=None, **context)
+
+    def finish(self, page: str) -> str:
+        """A page as served: the placeholder replaced by this site's URL."""
+        return page.replace(SITE_URL, self._site_url)

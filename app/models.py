@@ -207,6 +207,21 @@ class AuthFailure(SQLModel, table=True):
     failures: int = 0
 
 
+class EssayPage(SQLModel, table=True):
+    """The complete HTML of a published essay's page, kept current by every write that changes
+    it: its own, and its neighbours' (their titles and minds show on it). The page answers from
+    here with one indexed read; a row from another build or site (the key at its start) or no
+    row makes the page render live instead (app/essaypage.py)."""
+
+    __tablename__ = "essay_pages"
+
+    post_id: int = SQLField(
+        sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True)
+    )
+    html: str = SQLField(sa_column=Column(Text, nullable=False))
+    etag: str = SQLField(max_length=64)
+
+
 class SiteState(SQLModel, table=True):
     """Small shared counters, e.g. the content version every write bumps (cache keys)."""
 

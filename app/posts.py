@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from app import beacon, events
+from app import beacon, essaypage, events
 from app.errors import (
     CycleConflict,
     IdTaken,
@@ -24,7 +24,7 @@ from app.errors import (
     PreconditionFailed,
     RevisionNotFound,
 )
-from app.fragments import Render
+from app.fragments import Render, Renderer
 from app.models import (
     STATUS_DELETED,
     STATUS_PUBLISHED,
@@ -154,6 +154,7 @@ def create_post(
         if post_id is not None:
             _advance_id_sequence(session)
         created_id = post.id
+        _refresh_pages(session, render, {created_id})  # type: ignore[arg-type]
         if before_commit is not None:
             before_commit(session, post)
         _bump_content_version(session)
@@ -198,6 +199,7 @@ def create_many(
     # the write lock), so concurrent bulk writers only queue for the database part.
     if prepared is None or len(prepared) != len(items):
         prepared = prepare(items)
+    created: set[int] = set()
     for data, done in zip(items, prepared, strict=True):
         post = Post(  # type: ignore[call-arg]
             published_at=data.published_at or now.replace(microsecond=0),
@@ -205,6 +207,8 @@ def create_many(
             content_hash=content_hash(data, default_author),
         )
         _apply(session, post, data, default_author, render, fresh=True, known=known, done=done)
+        created.add(post.id)  # type: ignore[arg-type]
+    _refresh_pages(session, render, created)
     _bump_content_version(session)
     session.commit()
     return len(items)
@@ -229,6 +233,7 @@ def update_post(
     prepared = render_with_excerpt(data.body)  # outside the lock, as in create_post
     post = _locked_post(session, post_id)
     _check_if_match(post, if_match)
+    around_before = essaypage.neighbours(session, {post_id})
     if data.published_at is None:
         data = data.model_copy(update={"published_at": post.published_at})
     digest = content_hash(data, default_author)
@@ -247,6 +252,7 @@ def update_post(
     post.version += 1
     post.updated_at = utcnow()
     _apply(session, post, data, default_author, render, done=prepared)
+    _refresh_pages(session, render, {post_id}, around_before)
     return _commit_change(session, post, before_commit)
 
 
@@ -256,6 +262,7 @@ def delete_post(
     *,
     if_match: str | None = None,
     before_commit: BeforeCommit | None = None,
+    render: Render | None = None,
 ) -> SaveResult:
     """Unpublish: the page answers 410 and the post leaves lists and feeds; nothing is erased."""
     post = _locked_post(session, post_id)
@@ -268,7 +275,23 @@ def delete_post(
     post.version += 1
     post.updated_at = utcnow()
     session.add(post)
+    session.flush()
+    _refresh_pages(session, render, {post_id})  # its neighbours now link past it
     return _commit_change(session, post, before_commit)
+
+
+def _refresh_pages(
+    session: Session, render: Render | None, changed: set[int], before: set[int] | None = None
+) -> None:
+    """Keep `essay_pages` true after a write, in its transaction: the changed posts' pages and
+    those of their neighbours (`before` the write and after it) show their titles and minds.
+    Without a renderer, those stored pages are dropped (they render live until rewritten), so
+    a write can never leave a stale page behind."""
+    affected = changed | (before or set()) | essaypage.neighbours(session, changed)
+    if isinstance(render, Renderer):
+        essaypage.store_pages(session, render, affected)
+    else:
+        essaypage.drop_pages(session, affected)
 
 
 def _commit_change(session: Session, post: Post, before_commit: BeforeCommit | None) -> SaveResult:

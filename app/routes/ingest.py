@@ -191,6 +191,7 @@ def delete_post(
                 post_id,
                 if_match=if_match,
                 before_commit=lambda s, _post: completion.record(s, answer),
+                render=request.app.state.renderer,
             )
         return answer
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from app import browse, essaypage, posts, search
 from app.db import SessionDep
@@ -185,35 +187,41 @@ def read_without_slug(post_id: str, session: SessionDep) -> Response:
 
 
 @router.get("/read/{post_id}/{slug}", response_class=HTMLResponse)
-def read(request: Request, post_id: str, slug: str, session: SessionDep) -> Response:
+async def read(request: Request, post_id: str, slug: str) -> Response:
+    """The essay page: its stored copy, read with one indexed statement and no template, or a
+    live render when no current copy is stored (see app/essaypage.py)."""
     number = _path_int(post_id, "essay")
+    state = request.app.state
+    found = await essaypage.stored(state.engine, number)
+    if found.status == posts.STATUS_DELETED:
+        raise PostGone(f"essay {number} was withdrawn")
+    if slug != found.slug:
+        return _redirect_to(found)
+    renderer = state.renderer
+    if found.html is None or not found.html.startswith(renderer.key):
+        return await run_in_threadpool(_live_essay_page, request, number, slug)
+    # The page's own ETag, computed when it was stored: it changes exactly when the page does.
+    etag = f'W/"p{found.etag}-{renderer.site_tag}"'
+    headers = {"ETag": etag, "Cache-Control": PAGE_CACHE_CONTROL}
+    if_none_match = request.headers.get("if-none-match")
+    if _etag_matches(if_none_match, etag) or _is_star(if_none_match):
+        return Response(status_code=304, headers=headers)
+    return HTMLResponse(renderer.finish(found.html[len(renderer.key) :]), headers=headers)
 
-    def build() -> Response:
-        # Three statements (version, this post, neighbours + minds) and the stored HTML of
-        # everything that depends only on the post: see app/essaypage.py and app/fragments.py.
-        post = essaypage.page_row(session, number)
-        if post.status == posts.STATUS_DELETED:
-            raise PostGone(f"essay {number} was withdrawn")
-        if slug != post.slug:
-            return _redirect_to(post)
-        around = essaypage.context(session, post)
-        parts = request.app.state.renderer.parts(
-            post.page_html,
-            lambda: posts.load_views(session, [posts.get_post(session, number)])[0],
-        )
-        return render(
-            request,
-            "post.html",
-            post=post,
-            parts=parts,
-            older=around.older,
-            newer=around.newer,
-            minds=around.minds,
-            absent=around.absent,
-            canonical_path=post_path(post),  # type: ignore[arg-type]
-        )
 
-    return cached(request, session, build)
+def _live_essay_page(request: Request, number: int, slug: str) -> Response:
+    renderer = request.app.state.renderer
+    with Session(request.app.state.engine) as session:
+
+        def build() -> Response:
+            post = essaypage.page_row(session, number)
+            if post.status == posts.STATUS_DELETED:
+                raise PostGone(f"essay {number} was withdrawn")
+            if slug != post.slug:
+                return _redirect_to(post)
+            return HTMLResponse(renderer.finish(essaypage.render(session, renderer, post)))
+
+        return cached(request, session, build)
 
 
 @router.get("/cycle/{cycle}")
@@ -223,5 +231,7 @@ def cycle(cycle: str, session: SessionDep) -> Response:
     return _redirect_to(post, status=302)
 
 
-def _redirect_to(post: posts.Post | essaypage.PageRow, status: int = 301) -> RedirectResponse:
+def _redirect_to(
+    post: posts.Post | essaypage.PageRow | essaypage.Stored, status: int = 301
+) -> RedirectResponse:
     return RedirectResponse(post_path(post), status_code=status)  # type: ignore[arg-type]

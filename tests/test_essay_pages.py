@@ -1,0 +1,142 @@
+"""The essay page stored whole at write time (essay_pages): the same bytes as a live render,
+and never stale: a write refreshes its own page and its neighbours' (their titles, links and
+minds show on it), and a write without a renderer drops those pages so they render live."""
+
+from collections.abc import Iterator
+
+import pytest
+from conftest import SITE_URL, add_post, sample_input
+from conftest import test_settings as make_settings
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from app import essaypage, posts
+from app.db import write_session
+from app.main import create_app
+from app.models import EssayPage, PostIn
+
+
+@pytest.fixture
+def site(database_url: str) -> Iterator[tuple[TestClient, Engine, object]]:
+    app = create_app(make_settings(database_url, response_cache=False))
+    with TestClient(app, base_url=SITE_URL, follow_redirects=False) as client:
+        yield client, app.state.engine, app.state.renderer
+    app.state.engine.dispose()
+
+
+def _create(engine: Engine, renderer: object, n: int, **overrides: object) -> posts.Post:
+    data = sample_input(
+        title=f"Essay {n} on Breadth",
+        cycle=900 + n,
+        published_at=f"2026-04-{n:02d}T15:04:00Z",
+        **overrides,
+    )
+    with write_session(engine) as session:
+        post = posts.create_post(session, data, "Workshop", render=renderer).post  # type: ignore[arg-type]
+        session.expunge(post)
+        return post
+
+
+def _stored_ids(engine: Engine) -> set[int]:
+    with Session(engine) as session:
+        return set(session.execute(select(EssayPage.post_id)).scalars())  # type: ignore[arg-type]
+
+
+def _page(client: TestClient, post: posts.Post) -> str:
+    answer = client.get(f"/read/{post.id}/{post.slug}")
+    assert answer.status_code == 200
+    return answer.text
+
+
+def test_a_stored_page_is_byte_for_byte_the_live_render(site) -> None:
+    client, engine, renderer = site
+    made = [_create(engine, renderer, n) for n in (1, 2, 3)]
+    assert _stored_ids(engine) == {p.id for p in made}
+    stored = {p.id: client.get(f"/read/{p.id}/{p.slug}") for p in made}
+    with write_session(engine) as session:
+        essaypage.drop_pages(session, {p.id for p in made})  # type: ignore[misc]
+        session.commit()
+    for post in made:
+        live = client.get(f"/read/{post.id}/{post.slug}")
+        assert live.text == stored[post.id].text
+        assert stored[post.id].headers["etag"].startswith('W/"p')  # the stored page's own tag
+        assert live.headers["etag"] != stored[post.id].headers["etag"]
+
+
+def test_the_stored_page_answers_conditional_requests(site) -> None:
+    client, engine, renderer = site
+    post = _create(engine, renderer, 1)
+    path = f"/read/{post.id}/{post.slug}"
+    etag = client.get(path).headers["etag"]
+    for condition in (etag, "*", f'"other", {etag}'):
+        answer = client.get(path, headers={"If-None-Match": condition})
+        assert (answer.status_code, answer.content) == (304, b"")
+        assert answer.headers["etag"] == etag
+    assert client.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
+    assert client.get(f"/read/{post.id}/wrong-slug").status_code == 301
+    assert client.get(f"/read/{post.id + 100}/x").status_code == 404
+
+
+def test_neighbours_pages_follow_every_write(site) -> None:
+    client, engine, renderer = site
+    first, second = _create(engine, renderer, 1), _create(engine, renderer, 2)
+    assert "Essay 2 on Breadth" in _page(client, first)  # "Next →"
+
+    # An edit of the newer essay's title shows on the older one's stored page.
+    with write_session(engine) as session:
+        edited = sample_input(title="A Renamed Second Essay", cycle=902)
+        edited = edited.model_copy(update={"published_at": second.published_at})
+        posts.update_post(session, second.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
+    assert "A Renamed Second Essay" in _page(client, first)
+    assert "Essay 2 on Breadth" not in _page(client, first)
+
+    # A newer essay: the (renamed) second one now links to it.
+    third = _create(engine, renderer, 3)
+    with Session(engine) as session:
+        renamed = posts.get_post(session, second.id)  # type: ignore[arg-type]
+        assert "Essay 3 on Breadth" in _page(client, renamed)
+
+    # A delete: the neighbours now link past it, and its page is 410.
+    with write_session(engine) as session:
+        posts.delete_post(session, renamed.id, render=renderer)  # type: ignore[arg-type]
+    page = _page(client, first)
+    assert "A Renamed Second Essay" not in page and "Essay 3 on Breadth" in page
+    assert client.get(f"/read/{renamed.id}/{renamed.slug}").status_code == 410
+    assert renamed.id not in _stored_ids(engine)
+    assert third.id in _stored_ids(engine)
+
+
+def test_a_write_without_a_renderer_never_leaves_a_stale_page(site) -> None:
+    client, engine, renderer = site
+    first = _create(engine, renderer, 1)
+    assert _stored_ids(engine) == {first.id}
+    newer = add_post(engine, title="Written Without a Renderer", cycle=950)  # no renderer
+    assert _stored_ids(engine) == set()  # the older essay's page changed: dropped, not stale
+    assert "Written Without a Renderer" in _page(client, first)  # rendered live
+    assert _page(client, newer)
+
+
+def test_bulk_creation_stores_every_page_with_its_neighbours(site) -> None:
+    client, engine, renderer = site
+    batch = [
+        PostIn.model_validate(
+            {
+                **sample_input().model_dump(mode="json"),
+                "title": f"Bulk {n}",
+                "cycle": 800 + n,
+                "published_at": f"2026-03-{n:02d}T10:00:00Z",
+            }
+        )
+        for n in range(1, 6)
+    ]
+    with write_session(engine) as session:
+        posts.create_many(session, batch, "Workshop", renderer)  # type: ignore[arg-type]
+    stored = _stored_ids(engine)
+    assert len(stored) == 5
+    with Session(engine) as session:
+        views = posts.list_published(session, 10)
+    by_title = {p.title: p for p in views}
+    assert "Bulk 4" in _page(client, by_title["Bulk 3"]) and "Bulk 2" in _page(
+        client, by_title["Bulk 3"]
+    )
