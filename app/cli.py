@@ -178,10 +178,11 @@ def pages_group() -> None:
 
 
 @pages_group.command("refresh")
-def pages_refresh() -> None:
-    """Store every published essay's page again. Run it after a deploy that changes the
-    templates or the site's name or timezone: until then those pages render on each request
-    (correct, only slower). Safe while the site runs."""
+@click.option("--all", "everything", is_flag=True, help="Store every page, current or not.")
+def pages_refresh(everything: bool) -> None:
+    """Store the page of every published essay that has none from this build. Run it after a
+    deploy that changes the templates or the site's name or timezone: until then those pages
+    render on each request (correct, only slower). Safe while the site runs."""
     settings = _settings()
     engine = db.make_engine(settings)
     renderer = Renderer.for_settings(settings)
@@ -191,7 +192,7 @@ def pages_refresh() -> None:
     with click.progressbar(
         length=total, label="storing pages", file=sys.stderr, show_pos=True, show_percent=True
     ) as bar:
-        for count in essaypage.refresh_all(engine, renderer):
+        for count in essaypage.refresh_all(engine, renderer, everything=everything):
             done += count
             bar.update(count)
     click.echo(f"stored {done} essay pages")

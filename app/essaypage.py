@@ -23,9 +23,11 @@ from sqlalchemy import (
     Integer,
     bindparam,
     delete,
+    func,
     insert,
     literal,
     null,
+    or_,
     select,
     text,
     tuple_,
@@ -270,22 +272,30 @@ def drop_pages(session: Session, post_ids: set[int]) -> None:
     session.execute(delete(EssayPage).where(E.post_id.in_(list(post_ids))))
 
 
-def refresh_all(engine: Engine, renderer: Renderer, batch: int = 200) -> Iterator[int]:
-    """Store every published essay's page again, a batch per write transaction (so writers
-    queue for moments, never minutes); yields the number done after each batch."""
+def refresh_all(
+    engine: Engine, renderer: Renderer, *, everything: bool = False, batch: int = 200
+) -> Iterator[int]:
+    """Store the page of every published essay that has none from this build (or of every one,
+    with `everything`), a batch per write transaction, so writers queue for moments, never
+    minutes. Yields the number stored after each batch."""
     from app.db import write_session
 
+    key = renderer.key
+    current = func.substr(E.html, 1, len(key)) == key
     after = 0
     while True:
         with write_session(engine) as session:
-            ids = list(
-                session.execute(
-                    select(P.id)
-                    .where(P.status == STATUS_PUBLISHED, P.id > after)
-                    .order_by(P.id)
-                    .limit(batch)
-                ).scalars()
+            wanted = (
+                select(P.id)
+                .select_from(P)
+                .outerjoin(E, E.post_id == P.id)
+                .where(P.status == STATUS_PUBLISHED, P.id > after)
+                .order_by(P.id)
+                .limit(batch)
             )
+            if not everything:
+                wanted = wanted.where(or_(E.post_id.is_(None), ~current))
+            ids = list(session.execute(wanted).scalars())
             if not ids:
                 return
             store_pages(session, renderer, set(ids))

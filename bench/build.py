@@ -11,7 +11,7 @@ import psycopg
 from sqlalchemy import func, make_url, select
 from sqlmodel import Session
 
-from app import db, posts
+from app import db, essaypage, posts
 from app.config import Settings
 from app.fragments import Renderer
 from app.models import Post, PostIn
@@ -77,6 +77,20 @@ def _fill(url: str, size: int, seed: int) -> float:
     return time.monotonic() - started
 
 
+def _store_pages(url: str) -> None:
+    """An archive built before essay pages were stored, or by another build: upgrade it and
+    store its pages (`workshop pages refresh`), once, in the kept archive."""
+    settings = _settings(url)
+    db.upgrade(settings)
+    engine = db.make_engine(settings)
+    try:
+        stored = sum(essaypage.refresh_all(engine, Renderer.for_settings(settings)))
+    finally:
+        engine.dispose()
+    if stored:
+        print(f"  stored {stored} essay pages", file=sys.stderr)
+
+
 def _pg_admin(url: str) -> str:
     return make_url(url).set(drivername="postgresql", database="postgres").render_as_string(False)
 
@@ -95,6 +109,7 @@ def prepare(size: int, database_url: str | None, keep: bool, seed: int = 7) -> A
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{built}{suffix}").unlink(missing_ok=True)
             seconds = _fill(f"sqlite:///{built}", size, seed)
+        _store_pages(f"sqlite:///{built}")
         run = DATA / f"run-{size}.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{run}{suffix}").unlink(missing_ok=True)
@@ -110,6 +125,7 @@ def prepare(size: int, database_url: str | None, keep: bool, seed: int = 7) -> A
             conn.execute(f'DROP DATABASE IF EXISTS "{built_name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{built_name}"')
             seconds = _fill(_pg_db(database_url, built_name), size, seed)
+        _store_pages(_pg_db(database_url, built_name))
         conn.execute(f'DROP DATABASE IF EXISTS "{run_name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{run_name}" TEMPLATE "{built_name}"')
     run_url = _pg_db(database_url, run_name)

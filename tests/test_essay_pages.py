@@ -140,3 +140,24 @@ def test_bulk_creation_stores_every_page_with_its_neighbours(site) -> None:
     assert "Bulk 4" in _page(client, by_title["Bulk 3"]) and "Bulk 2" in _page(
         client, by_title["Bulk 3"]
     )
+
+
+def test_pages_refresh_stores_what_is_missing(site, database_url, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    client, engine, renderer = site
+    made = [add_post(engine, title=f"Old Build {n}", cycle=700 + n) for n in range(3)]
+    assert _stored_ids(engine) == set()  # written without a renderer: pages render live
+    live = {p.id: _page(client, p) for p in made}
+    monkeypatch.setenv("WORKSHOP_DATABASE_URL", database_url)
+    monkeypatch.setenv("WORKSHOP_SITE_URL", SITE_URL)
+    result = CliRunner().invoke(main, ["pages", "refresh"])
+    assert result.exit_code == 0, result.output
+    assert "stored 3 essay pages" in result.output
+    assert _stored_ids(engine) == {p.id for p in made}
+    for post in made:
+        assert _page(client, post) == live[post.id]  # the same page, now from storage
+    again = CliRunner().invoke(main, ["pages", "refresh"])
+    assert "stored 0 essay pages" in again.output
