@@ -23,6 +23,7 @@ How it stays correct:
 """
 
 import fcntl
+import logging
 import mmap
 import os
 import struct
@@ -33,6 +34,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
+log = logging.getLogger(__name__)
 RECHECK_SECONDS = 1.0
 _FORMAT = struct.Struct("<q")
 _INFO_KEY = "workshop.content_version"  # set on a session by the write that bumps the version
@@ -97,14 +99,20 @@ def path_for(engine: Engine) -> Path | None:
 
 
 def for_engine(engine: Engine) -> Beacon | None:
+    """The beacon of this engine's SQLite file; None for other databases, or when the file
+    cannot be made (a read-only directory): readers then query the database every time."""
     path = path_for(engine)
     if path is None:
         return None
     with _beacons_lock:
         beacon = _beacons.get(path)
         if beacon is None or os.getpid() != _owner.get(path):
-            beacon = _beacons[path] = Beacon(path)
-            _owner[path] = os.getpid()
+            try:
+                beacon = Beacon(path)
+            except OSError:
+                log.warning("no content-version beacon at %s; reading the database", path)
+                return None
+            _beacons[path], _owner[path] = beacon, os.getpid()
         return beacon
 
 
@@ -124,8 +132,12 @@ def _publish_after_commit(session: Session) -> None:
     bind = session.get_bind()
     engine = bind if isinstance(bind, Engine) else bind.engine
     beacon = for_engine(engine)
-    if beacon is not None:
+    if beacon is None:
+        return
+    try:
         beacon.publish(version)
+    except OSError:  # the write is committed: readers catch up at their next recheck
+        log.warning("could not publish content version %s", version, exc_info=True)
 
 
 @event.listens_for(Session, "after_rollback")
