@@ -5,11 +5,15 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from sqlalchemy import make_url
+from sqlalchemy import case, make_url, update
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session
 
 from app.config import Settings
-from app.db import normalize_url
+from app.db import make_engine, normalize_url, write_session
 from app.errors import WorkshopError
+from app.models import SiteState
+from app.posts import CONTENT_VERSION, content_version, serialize_writers
 
 
 class BackupError(WorkshopError):
@@ -47,6 +51,36 @@ def backup(settings: Settings, target: Path) -> None:
 def restore(settings: Settings, source: Path) -> None:
     if not source.is_file():
         raise BackupError(f"{source} is not a file")
+    before = _content_version(settings)
+    _restore(settings, source)
+    # The backup's content version is older than the one caches and clients have seen: move it
+    # past both, so no cache entry or ETag from before the restore can match restored content.
+    engine = make_engine(settings)
+    try:
+        with write_session(engine) as session:
+            serialize_writers(session)
+            session.execute(
+                update(SiteState)
+                .where(SiteState.name == CONTENT_VERSION)  # type: ignore[arg-type]
+                .values(value=case((SiteState.value > before, SiteState.value), else_=before) + 1)
+            )
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def _content_version(settings: Settings) -> int:
+    engine = make_engine(settings)
+    try:
+        with Session(engine) as session:
+            return content_version(session)
+    except DBAPIError:  # an empty or broken database: the restore replaces it anyway
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _restore(settings: Settings, source: Path) -> None:
     if settings.is_sqlite:
         with sqlite3.connect(str(source)) as src, sqlite3.connect(_sqlite_path(settings)) as dst:
             src.backup(dst)

@@ -61,30 +61,40 @@ class Beacon:
                 _FORMAT.pack_into(self._map, 0, version)
 
     def reconcile(self, read_database: Any) -> int:
-        """Set the shared version to the database's, read while no writer can publish."""
-        with self._locked():
-            version = int(read_database())
-            if version != self.read():
-                _FORMAT.pack_into(self._map, 0, version)
-            return version
+        """Set the shared version to the database's, read while no writer can publish. Readers
+        run on the event loop and never wait for the lock: if a writer holds it (for
+        microseconds), this round is skipped and the shared version answers."""
+        try:
+            with self._locked(wait=False):
+                version = int(read_database())
+                if version != self.read():
+                    _FORMAT.pack_into(self._map, 0, version)
+                return version
+        except BlockingIOError:
+            return self.read()
 
-    def _locked(self) -> "_Flock":
-        return _Flock(self.path)
+    def _locked(self, wait: bool = True) -> "_Flock":
+        return _Flock(self.path, wait)
 
 
 class _Flock:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, wait: bool) -> None:
+        self.path, self.wait = path, wait
 
     def __enter__(self) -> None:
         self.fd = os.open(self.path, os.O_RDWR)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def __exit__(self, *_: object) -> None:
         os.close(self.fd)  # closing releases the lock
 
 
-_beacons: dict[Path, Beacon] = {}
+_beacons: dict[Path, Beacon | None] = {}  # None: it could not be made (warned once)
+_owner: dict[Path, int] = {}  # the process that mapped it: a forked child maps it again
 _beacons_lock = threading.Lock()
 
 
@@ -105,18 +115,14 @@ def for_engine(engine: Engine) -> Beacon | None:
     if path is None:
         return None
     with _beacons_lock:
-        beacon = _beacons.get(path)
-        if beacon is None or os.getpid() != _owner.get(path):
+        if path not in _beacons or os.getpid() != _owner.get(path):
             try:
-                beacon = Beacon(path)
+                _beacons[path] = Beacon(path)
             except OSError:
                 log.warning("no content-version beacon at %s; reading the database", path)
-                return None
-            _beacons[path], _owner[path] = beacon, os.getpid()
-        return beacon
-
-
-_owner: dict[Path, int] = {}  # a forked child maps the file again
+                _beacons[path] = None
+            _owner[path] = os.getpid()
+        return _beacons[path]
 
 
 def note_version(session: Session, version: int) -> None:

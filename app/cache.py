@@ -49,10 +49,11 @@ Key = tuple[bytes, str, bytes, bool, bool, int]
 @dataclass(frozen=True, slots=True)
 class Entry:
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]  # as the app sent them, then X-Cache: hit
     body: bytes
     etag: bytes | None
     last_modified: bytes | None
+    not_modified_headers: list[tuple[bytes, bytes]]  # what a 304 repeats, then X-Cache: hit
 
     @property
     def size(self) -> int:
@@ -245,13 +246,15 @@ class ResponseCache:
         if_modified_since: bytes | None,
         send: Send,
     ) -> None:
+        # Header lists are built once, when the entry is stored; the ASGI server only reads them.
         if entry.status == 200 and _not_modified(entry, if_none_match, if_modified_since):
-            headers = [(k, v) for k, v in entry.headers if k in NOT_MODIFIED_HEADERS]
-            await send({"type": "http.response.start", "status": 304, "headers": [*headers, HIT]})
+            headers = entry.not_modified_headers
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        headers = [*entry.headers, HIT]
-        await send({"type": "http.response.start", "status": entry.status, "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": entry.status, "headers": entry.headers}
+        )
         await send({"type": "http.response.body", "body": b"" if head else entry.body})
 
     async def _fill(self, key: Key, scope: Scope, receive: Receive, send: Send) -> None:
@@ -284,7 +287,10 @@ class ResponseCache:
         headers = [(k.lower(), v) for k, v in start["headers"]]
         found = dict(headers)
         etag, last_modified = found.get(b"etag"), found.get(b"last-modified")
-        entry = Entry(start["status"], headers, body, etag, last_modified)
+        not_modified = [(k, v) for k, v in headers if k in NOT_MODIFIED_HEADERS]
+        entry = Entry(
+            start["status"], [*headers, HIT], body, etag, last_modified, [*not_modified, HIT]
+        )
         self.store.put(key, entry)
 
 
@@ -311,6 +317,8 @@ def _not_modified(
     if if_none_match is not None:
         if entry.etag is None:
             return False
+        if if_none_match == entry.etag:  # what a client that kept the ETag sends back
+            return True
         wanted = {t.strip().removeprefix(b"W/") for t in if_none_match.split(b",")}
         return b"*" in wanted or entry.etag.removeprefix(b"W/") in wanted
     if if_modified_since is not None and entry.last_modified is not None:

@@ -1,5 +1,6 @@
 """Settings, read from WORKSHOP_* environment variables and a .env file."""
 
+import re
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -64,7 +65,13 @@ class Settings(BaseSettings):
 
     @field_validator("site_url")
     @classmethod
-    def _no_trailing_slash(cls, value: str) -> str:
+    def _plain_url(cls, value: str) -> str:
+        """An http(s) URL with no character that HTML or JSON would have to escape: stored
+        pages hold a placeholder that is replaced by this text as it is (app/fragments.py)."""
+        if not re.fullmatch(r"https?://[A-Za-z0-9._~:/\[\]@!$()*+,;=%-]+", value):
+            raise ValueError(
+                "must be an http:// or https:// URL without quotes, spaces, <, >, & or \\"
+            )
         return value.rstrip("/")
 
     @cached_property

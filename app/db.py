@@ -66,6 +66,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+READER_BUSY_TIMEOUT_MS = 200
 _readers: "weakref.WeakKeyDictionary[Engine, tuple[int, Any]]" = weakref.WeakKeyDictionary()
 
 
@@ -80,7 +81,11 @@ def sqlite_reader(engine: Engine) -> Any:
     if found is None or found[0] != os.getpid():
         proxy = engine.raw_connection()
         proxy.detach()
-        found = _readers[engine] = (os.getpid(), proxy.dbapi_connection)
+        conn = proxy.dbapi_connection
+        # It runs on the event loop: in the rare case it must wait (WAL recovery after a
+        # crash), fail fast with a 503 rather than stall every request of this worker.
+        conn.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
+        found = _readers[engine] = (os.getpid(), conn)
     return found[1]
 
 

@@ -278,6 +278,7 @@ def refresh_all(
     """Store the page of every published essay that has none from this build (or of every one,
     with `everything`), a batch per write transaction, so writers queue for moments, never
     minutes. Yields the number stored after each batch."""
+    from app import posts  # the post service imports this module
     from app.db import write_session
 
     key = renderer.key
@@ -295,6 +296,7 @@ def refresh_all(
             )
             if not everything:
                 wanted = wanted.where(or_(E.post_id.is_(None), ~current))
+            posts.serialize_writers(session)  # the API may be writing neighbouring pages
             ids = list(session.execute(wanted).scalars())
             if not ids:
                 return

@@ -47,9 +47,10 @@ def key_of(templates: Jinja2Templates) -> str:
     """What the stored HTML depends on besides the post: the build and the settings it shows."""
     env = templates.env
     settings: Settings = env.globals["settings"]  # type: ignore[assignment]
-    parts = (
+    parts = (  # every setting the page templates show, except the site URL (a placeholder)
         str(env.globals["build_fingerprint"]),
         settings.site_name,
+        settings.site_description,
         str(settings.tz),
     )
     return "<!--fragment:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16] + "-->"

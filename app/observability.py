@@ -279,8 +279,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def metrics_response(_: Request) -> Response:
-    _tally.flush()  # this worker's counts are current; the others' at most a second old
+async def metrics_response(_: Request) -> Response:
+    # On the event loop, like every other use of the tally (it takes no lock): this worker's
+    # counts are current, the other workers' at most a second old.
+    _tally.flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -135,6 +135,7 @@ def create_post(
     # never holds SQLite's write lock (or a PostgreSQL row lock) while other writers wait.
     prepared = render_with_excerpt(data.body)
     digest = content_hash(data, default_author)
+    serialize_writers(session)
     if data.cycle is not None:
         existing = _by_cycle(session, data.cycle)
         if existing is not None:
@@ -199,6 +200,7 @@ def create_many(
     # the write lock), so concurrent bulk writers only queue for the database part.
     if prepared is None or len(prepared) != len(items):
         prepared = prepare(items)
+    serialize_writers(session)
     created: set[int] = set()
     for data, done in zip(items, prepared, strict=True):
         post = Post(  # type: ignore[call-arg]
@@ -231,6 +233,7 @@ def update_post(
     A deleted post is published again (that is how a revision is restored after a delete).
     """
     prepared = render_with_excerpt(data.body)  # outside the lock, as in create_post
+    serialize_writers(session)
     post = _locked_post(session, post_id)
     _check_if_match(post, if_match)
     around_before = essaypage.neighbours(session, {post_id})
@@ -265,6 +268,7 @@ def delete_post(
     render: Render | None = None,
 ) -> SaveResult:
     """Unpublish: the page answers 410 and the post leaves lists and feeds; nothing is erased."""
+    serialize_writers(session)
     post = _locked_post(session, post_id)
     _check_if_match(post, if_match)
     if post.status == STATUS_DELETED:
@@ -473,6 +477,17 @@ def _advance_id_sequence(session: Session) -> None:
         )
 
 
+def serialize_writers(session: Session) -> None:
+    """Writers take turns, each for its whole transaction. A write stores the essay pages of
+    its neighbours too, so two concurrent writes can touch the same page; taking one lock first,
+    before any other, also gives every writer the same lock order (no deadlocks). SQLite's
+    `BEGIN IMMEDIATE` already does this; on PostgreSQL it is the content-version row's lock,
+    which the write's version bump would take anyway. Essays arrive one per cycle, so writers
+    rarely wait."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_WRITERS_LOCK)
+
+
 def _bump_content_version(session: Session) -> None:
     version = session.execute(
         update(SiteState)
@@ -501,6 +516,7 @@ def _bump_content_version(session: Session) -> None:
 
 # Built once: every page asks for it, and building a statement costs more than running it.
 _CONTENT_VERSION = select(SiteState.value).where(SiteState.name == CONTENT_VERSION)  # type: ignore[arg-type]
+_WRITERS_LOCK = _CONTENT_VERSION.with_for_update()
 
 
 def content_version(session: Session) -> int:

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from conftest import add_post, test_settings
+from sqlmodel import Session
 
-from app import db, transfer
+from app import db, posts, transfer
 
 
 def workshop(database_url: str, *args: str) -> None:
@@ -72,8 +73,20 @@ def test_backup_under_write_load_restores_the_same_site(
 
     # With the writer stopped, a second backup restores to exactly the same site.
     workshop(database_url, "backup", str(tmp_path / "quiet.backup"))
+    before = _content_version(second_database_url)
     workshop(second_database_url, "restore", str(tmp_path / "quiet.backup"))
     assert export(second_database_url, tmp_path / "restored-again") == source
+    # The restored content version is past the one caches and clients saw before the restore.
+    assert _content_version(second_database_url) > before
+
+
+def _content_version(database_url: str) -> int:
+    engine = db.make_engine(test_settings(database_url))
+    try:
+        with Session(engine) as session:
+            return posts.content_version(session)
+    finally:
+        engine.dispose()
 
 
 def _ids(exported: dict[str, str]) -> list[int]:

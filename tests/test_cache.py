@@ -192,7 +192,7 @@ def test_a_write_elsewhere_bumps_the_key(raw, engine):
 
 def test_lru_keeps_within_both_bounds():
     def entry(n: int) -> Entry:
-        return Entry(200, [], b"x" * n, None, None)
+        return Entry(200, [], b"x" * n, None, None, [])
 
     lru = LRU(max_entries=3, max_bytes=2000)
     for i in range(5):

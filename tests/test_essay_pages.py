@@ -161,3 +161,24 @@ def test_pages_refresh_stores_what_is_missing(site, database_url, monkeypatch) -
         assert _page(client, post) == live[post.id]  # the same page, now from storage
     again = CliRunner().invoke(main, ["pages", "refresh"])
     assert "stored 0 essay pages" in again.output
+
+
+def test_concurrent_writers_leave_every_page_right(site) -> None:
+    """Writers store their neighbours' pages too; on PostgreSQL they take turns (a lock taken
+    first), so concurrent creates never collide on a page or store one from a stale view."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, engine, renderer = site
+    _create(engine, renderer, 1)
+    with ThreadPoolExecutor(6) as pool:
+        made = list(pool.map(lambda n: _create(engine, renderer, n), range(2, 14)))
+    assert len(made) == 12
+    with Session(engine) as session:
+        every = posts.list_published(session, 50)
+    assert _stored_ids(engine) == {p.id for p in every}
+    stored = {p.id: _page(client, p) for p in every}
+    with write_session(engine) as session:
+        essaypage.drop_pages(session, {p.id for p in every})  # type: ignore[misc]
+        session.commit()
+    for post in every:
+        assert _page(client, post) == stored[post.id], post.title  # the live render agrees

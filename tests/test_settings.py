@@ -30,7 +30,15 @@ def test_environment_beats_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("timezone", "Mars/Olympus_Mons"), ("page_size", 0), ("max_body_bytes", 10)],
+    [
+        ("timezone", "Mars/Olympus_Mons"),
+        ("page_size", 0),
+        ("max_body_bytes", 10),
+        ("site_url", "example.com"),  # no scheme
+        ("site_url", 'https://example.com/"onload="x'),  # would break out of an attribute
+        ("site_url", "https://example.com/a b"),
+        ("site_url", "javascript:alert(1)"),
+    ],
 )
 def test_bad_settings_fail_at_start(name: str, value: object) -> None:
     with pytest.raises(ValidationError):

@@ -2,8 +2,10 @@
 
 Every page is a pure function of (path + query, content version), which is what makes the
 HTTP caching below honest: the ETag is derived from exactly those two things (plus the build),
-so answering If-None-Match costs one tiny query and no rendering, and a later response cache
-can key on the same values.
+so answering If-None-Match costs one tiny query and no rendering, and the response cache keys
+on the same values. One exception: an essay page served from its stored copy (app/essaypage.py)
+carries that copy's own ETag, computed when it was stored, which changes exactly when the page
+does; when it renders live it uses the content-version ETag like every other page.
 """
 
 import hashlib
