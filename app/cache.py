@@ -178,6 +178,7 @@ class ResponseCache:
         self.app = app
         self.versions = VersionReader(engine)
         self.store = LRU(max_entries, max_bytes)
+        self._filling: dict[Key, asyncio.Event] = {}  # misses being rendered right now
         self.max_entry_bytes = max_entry_bytes
         self._warned = False
 
@@ -220,6 +221,13 @@ class ResponseCache:
         key: Key = (host, scope["path"], scope["query_string"], gzip, html, version)
 
         entry = self.store.get(key)
+        filling = self._filling.get(key) if entry is None else None
+        if filling is not None:
+            # Another request is rendering this very answer: wait for it rather than render it
+            # again. Without this, 32 clients arriving together at an expensive page (a search
+            # for a common word, a sitemap) rendered it 32 times at once and the worker stalled.
+            await filling.wait()
+            entry = self.store.get(key)
         if entry is not None:
             head = scope["method"] == "HEAD"
             await self._answer(entry, head, if_none_match, if_modified_since, send)
@@ -281,7 +289,13 @@ class ResponseCache:
                     self._store(key, start, b"".join(chunks))
             await send(message)
 
-        await self.app(scope, receive, capture)
+        self._filling[key] = filled = asyncio.Event()
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            if self._filling.get(key) is filled:
+                del self._filling[key]
+            filled.set()  # waiters find the stored entry, or (not cacheable) ask the app
 
     def _store(self, key: Key, start: Message, body: bytes) -> None:
         headers = [(k.lower(), v) for k, v in start["headers"]]

@@ -1,5 +1,6 @@
 """The response cache: hits, freshness after every write (on every worker), bypasses and bounds."""
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -144,6 +145,8 @@ def _asgi_app(calls: list[str]):  # type: ignore[no-untyped-def]
             status = 500
         elif scope["path"] == "/big":
             body = b"x" * 5000
+        elif scope["path"] == "/slow":
+            await asyncio.sleep(0.2)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -247,3 +250,19 @@ def test_a_change_the_beacon_missed_shows_after_the_recheck(engine, monkeypatch)
         assert client.get("/tagged").headers["x-cache"] == "miss"
         assert client.get("/tagged").headers["x-cache"] == "hit"
     assert calls == ["/tagged", "/tagged"]
+
+
+def test_concurrent_misses_render_once(engine):
+    """Clients arriving together at an uncached page wait for one render (no stampede)."""
+    calls: list[str] = []
+    cache = ResponseCache(_asgi_app(calls), engine)
+
+    async def many() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=cache)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url=SITE_URL) as client:
+            return await asyncio.gather(*(client.get("/slow") for _ in range(10)))
+
+    answers = asyncio.run(many())
+    assert [a.status_code for a in answers] == [200] * 10
+    assert calls == ["/slow"]
+    assert sorted(a.headers["x-cache"] for a in answers) == ["hit"] * 9 + ["miss"]
