@@ -19,7 +19,7 @@ from bench.corpus import COMMON_TAG, COMMON_WORD, PHRASE, RARE_WORD, Corpus
 ESSAY_SAMPLE = 5000  # random essay paths handed to wrk (all of them in a smaller archive)
 PAGE_SIZE = 20  # the server's default page_size: the last page of / is the 20 oldest essays
 API_LIMIT = 20
-SITEMAP_CHILD = "/sitemaps/posts-1.xml"  # ids 50,000-99,999: exists once the archive passes 50,000
+SITEMAP_CHILD = "/sitemaps/posts-1.xml"  # ids 5,000-9,999: exists once the archive passes 5,000
 
 
 @dataclass
@@ -146,8 +146,8 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
         Endpoint("/feed.xml", "/feed.xml"),
         Endpoint("/atom.xml", "/atom.xml"),
         Endpoint("/feed.json", "/feed.json"),
-        Endpoint("/sitemap.xml (index past 50,000)", "/sitemap.xml"),
-        Endpoint("/sitemaps/posts-1.xml (ids 50,000+)", SITEMAP_CHILD),
+        Endpoint("/sitemap.xml (index past 5,000)", "/sitemap.xml"),
+        Endpoint("/sitemaps/posts-1.xml (ids 5,000+)", SITEMAP_CHILD),
         Endpoint("GET /api/v1/posts", "/api/v1/posts"),
         Endpoint("GET /api/v1/posts next page", ""),
         Endpoint(
