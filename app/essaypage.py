@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Engine,
@@ -43,6 +43,9 @@ from app.errors import PostNotFound
 from app.fragments import Renderer
 from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
 from app.urls import post_path
+
+if TYPE_CHECKING:
+    from app.posts import PostView
 
 P: Any = Post
 M: Any = Mind
@@ -216,15 +219,17 @@ async def stored(engine: Engine, post_id: int) -> Stored:
     return Stored(*row)
 
 
-def render(session: Session, renderer: Renderer, post: PageRow) -> str:
-    """The whole page of a published post, the site URL a placeholder (`Renderer.finish`)."""
+def _view(session: Session, post_id: int) -> "PostView":
+    """The post with its minds, tags and stories: what its post-only HTML is rendered from."""
     from app import posts  # the post service imports this module
 
+    return posts.load_views(session, [posts.get_post(session, post_id)])[0]
+
+
+def render(session: Session, renderer: Renderer, post: PageRow) -> str:
+    """The whole page of a published post, the site URL a placeholder (`Renderer.finish`)."""
     around = context(session, post)
-    parts = renderer.parts(
-        post.page_html,
-        lambda: posts.load_views(session, [posts.get_post(session, post.id)])[0],
-    )
+    parts = renderer.parts(post.page_html, lambda: _view(session, post.id))
     return renderer.page(
         post=post,
         parts=parts,
@@ -248,8 +253,6 @@ def neighbours(session: Session, post_ids: set[int]) -> set[int]:
 def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> None:
     """Render and store the pages of these posts (in the caller's transaction); a post that is
     not published loses its stored page."""
-    from app import posts  # the post service imports this module
-
     for post_id in sorted(post_ids):
         try:
             post = page_row(session, post_id)
@@ -260,8 +263,7 @@ def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> Non
             continue
         if post.page_html is None or not post.page_html.startswith(renderer.key):
             # The post-only part is from another build too: store a current one with it.
-            view = posts.load_views(session, [posts.get_post(session, post_id)])[0]
-            post = replace(post, page_html=renderer(view))
+            post = replace(post, page_html=renderer(_view(session, post_id)))
             session.execute(update(Post).where(P.id == post_id).values(page_html=post.page_html))
         html = renderer.key + render(session, renderer, post)
         etag = hashlib.sha256(html.encode()).hexdigest()[:24]

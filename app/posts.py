@@ -236,7 +236,6 @@ def update_post(
     serialize_writers(session)
     post = _locked_post(session, post_id)
     _check_if_match(post, if_match)
-    around_before = essaypage.neighbours(session, {post_id})
     if data.published_at is None:
         data = data.model_copy(update={"published_at": post.published_at})
     digest = content_hash(data, default_author)
@@ -249,6 +248,7 @@ def update_post(
             raise CycleConflict(
                 f"cycle {data.cycle} already belongs to post {other.id}", post_id=other.id
             )
+    around_before = essaypage.neighbours(session, {post_id})  # before the edit moves or renames it
     _snapshot(session, post, reason)
     post.status = STATUS_PUBLISHED
     post.content_hash = digest
