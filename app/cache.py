@@ -179,7 +179,11 @@ class VersionReader:
         if self.is_sqlite:
             db.forget_sqlite_reader(self.engine)
         asker = self._pg_asker
-        if asker is not None and not asker.done() and asker.get_loop() is asyncio.get_running_loop():
+        if (
+            asker is not None
+            and not asker.done()
+            and asker.get_loop() is asyncio.get_running_loop()
+        ):
             asker.cancel()
         if self._pg is not None and self._pg_loop is asyncio.get_running_loop():
             await self._pg.close()
