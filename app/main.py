@@ -18,6 +18,8 @@ from app.observability import RequestLogMiddleware, configure_logging, metrics_r
 from app.routes import feeds, ingest, ops, reader
 from app.templating import StaticAssets, make_templates
 
+GZIP = {"minimum_size": 500}  # for every answer the app makes, including stored essay pages
+
 
 class Workshop:
     """What a worker serves: the request log and the response cache around the FastAPI app.
@@ -59,11 +61,12 @@ def create_app(settings: Settings | None = None) -> Workshop:
     websub.install(app)  # pings the WebSub hub after each write, when one is configured
     app.add_route("/metrics", metrics_response, include_in_schema=False)
     app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
-    # Request log -> response cache (answers before FastAPI) -> FastAPI's own stack -> body
-    # gate -> gzip -> routes. (Of `add_middleware`, the last added runs first.)
-    app.add_middleware(GZipMiddleware, minimum_size=500)
+    # Request log -> response cache (answers before FastAPI) -> stored essay pages (likewise)
+    # -> FastAPI's own stack -> body gate -> gzip -> routes. (Of `add_middleware`, the last
+    # added runs first.)
+    app.add_middleware(GZipMiddleware, **GZIP)
     app.add_middleware(BodyGate, max_body_bytes=settings.max_body_bytes)
-    serve: ASGIApp = app
+    serve: ASGIApp = reader.StoredEssayPages(app, app.state.engine, app.state.renderer, _gzip)
     if settings.response_cache:
         serve = ResponseCache(
             serve,
@@ -74,6 +77,10 @@ def create_app(settings: Settings | None = None) -> Workshop:
         )
     configure_logging(settings.log_json)
     return Workshop(app, RequestLogMiddleware(serve))  # the log sees every answer, cached or not
+
+
+def _gzip(app: ASGIApp) -> ASGIApp:
+    return GZipMiddleware(app, **GZIP)
 
 
 def _answer_head_like_get(*routers: APIRouter) -> None:

@@ -36,6 +36,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", choices=("both", "on", "off"), default="both")
     parser.add_argument("--no-ingest", action="store_true", help="skip the POST measurements")
+    parser.add_argument(
+        "--name", help="results file name without suffix (default <date>-<database>)"
+    )
     return parser.parse_args(argv)
 
 
@@ -129,8 +132,13 @@ def _measure(
         if e.status == 304:  # nginx answers 304 to its own ETag: the same work, statically
             etag = httpx.get(e.static_url).headers["etag"]
             static_headers = {"If-None-Match": etag}
-        load.wrk(e.static_url, 1, headers=static_headers)
-        static[e.name] = load.wrk(e.static_url, args.seconds, headers=static_headers)
+        static_script = None
+        if e.script is not None:  # the same client work per request: a Lua script picks a path
+            static_script = endpoints.random_essays_script(
+                [httpx.URL(e.static_url).path], e.script.with_suffix(".static.lua")
+            )
+        load.wrk(e.static_url, 1, static_script, headers=static_headers)
+        static[e.name] = load.wrk(e.static_url, args.seconds, static_script, headers=static_headers)
     peer = static[e.name]
     row.update(
         rps=result.rps,
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     started = datetime.now(UTC)
     runs = []
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"{started:%Y-%m-%d}-{kind}"
+    stem = RESULTS / (args.name or f"{started:%Y-%m-%d}-{kind}")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for size in sizes:
             print(f"{kind}: {size} essays", file=sys.stderr)

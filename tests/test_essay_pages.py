@@ -11,10 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from app import essaypage, posts
+from app import essaypage, main, posts
 from app.db import write_session
 from app.main import create_app
 from app.models import EssayPage, PostIn
+from app.routes.reader import StoredEssayPages
 
 
 @pytest.fixture
@@ -76,6 +77,86 @@ def test_the_stored_page_answers_conditional_requests(site) -> None:
     assert client.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
     assert client.get(f"/read/{post.id}/wrong-slug").status_code == 301
     assert client.get(f"/read/{post.id + 100}/x").status_code == 404
+
+
+class _Watched:
+    """The app behind the front, noting every request that got past it."""
+
+    def __init__(self, app: object) -> None:
+        self.app, self.paths = app, []
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            self.paths.append(scope["path"])
+        await self.app(scope, receive, send)  # type: ignore[operator]
+
+
+def _front(site) -> tuple[TestClient, TestClient, _Watched]:  # type: ignore[no-untyped-def]
+    """A client of the front alone (around FastAPI) and one of FastAPI alone (the route)."""
+    client, engine, renderer = site
+    fastapi = client.app.fastapi
+    behind = _Watched(fastapi)
+    front = StoredEssayPages(behind, engine, renderer, main._gzip)  # type: ignore[arg-type]
+    return (
+        TestClient(front, base_url=SITE_URL, follow_redirects=False),  # type: ignore[arg-type]
+        TestClient(fastapi, base_url=SITE_URL, follow_redirects=False),
+        behind,
+    )
+
+
+def test_the_front_answers_stored_pages_exactly_as_the_route_does(site) -> None:
+    client, engine, renderer = site
+    post = _create(engine, renderer, 1)
+    front, route, behind = _front(site)
+    path = f"/read/{post.id}/{post.slug}"
+    etag = route.get(path).headers["etag"]
+    asks = [
+        ("GET", {}),
+        ("GET", {"accept-encoding": "gzip"}),
+        ("HEAD", {}),
+        ("GET", {"if-none-match": etag}),
+        ("GET", {"if-none-match": "*"}),
+        ("GET", {"if-none-match": '"other"'}),
+    ]
+    for method, headers in asks:
+        mine, theirs = (
+            front.request(method, path, headers=headers),
+            route.request(method, path, headers=headers),
+        )
+        assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content)
+        assert _comparable(mine.headers) == _comparable(theirs.headers)
+    assert (
+        front.get(path, headers={"accept-encoding": "gzip"}).headers["content-encoding"] == "gzip"
+    )
+    assert behind.paths == []  # all answered before FastAPI
+
+
+def _comparable(headers: object) -> list[tuple[str, str]]:
+    return sorted((k, v) for k, v in headers.multi_items() if k not in ("date", "x-request-id"))  # type: ignore[attr-defined]
+
+
+def test_the_front_leaves_everything_else_to_the_route(site) -> None:
+    client, engine, renderer = site
+    first, second = _create(engine, renderer, 1), _create(engine, renderer, 2)
+    third = _create(engine, renderer, 3)
+    with write_session(engine) as session:
+        posts.delete_post(session, third.id, render=renderer)  # type: ignore[arg-type]
+    unstored = add_post(engine, title="Written Without a Renderer", cycle=950)  # drops pages
+    front, route, behind = _front(site)
+    asks = {
+        f"/read/{second.id}/wrong-slug": 301,
+        f"/read/{third.id}/{third.slug}": 410,
+        f"/read/{third.id + 100}/x": 404,
+        "/read/99999999999/x": 404,
+        f"/read/{unstored.id}/{unstored.slug}": 200,  # no stored copy: rendered live
+    }
+    for path, status in asks.items():
+        mine, theirs = front.get(path), route.get(path)
+        assert mine.status_code == theirs.status_code == status, path
+        assert mine.content == theirs.content
+    assert behind.paths == list(asks)
+    assert front.post(f"/read/{first.id}/{first.slug}").status_code == 405
+    assert front.get(f"/read/{first.id}/{first.slug}").status_code == 200
 
 
 def test_neighbours_pages_follow_every_write(site) -> None:

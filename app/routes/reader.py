@@ -9,16 +9,20 @@ does; when it renders live it uses the content-version ETag like every other pag
 """
 
 import hashlib
+import re
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import browse, essaypage, posts, search
 from app.db import SessionDep
 from app.errors import PostGone, PostNotFound
+from app.fragments import Renderer
 from app.urls import post_path
 
 router = APIRouter(include_in_schema=False)
@@ -26,6 +30,7 @@ router = APIRouter(include_in_schema=False)
 # Short for browsers, longer for a CDN, and a CDN may serve a stale copy while it revalidates.
 PAGE_CACHE_CONTROL = "public, max-age=60, s-maxage=300, stale-while-revalidate=600"
 MAX_SEARCH_PAGE = 50
+Wrapper = Callable[[ASGIApp], ASGIApp]
 
 
 def render(
@@ -188,10 +193,14 @@ def read_without_slug(post_id: str, session: SessionDep) -> Response:
     return _redirect_to(posts.get_post(session, _path_int(post_id, "essay")))
 
 
-@router.get("/read/{post_id}/{slug}", response_class=HTMLResponse)
+ESSAY_ROUTE = "/read/{post_id}/{slug}"
+
+
+@router.get(ESSAY_ROUTE, response_class=HTMLResponse)
 async def read(request: Request, post_id: str, slug: str) -> Response:
     """The essay page: its stored copy, read with one indexed statement and no template, or a
-    live render when no current copy is stored (see app/essaypage.py)."""
+    live render when no current copy is stored (see app/essaypage.py). `StoredEssayPages`
+    answers most requests for stored pages before they reach this route."""
     number = _path_int(post_id, "essay")
     state = request.app.state
     found = await essaypage.stored(state.engine, number)
@@ -199,16 +208,67 @@ async def read(request: Request, post_id: str, slug: str) -> Response:
         raise PostGone(f"essay {number} was withdrawn")
     if slug != found.slug:
         return _redirect_to(found)
-    renderer = state.renderer
-    if found.html is None or not found.html.startswith(renderer.key):
+    answer = stored_page(found, state.renderer, request.headers.get("if-none-match"))
+    if answer is None:
         return await run_in_threadpool(_live_essay_page, request, number, slug)
+    return answer
+
+
+def stored_page(
+    found: essaypage.Stored, renderer: Renderer, if_none_match: str | None
+) -> Response | None:
+    """The answer from a post's current stored page; None when no current copy is stored."""
+    if found.html is None or not found.html.startswith(renderer.key):
+        return None
     # The page's own ETag, computed when it was stored: it changes exactly when the page does.
     etag = f'W/"p{found.etag}-{renderer.site_tag}"'
     headers = {"ETag": etag, "Cache-Control": PAGE_CACHE_CONTROL}
-    if_none_match = request.headers.get("if-none-match")
     if _etag_matches(if_none_match, etag) or _is_star(if_none_match):
         return Response(status_code=304, headers=headers)
     return HTMLResponse(renderer.finish(found.html[len(renderer.key) :]), headers=headers)
+
+
+class StoredEssayPages:
+    """ASGI wrapper: a GET or HEAD of a published essay whose current page is stored is answered
+    here, before FastAPI: the same `stored_page` answer as the route's, passed through the same
+    compression (`compress`), but without FastAPI's middleware stack and router, which cost
+    most of such a request (a cached page cannot help: readers arriving from search engines
+    and links spread over the whole archive). Anything else (a wrong slug, a withdrawn or
+    unknown essay, no current stored copy, a database error) goes on to the route, which
+    answers it as usual.
+    """
+
+    def __init__(self, app: ASGIApp, engine: Engine, renderer: Renderer, compress: Wrapper) -> None:
+        self.app, self.engine, self.renderer, self.compress = app, engine, renderer, compress
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            matched = _ESSAY_PATH.fullmatch(scope["path"])
+            answer = await self._answer(scope, matched) if matched else None
+            if answer is not None:
+                scope["workshop.route_label"] = ESSAY_ROUTE  # for the request log and metrics
+                await self.compress(answer)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, matched: re.Match[str]) -> Response | None:
+        number = int(matched[1])
+        if not 1 <= number <= browse.MAX_POST_ID:
+            return None
+        try:
+            found = await essaypage.stored(self.engine, number)
+        except Exception:  # unknown (404) or unreadable (503): the route says so
+            return None
+        if found.status != posts.STATUS_PUBLISHED or found.slug != matched[2]:
+            return None
+        if_none_match = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                if_none_match = value.decode("latin-1")
+        return stored_page(found, self.renderer, if_none_match)
+
+
+_ESSAY_PATH = re.compile(r"/read/([0-9]{1,10})/([^/]+)")
 
 
 def _live_essay_page(request: Request, number: int, slug: str) -> Response:
