@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import psycopg
 from sqlalchemy import Engine
 
 from app import beacon, db
+from app.pgshared import Connection, SharedReads
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,9 @@ class VersionReader:
     dedicated autocommit async connection, kept out of the app's pool, so the event loop keeps
     serving while the query is on the wire (several hosts share no memory).
 
-    PostgreSQL reads are shared (`_read_pg`): requests that arrive while a query is on the wire
-    wait for the next query, which starts after they arrived, so it sees every write
-    acknowledged before them; one round trip answers all of them. Under load a worker asks
-    once per round trip rather than once per request (a query per request held PostgreSQL hits
-    to a tenth of nginx's rate).
+    PostgreSQL reads are shared (`app/pgshared.py`): requests that arrive while a query is on
+    the wire wait for the next query, which starts after they arrived, so it sees every write
+    acknowledged before them; one round trip answers all of them.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -111,15 +109,11 @@ class VersionReader:
         self._pid = 0
         self._beacon: beacon.Beacon | None = None
         self._recheck_at = 0.0
-        self._pg: psycopg.AsyncConnection[Any] | None = None
-        self._pg_loop: asyncio.AbstractEventLoop | None = None
-        self._pg_lock: asyncio.Lock | None = None
-        self._pg_waiting: asyncio.Future[int] | None = None  # requests for the next query
-        self._pg_asker: asyncio.Task[None] | None = None  # asks while anybody is waiting
+        self._pg: SharedReads[None, int] = SharedReads(engine, _fetch_version)
 
     async def read(self) -> int:
-        if self._pid != os.getpid():  # a forked worker must not share its parent's connection
-            self._pid, self._pg = os.getpid(), None
+        if self._pid != os.getpid():  # a forked worker maps the beacon again
+            self._pid = os.getpid()
             self._beacon, self._recheck_at = beacon.for_engine(self.engine), 0.0
         if self._beacon is not None:
             if time.monotonic() < self._recheck_at:
@@ -129,7 +123,7 @@ class VersionReader:
             return version
         if self.is_sqlite:
             return self._read_sqlite()
-        return await self._read_pg()
+        return await self._pg.get(None) or 0
 
     def _read_sqlite(self) -> int:
         try:
@@ -139,70 +133,17 @@ class VersionReader:
             raise
         return int(row[0]) if row else 0
 
-    async def _read_pg(self) -> int:
-        """The version read by a query that starts after this call: joins the next query."""
-        loop = asyncio.get_running_loop()
-        if self._pg_waiting is None or self._pg_waiting.get_loop() is not loop:
-            self._pg_waiting = loop.create_future()
-        waiting = self._pg_waiting
-        if self._pg_asker is None or self._pg_asker.done() or self._pg_asker.get_loop() is not loop:
-            self._pg_asker = loop.create_task(self._ask_pg())
-        # Shielded: a request that goes away must not cancel the answer the others wait for.
-        return await asyncio.shield(waiting)
-
-    async def _ask_pg(self) -> None:
-        """Query for everybody waiting, and again for whoever arrived during that query."""
-        while self._pg_waiting is not None:
-            waiting, self._pg_waiting = self._pg_waiting, None
-            try:
-                version = await self._query_pg()
-            except Exception as exc:
-                waiting.set_exception(exc)
-                waiting.exception()  # marked retrieved: every waiter may have gone
-            except BaseException:  # cancelled (the worker is stopping): so are the waiters
-                waiting.cancel()
-                raise
-            else:
-                waiting.set_result(version)
-
-    async def _query_pg(self) -> int:
-        conn = await self._pg_connection()
-        try:
-            cur = await conn.execute(VERSION_SQL, prepare=True)
-            row = await cur.fetchone()
-        except Exception:
-            self._pg = None
-            raise
-        return int(row[0]) if row else 0
-
     async def close(self) -> None:
         if self.is_sqlite:
             db.forget_sqlite_reader(self.engine)
-        asker = self._pg_asker
-        if (
-            asker is not None
-            and not asker.done()
-            and asker.get_loop() is asyncio.get_running_loop()
-        ):
-            asker.cancel()
-        if self._pg is not None and self._pg_loop is asyncio.get_running_loop():
+        else:
             await self._pg.close()
-        self._pg = None
 
-    async def _pg_connection(self) -> psycopg.AsyncConnection[Any]:
-        loop = asyncio.get_running_loop()
-        if self._pg_loop is not loop:  # a connection belongs to the loop that opened it
-            self._pg, self._pg_loop, self._pg_lock = None, loop, asyncio.Lock()
-        if self._pg is not None and not self._pg.closed:
-            return self._pg
-        assert self._pg_lock is not None
-        async with self._pg_lock:
-            if self._pg is None or self._pg.closed:
-                url = self.engine.url.set(drivername="postgresql")
-                self._pg = await psycopg.AsyncConnection.connect(
-                    url.render_as_string(hide_password=False), autocommit=True
-                )
-        return self._pg
+
+async def _fetch_version(conn: Connection, _keys: list[None]) -> dict[None, int]:
+    cur = await conn.execute(VERSION_SQL, prepare=True)
+    row = await cur.fetchone()
+    return {None: int(row[0]) if row else 0}
 
 
 class ResponseCache:

@@ -1,6 +1,6 @@
 """The essay page: stored whole at write time, served with one indexed read.
 
-Serving (`stored`): one statement reads the post's id, slug and status with its stored page
+Serving (`StoredPages`): one statement reads the post's id, slug and status with its stored page
 (`essay_pages`). A current stored page is the answer; its ETag was computed when it was stored.
 
 Rendering (`render`, at write time by `store_pages`, or live for a page with no current stored
@@ -29,19 +29,18 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    text,
     tuple_,
     union_all,
     update,
 )
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
 from app import db
 from app.errors import PostNotFound
 from app.fragments import Renderer
 from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
+from app.pgshared import Connection, SharedReads
 from app.urls import post_path
 
 if TYPE_CHECKING:
@@ -184,6 +183,10 @@ STORED_SQL = (
     "SELECT p.id, p.slug, p.status, e.html, e.etag FROM posts AS p"
     " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = :pid"
 )
+STORED_MANY_SQL = (  # PostgreSQL, for the requests waiting together (psycopg's placeholders)
+    "SELECT p.id, p.slug, p.status, e.html, e.etag FROM posts AS p"
+    " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = ANY(%s)"
+)
 _NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expanding=True)))
 
 
@@ -196,27 +199,43 @@ class Stored:
     etag: str | None
 
 
-async def stored(engine: Engine, post_id: int) -> Stored:
-    """The post's id, slug, status and stored page: one primary-key read. On SQLite it runs
+class StoredPages:
+    """Reads a post's id, slug, status and stored page: one primary-key read. On SQLite it runs
     inline on this process's own connection (a local file: microseconds, and WAL readers never
-    wait); on PostgreSQL in the thread pool (a network round trip must not hold the loop)."""
+    wait); on PostgreSQL on the event loop, shared with the requests waiting at the same time
+    (`app/pgshared.py`): one statement per round trip fetches every page they asked for."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pg = None if engine.dialect.name == "sqlite" else SharedReads(engine, _fetch)
+
+    async def get(self, post_id: int) -> Stored:
+        if self._pg is not None:
+            found = await self._pg.get(post_id)
+        else:
+            found = _read_sqlite(self.engine, post_id)
+        if found is None:
+            raise PostNotFound(f"no post with id {post_id}")
+        return found
+
+    async def close(self) -> None:
+        if self._pg is not None:
+            await self._pg.close()
+
+
+def _read_sqlite(engine: Engine, post_id: int) -> Stored | None:
     params = {"pid": post_id}
-    if engine.dialect.name == "sqlite":
-        try:
-            row = db.sqlite_reader(engine).execute(STORED_SQL, params).fetchone()
-        except sqlite3.Error as exc:
-            db.forget_sqlite_reader(engine)
-            raise OperationalError(STORED_SQL, params, exc) from exc  # answered 503 like any
-    else:
+    try:
+        row = db.sqlite_reader(engine).execute(STORED_SQL, params).fetchone()
+    except sqlite3.Error as exc:
+        db.forget_sqlite_reader(engine)
+        raise OperationalError(STORED_SQL, params, exc) from exc  # answered 503 like any
+    return None if row is None else Stored(*row)
 
-        def read() -> Any:
-            with engine.connect() as conn:
-                return conn.execute(text(STORED_SQL), params).first()
 
-        row = await run_in_threadpool(read)
-    if row is None:
-        raise PostNotFound(f"no post with id {post_id}")
-    return Stored(*row)
+async def _fetch(conn: Connection, post_ids: list[int]) -> dict[int, Stored]:
+    cur = await conn.execute(STORED_MANY_SQL, (post_ids,), prepare=True)
+    return {row[0]: Stored(*row) for row in await cur.fetchall()}
 
 
 def _view(session: Session, post_id: int) -> "PostView":

@@ -13,6 +13,7 @@ from app.bodygate import BodyGate
 from app.cache import ResponseCache
 from app.config import Settings
 from app.db import make_engine
+from app.essaypage import StoredPages
 from app.fragments import Renderer
 from app.observability import RequestLogMiddleware, configure_logging, metrics_response
 from app.routes import feeds, ingest, ops, reader
@@ -66,7 +67,8 @@ def create_app(settings: Settings | None = None) -> Workshop:
     # added runs first.)
     app.add_middleware(GZipMiddleware, **GZIP)
     app.add_middleware(BodyGate, max_body_bytes=settings.max_body_bytes)
-    serve: ASGIApp = reader.StoredEssayPages(app, app.state.engine, app.state.renderer, _gzip)
+    app.state.stored_pages = StoredPages(app.state.engine)
+    serve: ASGIApp = reader.StoredEssayPages(app, app.state.stored_pages, app.state.renderer, _gzip)
     if settings.response_cache:
         serve = ResponseCache(
             serve,

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from app import beacon, db, posts
-from app.cache import LRU, Entry, ResponseCache, VersionReader
+from app.cache import LRU, Entry, ResponseCache
 from app.config import Settings
 from app.main import create_app
 
@@ -266,104 +266,3 @@ def test_concurrent_misses_render_once(engine):
     assert [a.status_code for a in answers] == [200] * 10
     assert calls == ["/slow"]
     assert sorted(a.headers["x-cache"] for a in answers) == ["hit"] * 9 + ["miss"]
-
-
-# --- PostgreSQL: one version query answers every request that arrived before it started -------
-
-
-def _pg_reader(engine: Engine) -> VersionReader:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite reads the version from the beacon; this is PostgreSQL's read")
-    return VersionReader(engine)
-
-
-def test_concurrent_version_reads_share_a_query(engine):
-    reader = _pg_reader(engine)
-    queries = 0
-    query = reader._query_pg
-
-    async def counted() -> int:
-        nonlocal queries
-        queries += 1
-        return await query()
-
-    reader._query_pg = counted  # type: ignore[method-assign]
-
-    async def many() -> list[int]:
-        try:
-            return await asyncio.gather(*(reader.read() for _ in range(50)))
-        finally:
-            await reader.close()
-
-    with Session(engine) as session:
-        version = posts.content_version(session)
-    assert asyncio.run(many()) == [version] * 50
-    assert 1 <= queries <= 2  # the first query, and one for those who came during it
-
-
-def test_a_read_never_takes_an_answer_from_a_query_begun_before_it(engine):
-    """A write acknowledged while a version query is on the wire: a request that arrives after
-    the write waits for the next query, so it sees the write."""
-    reader = _pg_reader(engine)
-    release = asyncio.Event()
-    query = reader._query_pg
-    first = True
-
-    async def held() -> int:
-        nonlocal first
-        if first:
-            first = False
-            version = await query()  # read before the write...
-            await release.wait()  # ...and still on the wire when the write is acknowledged
-            return version
-        return await query()
-
-    reader._query_pg = held  # type: ignore[method-assign]
-
-    async def scenario() -> tuple[int, int]:
-        try:
-            early = asyncio.create_task(reader.read())
-            await asyncio.sleep(0.05)
-            await asyncio.to_thread(add_post, engine)  # committed and acknowledged
-            late = asyncio.create_task(reader.read())
-            await asyncio.sleep(0.05)
-            release.set()
-            return await early, await late
-        finally:
-            await reader.close()
-
-    before = _version(engine)
-    early, late = asyncio.run(scenario())
-    assert early == before
-    assert late == _version(engine) > before
-
-
-def test_a_failed_version_query_fails_its_waiters_and_the_next_read_asks_again(engine):
-    reader = _pg_reader(engine)
-    query = reader._query_pg
-    calls = 0
-
-    async def failing_once() -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise OSError("connection reset")
-        return await query()
-
-    reader._query_pg = failing_once  # type: ignore[method-assign]
-
-    async def scenario() -> tuple[list[object], int]:
-        try:
-            failed = await asyncio.gather(reader.read(), reader.read(), return_exceptions=True)
-            return failed, await reader.read()
-        finally:
-            await reader.close()
-
-    failed, version = asyncio.run(scenario())
-    assert all(isinstance(f, OSError) for f in failed)
-    assert version == _version(engine)
-
-
-def _version(engine: Engine) -> int:
-    with Session(engine) as session:
-        return posts.content_version(session)

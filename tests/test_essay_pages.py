@@ -96,7 +96,7 @@ def _front(site) -> tuple[TestClient, TestClient, _Watched]:  # type: ignore[no-
     client, engine, renderer = site
     fastapi = client.app.fastapi
     behind = _Watched(fastapi)
-    front = StoredEssayPages(behind, engine, renderer, main._gzip)  # type: ignore[arg-type]
+    front = StoredEssayPages(behind, fastapi.state.stored_pages, renderer, main._gzip)  # type: ignore[arg-type]
     return (
         TestClient(front, base_url=SITE_URL, follow_redirects=False),  # type: ignore[arg-type]
         TestClient(fastapi, base_url=SITE_URL, follow_redirects=False),

@@ -14,10 +14,9 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import browse, essaypage, posts, search
 from app.db import SessionDep
@@ -203,7 +202,7 @@ async def read(request: Request, post_id: str, slug: str) -> Response:
     answers most requests for stored pages before they reach this route."""
     number = _path_int(post_id, "essay")
     state = request.app.state
-    found = await essaypage.stored(state.engine, number)
+    found = await state.stored_pages.get(number)
     if found.status == posts.STATUS_DELETED:
         raise PostGone(f"essay {number} was withdrawn")
     if slug != found.slug:
@@ -238,10 +237,19 @@ class StoredEssayPages:
     answers it as usual.
     """
 
-    def __init__(self, app: ASGIApp, engine: Engine, renderer: Renderer, compress: Wrapper) -> None:
-        self.app, self.engine, self.renderer, self.compress = app, engine, renderer, compress
+    def __init__(
+        self,
+        app: ASGIApp,
+        pages: essaypage.StoredPages,
+        renderer: Renderer,
+        compress: Wrapper,
+    ) -> None:
+        self.app, self.pages, self.renderer, self.compress = app, pages, renderer, compress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._closing(receive), send)
+            return
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             matched = _ESSAY_PATH.fullmatch(scope["path"])
             answer = await self._answer(scope, matched) if matched else None
@@ -256,7 +264,7 @@ class StoredEssayPages:
         if not 1 <= number <= browse.MAX_POST_ID:
             return None
         try:
-            found = await essaypage.stored(self.engine, number)
+            found = await self.pages.get(number)
         except Exception:  # unknown (404) or unreadable (503): the route says so
             return None
         if found.status != posts.STATUS_PUBLISHED or found.slug != matched[2]:
@@ -266,6 +274,15 @@ class StoredEssayPages:
             if name == b"if-none-match":
                 if_none_match = value.decode("latin-1")
         return stored_page(found, self.renderer, if_none_match)
+
+    def _closing(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.pages.close()
+            return message
+
+        return wrapped
 
 
 _ESSAY_PATH = re.compile(r"/read/([0-9]{1,10})/([^/]+)")

@@ -1,0 +1,150 @@
+"""PostgreSQL reads shared by the requests waiting together (app/pgshared.py): the content
+version and stored essay pages. One query answers everyone who arrived before it started, and
+nobody takes an answer from a query that started before they arrived."""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import add_post
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from app import posts
+from app.cache import VersionReader
+from app.errors import PostNotFound
+from app.essaypage import StoredPages
+from app.pgshared import SharedReads
+
+
+def _postgresql(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite reads these inline (the beacon, its own connection)")
+
+
+def _version(engine: Engine) -> int:
+    with Session(engine) as session:
+        return posts.content_version(session)
+
+
+def _watch(shared: SharedReads[Any, Any], around: Callable[..., Any]) -> None:
+    """Put `around(fetch, conn, keys)` in front of the real fetch."""
+    fetch = shared.fetch
+
+    async def watched(conn: Any, keys: list[Any]) -> Any:
+        return await around(fetch, conn, keys)
+
+    shared.fetch = watched
+
+
+def test_concurrent_version_reads_share_a_query(engine):
+    _postgresql(engine)
+    reader = VersionReader(engine)
+    asked: list[list[Any]] = []
+
+    async def counted(fetch: Any, conn: Any, keys: list[Any]) -> Any:
+        asked.append(keys)
+        return await fetch(conn, keys)
+
+    _watch(reader._pg, counted)
+
+    async def many() -> list[int]:
+        try:
+            return await asyncio.gather(*(reader.read() for _ in range(50)))
+        finally:
+            await reader.close()
+
+    assert asyncio.run(many()) == [_version(engine)] * 50
+    assert 1 <= len(asked) <= 2  # the first query, and one for those who came during it
+
+
+def test_a_read_never_takes_an_answer_from_a_query_begun_before_it(engine):
+    """A write acknowledged while a version query is on the wire: a request that arrives after
+    the write waits for the next query, so it sees the write."""
+    _postgresql(engine)
+    reader = VersionReader(engine)
+    release = asyncio.Event()
+    calls = 0
+
+    async def held(fetch: Any, conn: Any, keys: list[Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        found = await fetch(conn, keys)  # read before the write...
+        if calls == 1:
+            await release.wait()  # ...and still on the wire when the write is acknowledged
+        return found
+
+    _watch(reader._pg, held)
+
+    async def scenario() -> tuple[int, int]:
+        try:
+            early = asyncio.create_task(reader.read())
+            await asyncio.sleep(0.05)
+            await asyncio.to_thread(add_post, engine)  # committed and acknowledged
+            late = asyncio.create_task(reader.read())
+            await asyncio.sleep(0.05)
+            release.set()
+            return await early, await late
+        finally:
+            await reader.close()
+
+    before = _version(engine)
+    early, late = asyncio.run(scenario())
+    assert early == before
+    assert late == _version(engine) > before
+
+
+def test_a_failed_query_fails_its_waiters_and_the_next_read_asks_again(engine):
+    _postgresql(engine)
+    reader = VersionReader(engine)
+    calls = 0
+
+    async def failing_once(fetch: Any, conn: Any, keys: list[Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("connection reset")
+        return await fetch(conn, keys)
+
+    _watch(reader._pg, failing_once)
+
+    async def scenario() -> tuple[list[object], int]:
+        try:
+            failed = await asyncio.gather(reader.read(), reader.read(), return_exceptions=True)
+            return failed, await reader.read()
+        finally:
+            await reader.close()
+
+    failed, version = asyncio.run(scenario())
+    assert all(isinstance(f, OSError) for f in failed)
+    assert version == _version(engine)
+
+
+def test_stored_pages_asked_together_come_in_one_query(engine):
+    _postgresql(engine)
+    made = [add_post(engine, title=f"Essay {n}", cycle=800 + n) for n in range(5)]
+    pages = StoredPages(engine)
+    asked: list[list[int]] = []
+
+    async def counted(fetch: Any, conn: Any, keys: list[int]) -> Any:
+        asked.append(sorted(keys))
+        return await fetch(conn, keys)
+
+    assert pages._pg is not None
+    _watch(pages._pg, counted)
+    ids = [p.id for p in made] * 3  # each asked three times at once
+
+    async def many() -> list[object]:
+        try:
+            return await asyncio.gather(
+                *(pages.get(i) for i in [*ids, 999_999]), return_exceptions=True
+            )
+        finally:
+            await pages.close()
+
+    found = asyncio.run(many())
+    assert [f.id for f in found[:-1]] == ids  # type: ignore[union-attr]
+    assert [f.slug for f in found[:5]] == [p.slug for p in made]  # type: ignore[union-attr]
+    assert isinstance(found[-1], PostNotFound)
+    assert sum(len(keys) for keys in asked) <= 2 * 6 and len(asked) <= 2
