@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from app import beacon, db
+from app.asgi import at_shutdown
 from app.pgshared import Connection, SharedReads
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class ResponseCache:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, self._closing(receive), send)
+            await self.app(scope, at_shutdown(receive, self.versions.close), send)
             return
         if (
             scope["type"] != "http"
@@ -218,15 +219,6 @@ class ResponseCache:
             await self.app(scope, receive, _tagged(send))
         else:
             await self._fill(key, scope, receive, send)
-
-    def _closing(self, receive: Receive) -> Receive:
-        async def wrapped() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                await self.versions.close()
-            return message
-
-        return wrapped
 
     async def _answer(
         self,

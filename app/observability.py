@@ -28,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.asgi import at_shutdown
+
 REQUESTS = Counter("workshop_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
     "workshop_http_request_duration_seconds",
@@ -196,7 +198,7 @@ class RequestLogMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                receive = _flushing_at_shutdown(receive)
+                receive = at_shutdown(receive, _flush_all)
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -233,15 +235,9 @@ class RequestLogMiddleware:
             _access_log(scope["method"], scope["path"], status, duration, request_id)
 
 
-def _flushing_at_shutdown(receive: Receive) -> Receive:
-    async def wrapped() -> Message:
-        message = await receive()
-        if message["type"] == "lifespan.shutdown":
-            _tally.flush()
-            _flush_lines()
-        return message
-
-    return wrapped
+async def _flush_all() -> None:
+    _tally.flush()
+    _flush_lines()
 
 
 # The ingest API's answers, read off the response so every route and middleware is counted

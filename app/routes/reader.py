@@ -16,9 +16,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import browse, essaypage, posts, search
+from app.asgi import at_shutdown
 from app.db import SessionDep
 from app.errors import PostGone, PostNotFound
 from app.fragments import Renderer
@@ -248,7 +249,7 @@ class StoredEssayPages:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, self._closing(receive), send)
+            await self.app(scope, at_shutdown(receive, self.pages.close), send)
             return
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             matched = _ESSAY_PATH.fullmatch(scope["path"])
@@ -274,15 +275,6 @@ class StoredEssayPages:
             if name == b"if-none-match":
                 if_none_match = value.decode("latin-1")
         return stored_page(found, self.renderer, if_none_match)
-
-    def _closing(self, receive: Receive) -> Receive:
-        async def wrapped() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                await self.pages.close()
-            return message
-
-        return wrapped
 
 
 _ESSAY_PATH = re.compile(r"/read/([0-9]{1,10})/([^/]+)")
