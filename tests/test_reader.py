@@ -11,7 +11,7 @@ from conftest import SITE_URL, add_post
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
-from app import db, posts
+from app import browse, db, posts
 
 HTML = {"accept": "text/html"}
 
@@ -487,3 +487,31 @@ def test_gzip_and_static_cache_busting(client: TestClient, engine: Engine) -> No
     plain = client.get(href.split("?")[0]).headers["cache-control"]
     assert "immutable" not in plain
     assert "immutable" not in client.get(href.split("?")[0] + "?v=stale").headers["cache-control"]
+
+
+def test_a_busy_month_pages_by_key_in_time_order(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine writing every hour fills a month with 700 essays: its archive page shows them
+    a page at a time, oldest first, with links both ways (in the body and the head)."""
+    monkeypatch.setattr(browse, "MONTH_PAGE_SIZE", 3)
+    made = [
+        add_post(engine, cycle=n, title=f"March {n}", published_at=f"2026-03-{n:02d}T18:00:00Z")
+        for n in range(1, 9)
+    ]
+    add_post(engine, cycle=99, title="April", published_at="2026-04-02T18:00:00Z")
+    titles, path, docs = [], "/archive/2026/03", []
+    while path:
+        doc = page(client, path)
+        docs.append(doc)
+        titles += texts(doc, "//ol[@class='compact']//a")
+        later = hrefs(doc, "//nav[@class='pager']/a[@rel='next']")
+        assert hrefs(doc, "//link[@rel='next']") == later
+        path = later[0] if later else ""
+    assert titles == [p.title for p in made] and len(docs) == 3
+    assert not hrefs(docs[0], "//nav[@class='pager']/a[@rel='prev']")
+    earlier = hrefs(docs[2], "//nav[@class='pager']/a[@rel='prev']")
+    assert hrefs(docs[2], "//link[@rel='prev']") == earlier
+    back = page(client, earlier[0])
+    assert texts(back, "//ol[@class='compact']//a") == ["March 4", "March 5", "March 6"]
+    assert page(client, "/archive/2026/03?before=not-a-cursor", status=400) is not None

@@ -120,14 +120,24 @@ def archive(request: Request, session: SessionDep) -> Response:
 
 
 @router.get("/archive/{year}/{month}", response_class=HTMLResponse)
-def archive_month(request: Request, session: SessionDep, year: str, month: str) -> Response:
+def archive_month(
+    request: Request,
+    session: SessionDep,
+    year: str,
+    month: str,
+    before: str | None = None,
+    after: str | None = None,
+) -> Response:
     def build() -> Response:
         if not (len(year) == 4 and year.isdigit() and len(month) == 2 and month.isdigit()):
             raise browse.PageNotFound("archive pages look like /archive/2026/04")
         tz = request.app.state.settings.tz
-        entries = browse.month_entries(session, int(year), int(month), tz)
-        label = browse.Month(int(year), int(month), len(entries)).label
-        return render(request, "archive_month.html", entries=entries, label=label)
+        size = browse.MONTH_PAGE_SIZE
+        found = browse.month_entries(session, int(year), int(month), tz, size, before, after)
+        label = browse.Month(int(year), int(month), len(found.entries)).label
+        return render(
+            request, "archive_month.html", month=found, label=label, base_path=request.url.path
+        )
 
     return cached(request, session, build)
 
