@@ -1,7 +1,10 @@
 """Browsing queries for the reader site: pages of essays by key, the archive, tags and stories.
 
 Lists select only the columns a list shows (never the body), and page by key
-(published_at, id) so page 500 costs what page 1 costs, whatever the number of essays.
+(published_at, id) so page 500 costs what page 1 costs, whatever the number of essays. The key is
+compared as a row value, `(published_at, id) < (?, ?)`: both databases seek the index to it, where
+the spelled-out `a < ? OR (a = ? AND b < ?)` made SQLite walk the index from the newest essay
+(the last page of `/` at 100,000 essays took 51 ms instead of 1).
 """
 
 import base64
@@ -11,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, literal, select, union_all
+from sqlalchemy import Select, func, literal, select, tuple_, union_all
 from sqlmodel import Session
 
 from app.errors import BadCursor, PageNotFound
@@ -111,7 +114,7 @@ def _page(
     if after is not None:
         at, pid = decode_cursor(after)
         rows = session.execute(
-            query.where((at_col > at) | ((at_col == at) & (id_col > pid)))
+            query.where(tuple_(at_col, id_col) > (at, pid))
             .order_by(at_col.asc(), id_col.asc())
             .limit(limit + 1)
         ).all()
@@ -121,7 +124,7 @@ def _page(
     else:
         if before is not None:
             at, pid = decode_cursor(before)
-            query = query.where((at_col < at) | ((at_col == at) & (id_col < pid)))
+            query = query.where(tuple_(at_col, id_col) < (at, pid))
         rows = session.execute(query.order_by(at_col.desc(), id_col.desc()).limit(limit + 1)).all()
         entries = [make(r) for r in rows[:limit]]
         more_older = len(rows) > limit
@@ -285,7 +288,7 @@ def month_entries(
     if before is not None:  # the page just earlier: read backwards, show oldest first
         cursor_at, cursor_id = decode_cursor(before)
         rows = session.execute(
-            query.where((at < cursor_at) | ((at == cursor_at) & (pid < cursor_id)))  # type: ignore[operator]
+            query.where(tuple_(at, pid) < (cursor_at, cursor_id))
             .order_by(at.desc(), pid.desc())  # type: ignore[attr-defined, union-attr]
             .limit(limit + 1)
         ).all()
@@ -294,7 +297,7 @@ def month_entries(
     else:
         if after is not None:
             cursor_at, cursor_id = decode_cursor(after)
-            query = query.where((at > cursor_at) | ((at == cursor_at) & (pid > cursor_id)))  # type: ignore[operator]
+            query = query.where(tuple_(at, pid) > (cursor_at, cursor_id))
         rows = session.execute(
             query.order_by(at.asc(), pid.asc()).limit(limit + 1)  # type: ignore[attr-defined, union-attr]
         ).all()

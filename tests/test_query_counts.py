@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, text
 from sqlmodel import Session
 
-from app import db, essaypage, posts
+from app import browse, db, essaypage, posts
 from app.db import write_session
 from app.fragments import Render
 from app.main import create_app
@@ -159,9 +159,27 @@ HOT_QUERIES: dict[str, PlanCheck] = {
     "essay page row": lambda s, p: essaypage.page_row(s, p.id),  # type: ignore[arg-type]
     "essay stored page": lambda s, p: s.execute(text(essaypage.STORED_SQL), {"pid": p.id}),
     "essay neighbours and minds": lambda s, p: essaypage.context(s, _page_row(p)),
+    "home page, older": lambda s, p: browse.newest(s, 20, before=_cursor(p)),
+    "home page, newer": lambda s, p: browse.newest(s, 20, after=_cursor(p)),
+    "archive month, later": lambda s, p: browse.month_entries(
+        s, p.published_at.year, p.published_at.month, UTC, 20, after=_cursor(p)
+    ),
 }
 # Queries that start from a key must seek to it, not walk the index from one end.
-SEEKS_PUBLISHED_AT = {"list_published after a cursor", "neighbours", "essay neighbours and minds"}
+SEEKS_PUBLISHED_AT = {
+    "list_published after a cursor",
+    "neighbours",
+    "essay neighbours and minds",
+    "home page, older",
+    "home page, newer",
+    "archive month, later",
+}
+
+
+def _cursor(post: posts.Post) -> str:
+    return browse.encode_cursor(
+        browse.Entry(post.id, post.slug, post.title, post.published_at, None)
+    )  # type: ignore[arg-type]
 
 
 def _page_row(post: posts.Post) -> essaypage.PageRow:
