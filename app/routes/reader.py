@@ -282,8 +282,9 @@ class StoredEssayPages:
             return None
         if_none_match = None
         for name, value in scope["headers"]:
-            if name == b"if-none-match":
+            if name == b"if-none-match":  # the first, as Starlette's `headers.get` reads it
                 if_none_match = value.decode("latin-1")
+                break
         return stored_page(found, self.renderer, if_none_match)
 
 
