@@ -289,14 +289,17 @@ def test_cursor_out_of_range_is_a_clear_400(client: TestClient, engine: Engine, 
 # --- lists ---------------------------------------------------------------------------------------
 
 
-def _walk(client: TestClient, start: str) -> tuple[list[str], list[lxml.html.HtmlElement]]:
+def _walk(
+    client: TestClient, start: str, titles_at: str = "//ol[@class='entries']//h2"
+) -> tuple[list[str], list[lxml.html.HtmlElement]]:
+    """Follow a list's rel=next links from `start`: every title seen, and each page."""
     titles: list[str] = []
     docs = []
     path: str | None = start
     while path:
         doc = page(client, path)
         docs.append(doc)
-        titles += texts(doc, "//ol[@class='entries']//h2")
+        titles += texts(doc, titles_at)
         nxt = hrefs(doc, "//nav[@class='pager']/a[@rel='next']")
         assert hrefs(doc, "//link[@rel='next']") == nxt
         path = nxt[0] if nxt else None
@@ -500,14 +503,7 @@ def test_a_busy_month_pages_by_key_in_time_order(
         for n in range(1, 9)
     ]
     add_post(engine, cycle=99, title="April", published_at="2026-04-02T18:00:00Z")
-    titles, path, docs = [], "/archive/2026/03", []
-    while path:
-        doc = page(client, path)
-        docs.append(doc)
-        titles += texts(doc, "//ol[@class='compact']//a")
-        later = hrefs(doc, "//nav[@class='pager']/a[@rel='next']")
-        assert hrefs(doc, "//link[@rel='next']") == later
-        path = later[0] if later else ""
+    titles, docs = _walk(client, "/archive/2026/03", "//ol[@class='compact']//a")
     assert titles == [p.title for p in made] and len(docs) == 3
     assert not hrefs(docs[0], "//nav[@class='pager']/a[@rel='prev']")
     earlier = hrefs(docs[2], "//nav[@class='pager']/a[@rel='prev']")
