@@ -109,33 +109,38 @@ def _page(
     before: str | None,
     after: str | None,
     make: Any,
+    oldest_first: bool = False,
 ) -> Page:
-    """Run `query` as one newest-first page; fetch limit+1 rows to learn if more exist."""
+    """Run `query` as one page of a list ordered by key, newest first (or `oldest_first`):
+    `after` reads essays newer than its cursor, `before` older ones; limit+1 rows tell whether
+    more exist. `newer` and `older` are the cursors for ?after= and ?before=."""
+    key = tuple_(at_col, id_col)
+    ascending = (at_col.asc(), id_col.asc())
     if after is not None:
-        at, pid = decode_cursor(after)
         rows = session.execute(
-            query.where(tuple_(at_col, id_col) > (at, pid))
-            .order_by(at_col.asc(), id_col.asc())
-            .limit(limit + 1)
+            query.where(key > decode_cursor(after)).order_by(*ascending).limit(limit + 1)
         ).all()
-        more_newer = len(rows) > limit
-        entries = [make(r) for r in rows[:limit]][::-1]
-        more_older = True
-    else:
+        more_newer, more_older, read_ascending = len(rows) > limit, True, True
+    elif before is not None or not oldest_first:
         if before is not None:
-            at, pid = decode_cursor(before)
-            query = query.where(tuple_(at_col, id_col) < (at, pid))
+            query = query.where(key < decode_cursor(before))
         rows = session.execute(query.order_by(at_col.desc(), id_col.desc()).limit(limit + 1)).all()
-        entries = [make(r) for r in rows[:limit]]
-        more_older = len(rows) > limit
-        more_newer = before is not None
+        more_newer, more_older, read_ascending = before is not None, len(rows) > limit, False
+    else:  # the first page of an oldest-first list
+        rows = session.execute(query.order_by(*ascending).limit(limit + 1)).all()
+        more_newer, more_older, read_ascending = len(rows) > limit, False, True
+    entries = [make(r) for r in rows[:limit]]
+    if read_ascending != oldest_first:
+        entries.reverse()
+    first = not (more_older if oldest_first else more_newer)  # nothing before it in its order
     if not entries:
-        return Page([], None, None, first=not more_newer)
+        return Page([], None, None, first=first)
+    newest, oldest = (entries[-1], entries[0]) if oldest_first else (entries[0], entries[-1])
     return Page(
         entries,
-        newer=encode_cursor(entries[0]) if more_newer else None,
-        older=encode_cursor(entries[-1]) if more_older else None,
-        first=not more_newer,
+        newer=encode_cursor(newest) if more_newer else None,
+        older=encode_cursor(oldest) if more_older else None,
+        first=first,
     )
 
 
@@ -279,36 +284,10 @@ def month_entries(
     # December 1969 (the archive lists that month, so its page must exist) or January 9999.
     if not (1 <= month <= 12 and (1969, 12) <= (year, month) <= (9999, 1)):
         raise PageNotFound(f"no archive for {year}-{month:02d}")
-    at, pid = Post.published_at, Post.id
+    at = Post.published_at
     query = select(*ARCHIVE_COLUMNS).where(
         _published,
         at >= _month_start(year, month, tz),  # type: ignore[operator]
         at < _month_start(*_next_month(year, month), tz),  # type: ignore[operator]
     )
-    if before is not None:  # the page just earlier: read backwards, show oldest first
-        cursor_at, cursor_id = decode_cursor(before)
-        rows = session.execute(
-            query.where(tuple_(at, pid) < (cursor_at, cursor_id))
-            .order_by(at.desc(), pid.desc())  # type: ignore[attr-defined, union-attr]
-            .limit(limit + 1)
-        ).all()
-        entries = [Entry(*row) for row in rows[:limit]][::-1]
-        more_earlier, more_later = len(rows) > limit, True
-    else:
-        if after is not None:
-            cursor_at, cursor_id = decode_cursor(after)
-            query = query.where(tuple_(at, pid) > (cursor_at, cursor_id))
-        rows = session.execute(
-            query.order_by(at.asc(), pid.asc()).limit(limit + 1)  # type: ignore[attr-defined, union-attr]
-        ).all()
-        entries = [Entry(*row) for row in rows[:limit]]
-        more_earlier, more_later = after is not None, len(rows) > limit
-    if not entries:
-        return Page([], None, None, first=not more_earlier)
-    # In this chronological list "newer" is the next page and "older" the previous one.
-    return Page(
-        entries,
-        newer=encode_cursor(entries[-1]) if more_later else None,
-        older=encode_cursor(entries[0]) if more_earlier else None,
-        first=not more_earlier,
-    )
+    return _page(session, query, at, Post.id, limit, before, after, _entry, oldest_first=True)

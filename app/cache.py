@@ -110,7 +110,7 @@ class VersionReader:
         self._pid = 0
         self._beacon: beacon.Beacon | None = None
         self._recheck_at = 0.0
-        self._pg: SharedReads[None, int] = SharedReads(engine, _fetch_version)
+        self._pg = None if self.is_sqlite else SharedReads(engine, _fetch_version)
 
     async def read(self) -> int:
         if self._pid != os.getpid():  # a forked worker maps the beacon again
@@ -122,7 +122,7 @@ class VersionReader:
             version = self._beacon.reconcile(self._read_sqlite)
             self._recheck_at = time.monotonic() + beacon.RECHECK_SECONDS
             return version
-        if self.is_sqlite:
+        if self._pg is None:
             return self._read_sqlite()
         return await self._pg.get(None) or 0
 
@@ -135,7 +135,7 @@ class VersionReader:
         return int(row[0]) if row else 0
 
     async def close(self) -> None:
-        if self.is_sqlite:
+        if self._pg is None:
             db.forget_sqlite_reader(self.engine)
         else:
             await self._pg.close()
