@@ -41,6 +41,8 @@ PRIVATE_REQUEST_HEADERS = frozenset({b"authorization", b"cookie"})
 NOT_MODIFIED_HEADERS = frozenset(
     {b"etag", b"cache-control", b"last-modified", b"vary", b"content-location", b"expires"}
 )
+# Taken off a HEAD or conditional miss, which is answered from the full GET answer it stores.
+CONDITIONAL_HEADERS = frozenset({b"if-none-match", b"if-modified-since"})
 HIT = (b"x-cache", b"hit")
 MISS = (b"x-cache", b"miss")
 
@@ -211,12 +213,13 @@ class ResponseCache:
             # for a common word, a sitemap) rendered it 32 times at once and the worker stalled.
             await filling.wait()
             entry = self.store.get(key)
+        head = scope["method"] == "HEAD"
         if entry is not None:
-            head = scope["method"] == "HEAD"
             await self._answer(entry, head, if_none_match, if_modified_since, send)
-        elif scope["method"] == "HEAD" or if_none_match or if_modified_since:
-            # Only full GET answers are stored; a conditional or HEAD miss just passes through.
-            await self.app(scope, receive, _tagged(send))
+        elif head or if_none_match or if_modified_since:
+            await self._fill_then_answer(
+                key, scope, receive, send, if_none_match, if_modified_since
+            )
         else:
             await self._fill(key, scope, receive, send)
 
@@ -227,17 +230,47 @@ class ResponseCache:
         if_none_match: bytes | None,
         if_modified_since: bytes | None,
         send: Send,
+        miss: bool = False,
     ) -> None:
         # Header lists are built once, when the entry is stored; the ASGI server only reads them.
-        if entry.status == 200 and _not_modified(entry, if_none_match, if_modified_since):
-            headers = entry.not_modified_headers
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
+        status, headers = entry.status, entry.headers
+        if status == 200 and _not_modified(entry, if_none_match, if_modified_since):
+            status, headers = 304, entry.not_modified_headers
+        if miss:  # the last header is X-Cache
+            headers = [*headers[:-1], MISS]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send(
-            {"type": "http.response.start", "status": entry.status, "headers": entry.headers}
+            {"type": "http.response.body", "body": b"" if head or status == 304 else entry.body}
         )
-        await send({"type": "http.response.body", "body": b"" if head else entry.body})
+
+    async def _fill_then_answer(
+        self,
+        key: Key,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        if_none_match: bytes | None,
+        if_modified_since: bytes | None,
+    ) -> None:
+        """A HEAD or conditional miss: store the full GET answer, then answer from it.
+
+        Feed readers and crawlers mostly send conditional requests, so a worker whose cache
+        stored only plain GETs answered most of them through the app (a 304 of `/` at 0.02 of
+        nginx on a worker that no plain GET had reached). An answer that cannot be stored goes
+        to the app again, as the request came.
+        """
+        get = {
+            **scope,
+            "method": "GET",
+            "headers": [(n, v) for n, v in scope["headers"] if n not in CONDITIONAL_HEADERS],
+        }
+        await self._fill(key, get, receive, _discard)
+        entry = self.store.get(key)
+        if entry is None:
+            await self.app(scope, receive, _tagged(send))
+        else:
+            head = scope["method"] == "HEAD"
+            await self._answer(entry, head, if_none_match, if_modified_since, send, miss=True)
 
     async def _fill(self, key: Key, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app, passing every message straight on while keeping a copy to store."""
@@ -317,6 +350,10 @@ def _not_modified(
         except (TypeError, ValueError):
             return False
     return False
+
+
+async def _discard(_message: Message) -> None:
+    pass
 
 
 def _tagged(send: Send) -> Send:

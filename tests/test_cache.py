@@ -175,6 +175,25 @@ def test_a_hit_answers_if_none_match_with_304(raw):
     assert calls == ["/tagged"]
 
 
+def test_a_conditional_or_head_miss_stores_the_full_answer(raw):
+    """Feed readers poll with If-None-Match: their first request on a worker fills its cache."""
+    client, calls = raw
+    first = client.get("/tagged", headers={"If-None-Match": '"v1"'})
+    assert (first.status_code, first.headers["x-cache"], first.content) == (304, "miss", b"")
+    assert first.headers["etag"] == '"v1"'
+    assert client.get("/tagged", headers={"If-None-Match": '"v1"'}).headers["x-cache"] == "hit"
+    full = client.get("/tagged")
+    assert (full.status_code, full.headers["x-cache"], full.content) == (200, "hit", b"hello")
+
+    head = client.head("/")
+    assert (head.status_code, head.headers["x-cache"], head.content) == (200, "miss", b"")
+    assert client.get("/").headers["x-cache"] == "hit"
+
+    stale = client.get("/big", headers={"If-None-Match": '"v0"'})  # too big to store
+    assert (stale.status_code, len(stale.content), stale.headers["x-cache"]) == (200, 5000, "miss")
+    assert calls == ["/tagged", "/", "/big", "/big"]  # the unstorable one asked twice
+
+
 @pytest.mark.parametrize("path", ["/cookie", "/private", "/broken", "/big"])
 def test_uncacheable_answers_are_not_stored(raw, path):
     client, calls = raw
