@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from app import problems, websub
 from app.bodygate import BodyGate
@@ -22,21 +22,19 @@ from app.templating import StaticAssets, make_templates
 GZIP = {"minimum_size": 500}  # for every answer the app makes, including stored essay pages
 
 
-class Workshop:
-    """What a worker serves: the request log and the response cache around the FastAPI app.
+class Workshop(RequestLogMiddleware):
+    """What a worker serves: the request log around the response cache around the FastAPI app.
 
-    Both are plain ASGI wrappers outside FastAPI, so a cached answer never enters FastAPI's own
-    middleware stack (error handling, telemetry, body limits) or its router: that stack cost more
-    than half of a cache hit (py-spy). Everything else (`state`, `routes`, `openapi()`...) is the
-    FastAPI app's, reached through this object.
+    The log and the cache are plain ASGI wrappers outside FastAPI, so a cached answer never
+    enters FastAPI's own middleware stack (error handling, telemetry, body limits) or its
+    router: that stack cost more than half of a cache hit (py-spy). This object is the request
+    log itself (one call less per request); everything else (`state`, `routes`, `openapi()`...)
+    is the FastAPI app's, reached through it.
     """
 
     def __init__(self, fastapi: FastAPI, serve: ASGIApp) -> None:
+        super().__init__(serve)
         self.fastapi = fastapi
-        self._serve = serve
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fastapi, name)
@@ -78,7 +76,7 @@ def create_app(settings: Settings | None = None) -> Workshop:
             max_entry_bytes=settings.response_cache_max_entry_bytes,
         )
     configure_logging(settings.log_json)
-    return Workshop(app, RequestLogMiddleware(serve))  # the log sees every answer, cached or not
+    return Workshop(app, serve)  # the log sees every answer, cached or not
 
 
 def _gzip(app: ASGIApp) -> ASGIApp:

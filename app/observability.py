@@ -6,6 +6,7 @@ the sum over all of them.
 """
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -75,8 +76,8 @@ def _access_log(method: str, path: str, status: int, duration: float, request_id
     logging module's record/handler/formatter machinery and a `json.dumps` of a dict were a
     fifth of a cached page's cost (py-spy)."""
     global _stamp_second, _stamp
-    ms = round(duration * 1000, 2)
     if not _access_json:
+        ms = round(duration * 1000, 2)
         fields = {"method": method, "path": path, "status": status, "duration_ms": ms}
         _log.info("request", extra={"fields": {**fields, "request_id": request_id}})
         return
@@ -87,7 +88,7 @@ def _access_log(method: str, path: str, status: int, duration: float, request_id
     _write_line(
         f'{{"time": "{_stamp}", "level": "info", "message": "request", '
         f'"method": {_json_string(method)}, "path": {_json_string(path)}, "status": {status}, '
-        f'"duration_ms": {ms}, "request_id": "{request_id}"}}\n'
+        f'"duration_ms": {duration * 1000:.2f}, "request_id": "{request_id}"}}\n'
     )
 
 
@@ -143,9 +144,19 @@ class _Tally:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[Any, tuple[str, ...]], int] = {}
+        # (method, route label, status, X-Cache or None) -> requests
+        self.requests: dict[tuple[str, str, int, bytes | None], int] = {}
         # route label -> [observations per bucket (the last one +Inf)..., sum of durations]
         self.latency: dict[str, list[float]] = {}
         self.flush_due = False
+
+    def request(
+        self, method: str, label: str, status: int, cached: bytes | None, seconds: float
+    ) -> None:
+        """One answered request: its count (and cache lookup) and its latency."""
+        key = (method, label, status, cached)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.observe(label, seconds)
 
     def count(self, metric: Any, *labels: str) -> None:
         key = (metric, labels)
@@ -173,7 +184,12 @@ class _Tally:
     def flush(self) -> None:
         self.flush_due = False
         counts, self.counts = self.counts, {}
+        requests, self.requests = self.requests, {}
         latency, self.latency = self.latency, {}
+        for (method, label, status, cached), n in requests.items():
+            REQUESTS.labels(method, label, str(status)).inc(n)
+            if cached is not None:
+                CACHE_LOOKUPS.labels(cached.decode()).inc(n)
         for (metric, labels), n in counts.items():
             metric.labels(*labels).inc(n)
         for label, row in latency.items():
@@ -203,7 +219,7 @@ class RequestLogMiddleware:
             return
         start = time.perf_counter()
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
         id_header = (b"x-request-id", request_id.encode())
         status = 500
         response_headers: list[tuple[bytes, bytes]] = []
@@ -229,9 +245,12 @@ class RequestLogMiddleware:
             else:
                 label = _ROUTE_OF_PATH.get(scope["path"], "unmatched")
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            _tally.count(REQUESTS, method, label, str(status))
-            _tally.observe(label, duration)
-            _count_outcome(scope["method"], label, status, response_headers)
+            # The response cache's mark, when it is the last header: hit or miss.
+            last = response_headers[-1] if response_headers else (b"", b"")
+            cached = last[1] if last[0] == b"x-cache" else None
+            _tally.request(method, label, status, cached, duration)
+            if label.startswith("/api/"):
+                _count_outcome(scope["method"], status, response_headers)
             _access_log(scope["method"], scope["path"], status, duration, request_id)
 
 
@@ -250,22 +269,38 @@ _INGEST_ACTIONS = {
 }
 
 
-def _count_outcome(
-    method: str, route: str, status: int, headers: list[tuple[bytes, bytes]]
-) -> None:
-    if route.startswith("/api/"):
-        found = dict(headers)
-        replayed = found.get(b"idempotent-replayed") == b"true"
-        action = _INGEST_ACTIONS.get((method, status))
-        if action and not replayed and method in ("POST", "PUT", "DELETE"):
-            _tally.count(POSTS_INGESTED, action)
-        if status == 401:
-            bad = b'error="invalid_token"' in found.get(b"www-authenticate", b"")
-            _tally.count(AUTH_FAILURES, "invalid_token" if bad else "missing_token")
-        elif status == 429:
-            _tally.count(AUTH_FAILURES, "locked_out")
-    if headers and headers[-1][0] == b"x-cache":  # the response cache's mark: hit or miss
-        _tally.count(CACHE_LOOKUPS, headers[-1][1].decode())
+def _count_outcome(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    found = dict(headers)
+    replayed = found.get(b"idempotent-replayed") == b"true"
+    action = _INGEST_ACTIONS.get((method, status))
+    if action and not replayed and method in ("POST", "PUT", "DELETE"):
+        _tally.count(POSTS_INGESTED, action)
+    if status == 401:
+        bad = b'error="invalid_token"' in found.get(b"www-authenticate", b"")
+        _tally.count(AUTH_FAILURES, "invalid_token" if bad else "missing_token")
+    elif status == 429:
+        _tally.count(AUTH_FAILURES, "locked_out")
+
+
+_id_prefix = ""
+_id_count = itertools.count()
+
+
+def _new_request_id() -> str:
+    """32 hex digits, unique per worker: a random prefix drawn once, then a counter (a
+    `getrandom` system call per request showed in a cached page's profile)."""
+    global _id_prefix
+    if not _id_prefix:
+        _id_prefix = os.urandom(8).hex()
+    return f"{_id_prefix}{next(_id_count):016x}"
+
+
+def _forget_request_id_prefix() -> None:
+    global _id_prefix
+    _id_prefix = ""
+
+
+os.register_at_fork(after_in_child=_forget_request_id_prefix)  # a forked worker draws its own
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
