@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from app import beacon, db
 from app.asgi import at_shutdown
-from app.pgshared import Connection, SharedReads
+from app.pgshared import SharedReads, Wire
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +143,9 @@ class VersionReader:
             await self._pg.close()
 
 
-async def _fetch_version(conn: Connection, _keys: list[None]) -> dict[None, int]:
-    cur = await conn.execute(VERSION_SQL, prepare=True)
-    row = await cur.fetchone()
-    return {None: int(row[0]) if row else 0}
+async def _fetch_version(wire: Wire, _keys: list[None]) -> dict[None, int]:
+    rows = await wire.query(VERSION_SQL)
+    return {None: int(rows[0][0] or 0) if rows else 0}
 
 
 class ResponseCache:

@@ -40,7 +40,7 @@ from app import db
 from app.errors import PostNotFound
 from app.fragments import Renderer
 from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
-from app.pgshared import Connection, SharedReads
+from app.pgshared import SharedReads, Wire
 from app.urls import post_path
 
 if TYPE_CHECKING:
@@ -183,9 +183,9 @@ STORED_SQL = (
     "SELECT p.id, p.slug, p.status, e.html, e.etag FROM posts AS p"
     " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = :pid"
 )
-STORED_MANY_SQL = (  # PostgreSQL, for the requests waiting together (psycopg's placeholders)
+STORED_MANY_SQL = (  # PostgreSQL, for the requests waiting together (libpq's placeholders)
     "SELECT p.id, p.slug, p.status, e.html, e.etag FROM posts AS p"
-    " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = ANY(%s)"
+    " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = ANY($1)"
 )
 _NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expanding=True)))
 
@@ -233,9 +233,19 @@ def _read_sqlite(engine: Engine, post_id: int) -> Stored | None:
     return None if row is None else Stored(*row)
 
 
-async def _fetch(conn: Connection, post_ids: list[int]) -> dict[int, Stored]:
-    cur = await conn.execute(STORED_MANY_SQL, (post_ids,), prepare=True)
-    return {row[0]: Stored(*row) for row in await cur.fetchall()}
+async def _fetch(wire: Wire, post_ids: list[int]) -> dict[int, Stored]:
+    ids = b"{%s}" % b",".join(b"%d" % i for i in post_ids)  # an int[] in text format
+    found = {}
+    for post_id, slug, status, html, etag in await wire.query(STORED_MANY_SQL, [ids]):
+        assert post_id is not None and slug is not None and status is not None  # NOT NULL
+        found[int(post_id)] = Stored(
+            int(post_id),
+            slug.decode(),
+            status.decode(),
+            None if html is None else html.decode(),
+            None if etag is None else etag.decode(),
+        )
+    return found
 
 
 def _view(session: Session, post_id: int) -> "PostView":

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import add_post
 from sqlalchemy import Engine
@@ -15,7 +16,7 @@ from app import posts
 from app.cache import VersionReader
 from app.errors import PostNotFound
 from app.essaypage import StoredPages
-from app.pgshared import SharedReads
+from app.pgshared import SharedReads, Wire
 
 
 def _postgresql(engine: Engine) -> None:
@@ -148,3 +149,37 @@ def test_stored_pages_asked_together_come_in_one_query(engine):
     assert [f.slug for f in found[:5]] == [p.slug for p in made]  # type: ignore[union-attr]
     assert isinstance(found[-1], PostNotFound)
     assert sum(len(keys) for keys in asked) <= 2 * 6 and len(asked) <= 2
+
+
+def test_the_wire_reports_a_failed_statement_and_keeps_answering(engine):
+    """libpq driven from the event loop: an error names what failed, the connection goes on, and a
+    connection the server closed is opened again by the next read."""
+    _postgresql(engine)
+
+    async def scenario() -> tuple[str, list[Any], list[Any]]:
+        wire = await Wire.open(engine)
+        try:
+            try:
+                await wire.query("SELECT no_such_column FROM site_state")
+            except psycopg.DatabaseError as exc:
+                error = str(exc)
+            rows = await wire.query("SELECT $1::int + 1, NULL", [b"41"])
+        finally:
+            wire.close()
+        reader = VersionReader(engine)
+        try:
+            await reader.read()
+            assert reader._pg is not None and reader._pg._wire is not None
+            backend = reader._pg._wire._pg.backend_pid
+            with engine.connect() as conn:  # the server ends the reader's connection
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend({backend})")
+            outcomes = await asyncio.gather(reader.read(), return_exceptions=True)
+            outcomes.append(await reader.read())
+        finally:
+            await reader.close()
+        return error, rows, outcomes
+
+    error, rows, outcomes = asyncio.run(scenario())
+    assert "no_such_column" in error
+    assert rows == [(b"42", None)]
+    assert outcomes[-1] == _version(engine)  # the next read after a lost connection is served
