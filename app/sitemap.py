@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, func, literal_column, select
 from sqlmodel import Session
 
-from app import urls
+from app import derived, urls
 from app.config import Settings
 from app.errors import SitemapNotFound
 from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
@@ -115,7 +115,9 @@ def _month_lastmods(session: Session, tz: ZoneInfo) -> dict[tuple[int, int], dat
 
 
 def _page_rows(session: Session, tz: ZoneInfo) -> Iterator[Row]:
-    months = _month_lastmods(session, tz)
+    months = derived.at_version(
+        session, ("sitemap months", tz.key), lambda: _month_lastmods(session, tz)
+    )
     newest = max(months.values(), default=None)
     yield "/", newest
     if months:
@@ -138,6 +140,10 @@ def _rows(session: Session, settings: Settings, section: str, chunk: int | None)
 
 
 def url_count(session: Session) -> int:
+    return derived.at_version(session, ("sitemap urls", MAX_URLS), lambda: _url_count(session))
+
+
+def _url_count(session: Session) -> int:
     """How many addresses the whole site map holds (pages are few and counted generously), or
     more than MAX_URLS once the essays alone pass it: counting stops there (a full count of a
     100,000-essay archive and its tags cost a third of a second per sitemap index)."""
@@ -160,6 +166,12 @@ def url_count(session: Session) -> int:
 
 def _chunks(session: Session, section: str) -> list[tuple[int, datetime | None]]:
     """(chunk number, lastmod) for every non-empty chunk of `section`."""
+    return derived.at_version(
+        session, ("sitemap chunks", section, MAX_URLS), lambda: _chunks_now(session, section)
+    )
+
+
+def _chunks_now(session: Session, section: str) -> list[tuple[int, datetime | None]]:
     if section == "pages":
         newest = session.execute(select(func.max(P.updated_at)).where(published)).scalar()
         return [(0, newest)]

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, text
 from sqlmodel import Session
 
-from app import browse, db, essaypage, posts
+from app import browse, db, essaypage, posts, sitemap
 from app.db import write_session
 from app.fragments import Render
 from app.main import create_app
@@ -256,3 +256,26 @@ def test_keyset_order_is_exact_with_equal_times(engine):
             older, newer = posts.neighbours(session, post)
             assert older == (newest_first[i + 1] if i + 1 < len(newest_first) else None)
             assert newer == (newest_first[i - 1] if i > 0 else None)
+
+
+@pytest.mark.parametrize("path", ["/archive", "/sitemap.xml", "/sitemaps/pages-0.xml"])
+def test_whole_archive_figures_are_computed_once_per_version(database_url, monkeypatch, path):
+    """Month counts and sitemap lastmods read every essay: each worker computes them once per
+    content version (app/derived.py), even with the response cache off, and again after a write."""
+    monkeypatch.setattr(sitemap, "MAX_URLS", 3)  # the sitemap is an index, by chunks
+    app = create_app(make_settings(database_url, response_cache=False))
+    engine = app.state.engine
+    try:
+        with TestClient(app, base_url=SITE_URL, follow_redirects=False) as client:
+            _fill(engine, 0, 8, app.state.renderer)
+            first = client.get(path)
+            with recorded(engine, app) as statements:
+                again = client.get(path)
+            _fill(engine, 200, 201, app.state.renderer)  # in a month of its own
+            after_write = client.get(path)
+    finally:
+        engine.dispose()
+    assert again.text == first.text
+    touched = [s for s, _ in statements if "posts" in s]
+    assert touched == [], touched  # only the content version was read
+    assert after_write.text != first.text

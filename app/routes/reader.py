@@ -18,7 +18,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import browse, essaypage, posts, search
+from app import browse, derived, essaypage, posts, search
 from app.asgi import at_shutdown
 from app.db import SessionDep
 from app.errors import PostGone, PostNotFound
@@ -110,7 +110,10 @@ def index(
 @router.get("/archive", response_class=HTMLResponse)
 def archive(request: Request, session: SessionDep) -> Response:
     def build() -> Response:
-        months = browse.archive_months(session, request.app.state.settings.tz)
+        tz = request.app.state.settings.tz
+        months = derived.at_version(
+            session, ("archive months", tz.key), lambda: browse.archive_months(session, tz)
+        )
         years: dict[int, list[browse.Month]] = {}
         for month in months:
             years.setdefault(month.year, []).append(month)
