@@ -12,7 +12,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -57,10 +57,11 @@ class Entry:
     etag: bytes | None
     last_modified: bytes | None
     not_modified_headers: list[tuple[bytes, bytes]]  # what a 304 repeats, then X-Cache: hit
+    size: int = field(init=False, default=0)  # bytes it holds, about: counted once
 
-    @property
-    def size(self) -> int:
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 200
+    def __post_init__(self) -> None:
+        size = len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 200
+        object.__setattr__(self, "size", size)  # frozen: set once, here
 
 
 class LRU:

@@ -258,7 +258,9 @@ class StoredEssayPages:
         renderer: Renderer,
         compress: Wrapper,
     ) -> None:
-        self.app, self.pages, self.renderer, self.compress = app, pages, renderer, compress
+        self.app, self.pages, self.renderer = app, pages, renderer
+        # Built once: a compression middleware made per request cost 5 us of a 75 us answer.
+        self._compressed = compress(_send_answer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -269,7 +271,8 @@ class StoredEssayPages:
             answer = await self._answer(scope, matched) if matched else None
             if answer is not None:
                 scope["workshop.route_label"] = ESSAY_ROUTE  # for the request log and metrics
-                await self.compress(answer)(scope, receive, send)
+                scope[_ANSWER] = answer
+                await self._compressed(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -292,6 +295,12 @@ class StoredEssayPages:
 
 
 _ESSAY_PATH = re.compile(r"/read/([0-9]{1,10})/([^/]+)")
+_ANSWER = "workshop.stored_answer"
+
+
+async def _send_answer(scope: Scope, receive: Receive, send: Send) -> None:
+    """What the compression middleware wraps: the answer `StoredEssayPages` put in the scope."""
+    await scope.pop(_ANSWER)(scope, receive, send)
 
 
 def _live_essay_page(request: Request, number: int, slug: str) -> Response:
