@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     @classmethod
     def _plain_url(cls, value: str) -> str:
         """An http(s) URL with no character that HTML or JSON would have to escape: stored
-        pages hold a placeholder that is replaced by this text as it is (app/fragments.py)."""
+        fragments hold a placeholder that is replaced by this text as it is (app/fragments.py)."""
         if not re.fullmatch(r"https?://[A-Za-z0-9._~:/\[\]@!$()*+,;=%-]+", value):
             raise ValueError(
                 "must be an http:// or https:// URL without quotes, spaces, <, >, & or \\"

@@ -1,7 +1,10 @@
 """The essay page: stored whole at write time, served with one indexed read.
 
 Serving (`StoredPages`): one statement reads the post's id, slug and status with its stored page
-(`essay_pages`). A current stored page is the answer; its ETag was computed when it was stored.
+(`essay_pages`), which is the page exactly as served, site URL filled in, and its gzip: a
+current stored page is sent as it is (`StoredEssayPages`), with the ETag computed when it was
+stored. A page stored by another build or for another site URL (`Renderer.page_key`) is not
+current, and renders live until `workshop pages refresh`.
 
 Rendering (`render`, at write time by `store_pages`, or live for a page with no current stored
 copy): 1. the post's own columns with its stored post-only HTML (`app/fragments.py`), 2. the
@@ -11,6 +14,7 @@ neighbours. A page shows its neighbours' titles and minds, so every write refres
 pages of the posts it changed and of their neighbours before and after (`posts._refresh_pages`).
 """
 
+import gzip
 import hashlib
 import sqlite3
 from collections.abc import Iterator
@@ -23,7 +27,6 @@ from sqlalchemy import (
     Integer,
     bindparam,
     delete,
-    func,
     insert,
     literal,
     null,
@@ -40,7 +43,7 @@ from app import db
 from app.errors import PostNotFound
 from app.fragments import Renderer
 from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
-from app.pgshared import SharedReads, Wire
+from app.pgshared import Fetch, SharedReads, Wire
 from app.urls import post_path
 
 if TYPE_CHECKING:
@@ -177,17 +180,21 @@ def context(session: Session, post: PageRow) -> Context:
 # --- the stored page ---------------------------------------------------------------------------
 
 E: Any = EssayPage
-# Plain SQL with a named parameter: the same text runs on sqlite3 directly and through
-# SQLAlchemy on PostgreSQL.
+# Plain SQL, one statement per encoding (only the blob served is read); the page comes as
+# bytes, ready to send (CAST: no decoding into a str).
 STORED_SQL = (
-    "SELECT p.id, p.slug, p.status, e.html, e.etag FROM posts AS p"
-    " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = :pid"
+    "SELECT p.id, p.slug, p.status, e.key, CAST(e.html AS BLOB), e.etag FROM posts AS p"
+    " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = ?"
 )
+STORED_GZIP_SQL = STORED_SQL.replace("CAST(e.html AS BLOB)", "e.gzip")
 STORED_MANY_SQL = (  # PostgreSQL, for the requests waiting together (libpq's placeholders)
-    "SELECT p.id, p.slug, p.status, e.html, e.etag FROM posts AS p"
+    "SELECT p.id, p.slug, p.status, e.key, e.html, e.etag, e.gzip FROM posts AS p"
     " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = ANY($1)"
 )
 _NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expanding=True)))
+# SQLite rows kept per worker at the current content version (see `StoredPages`).
+MEMO_ENTRIES = 1000
+MEMO_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,57 +202,101 @@ class Stored:
     id: int
     slug: str
     status: str
-    html: str | None  # the page with the renderer's key in front, or None
-    etag: str | None
+    page: bytes | None  # the page as served, in the encoding asked for; None: not stored
+    etag: bytes | None  # the page's ETag header (either encoding), made when it was stored
 
 
 class StoredPages:
-    """Reads a post's id, slug, status and stored page: one primary-key read. On SQLite it runs
-    inline on this process's own connection (a local file: microseconds, and WAL readers never
-    wait); on PostgreSQL on the event loop, shared with the requests waiting at the same time
-    (`app/pgshared.py`): one statement per round trip fetches every page they asked for."""
+    """Reads a post's id, slug, status and current stored page: one primary-key read. A page
+    stored by another build or for another site counts as not stored.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._pg = None if engine.dialect.name == "sqlite" else SharedReads(engine, _fetch)
+    On SQLite the read runs inline on this process's own connection (a local file: 5 us, and
+    WAL readers never wait), and with the response cache on, the rows read are kept while the
+    content version stays the same: the beacon (`app/beacon.py`) tells in well under a
+    microsecond whether anything was written since, so a popular essay costs no read at all,
+    and a write is seen at once, as by the response cache. Bounded (`MEMO_ENTRIES`,
+    `MEMO_BYTES`): when full it starts again, so a stream of random essays costs no bookkeeping.
+    On PostgreSQL the read runs on the event loop, shared with the requests waiting at the same
+    time (`app/pgshared.py`): one statement per round trip fetches every page they asked for,
+    and there is nothing to keep (knowing the version would cost the same round trip).
+    """
 
-    async def get(self, post_id: int) -> Stored:
+    def __init__(self, engine: Engine, page_key: str, memo: bool = True) -> None:
+        from app.cache import VersionReader  # the cache's reader of the content version
+
+        self.engine, self.page_key = engine, page_key
+        sqlite = engine.dialect.name == "sqlite"
+        self._pg = None if sqlite else SharedReads(engine, _fetcher(page_key))
+        self._versions = VersionReader(engine) if sqlite and memo else None
+        self._memo: dict[tuple[int, bool], Stored] = {}
+        self._memo_version = -1
+        self._memo_bytes = 0
+
+    async def get(self, post_id: int, gzip: bool = False) -> Stored:
         if self._pg is not None:
-            found = await self._pg.get(post_id)
-        else:
-            found = _read_sqlite(self.engine, post_id)
+            both = await self._pg.get(post_id)
+            if both is None:
+                raise PostNotFound(f"no post with id {post_id}")
+            return both[1 if gzip else 0]
+        if self._versions is None:
+            return self._read(post_id, gzip)
+        version = await self._versions.read()
+        if version != self._memo_version:
+            self._memo, self._memo_version, self._memo_bytes = {}, version, 0
+        found = self._memo.get((post_id, gzip))
         if found is None:
-            raise PostNotFound(f"no post with id {post_id}")
+            found = self._read(post_id, gzip)
+            size = len(found.page or b"") + 200
+            if len(self._memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
+                self._memo, self._memo_bytes = {}, 0
+            self._memo[post_id, gzip] = found
+            self._memo_bytes += size
         return found
+
+    def _read(self, post_id: int, gzip: bool) -> Stored:
+        sql = STORED_GZIP_SQL if gzip else STORED_SQL
+        try:
+            row = db.sqlite_reader(self.engine).execute(sql, (post_id,)).fetchone()
+        except sqlite3.Error as exc:
+            db.forget_sqlite_reader(self.engine)
+            raise OperationalError(sql, (post_id,), exc) from exc  # answered 503 like any
+        if row is None:
+            raise PostNotFound(f"no post with id {post_id}")
+        post_id, slug, status, key, page, etag = row
+        if key != self.page_key:
+            return Stored(post_id, slug, status, None, None)
+        return Stored(post_id, slug, status, page, etag.encode())
 
     async def close(self) -> None:
         if self._pg is not None:
             await self._pg.close()
+        if self._versions is not None:
+            await self._versions.close()
 
 
-def _read_sqlite(engine: Engine, post_id: int) -> Stored | None:
-    params = {"pid": post_id}
-    try:
-        row = db.sqlite_reader(engine).execute(STORED_SQL, params).fetchone()
-    except sqlite3.Error as exc:
-        db.forget_sqlite_reader(engine)
-        raise OperationalError(STORED_SQL, params, exc) from exc  # answered 503 like any
-    return None if row is None else Stored(*row)
+# A post as PostgreSQL sends it in binary format: identity, gzip.
+PgStored = tuple[Stored, Stored]
 
 
-async def _fetch(wire: Wire, post_ids: list[int]) -> dict[int, Stored]:
-    ids = b"{%s}" % b",".join(b"%d" % i for i in post_ids)  # an int[] in text format
-    found = {}
-    for post_id, slug, status, html, etag in await wire.query(STORED_MANY_SQL, [ids]):
-        assert post_id is not None and slug is not None and status is not None  # NOT NULL
-        found[int(post_id)] = Stored(
-            int(post_id),
-            slug.decode(),
-            status.decode(),
-            None if html is None else html.decode(),
-            None if etag is None else etag.decode(),
-        )
-    return found
+def _fetcher(page_key: str) -> "Fetch[int, PgStored]":
+    key_bytes = page_key.encode()
+
+    async def fetch(wire: Wire, post_ids: list[int]) -> dict[int, PgStored]:
+        ids = b"{%s}" % b",".join(b"%d" % i for i in post_ids)  # an int[] in text format
+        found = {}
+        rows = await wire.query(STORED_MANY_SQL, [ids], binary=True)
+        for raw_id, slug, status, key, html, etag, gzipped in rows:
+            assert raw_id is not None and slug is not None and status is not None  # NOT NULL
+            post_id = int.from_bytes(raw_id, "big", signed=True)
+            plain = Stored(post_id, slug.decode(), status.decode(), None, None)
+            if key != key_bytes:  # no page, or from another build or site
+                found[post_id] = (plain, plain)
+            else:
+                plain = replace(plain, page=html, etag=etag)
+                found[post_id] = (plain, replace(plain, page=gzipped))
+        return found
+
+    return fetch
 
 
 def _view(session: Session, post_id: int) -> "PostView":
@@ -294,9 +345,12 @@ def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> Non
             # The post-only part is from another build too: store a current one with it.
             post = replace(post, page_html=renderer(_view(session, post_id)))
             session.execute(update(Post).where(P.id == post_id).values(page_html=post.page_html))
-        html = renderer.key + render(session, renderer, post)
-        etag = hashlib.sha256(html.encode()).hexdigest()[:24]
-        session.execute(insert(EssayPage).values(post_id=post_id, html=html, etag=etag))
+        html = renderer.finish(render(session, renderer, post))
+        body = html.encode()
+        etag = f'W/"p{hashlib.sha256(body).hexdigest()[:24]}"'  # the header, made once
+        gzipped = gzip.compress(body, compresslevel=9, mtime=0)
+        row = {"key": renderer.page_key, "html": html, "gzip": gzipped, "etag": etag}
+        session.execute(insert(EssayPage).values(post_id=post_id, **row))
 
 
 def drop_pages(session: Session, post_ids: set[int]) -> None:
@@ -312,8 +366,7 @@ def refresh_all(
     from app import posts  # the post service imports this module
     from app.db import write_session
 
-    key = renderer.key
-    current = func.substr(E.html, 1, len(key)) == key
+    current = E.key == renderer.page_key
     after = 0
     while True:
         with write_session(engine) as session:

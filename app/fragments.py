@@ -68,8 +68,10 @@ class Renderer:
         self._settings = settings.model_copy(update={"site_url": SITE_URL})
         # The site URL as it appears inside HTML attributes and the JSON-LD script alike.
         self._site_url = str(json_script(settings.site_url))[1:-1]
-        # Stored pages hold a placeholder for the site URL: their ETags name the site too.
-        self.site_tag = hashlib.sha256(settings.site_url.encode()).hexdigest()[:8]
+        # Stored essay pages (`essay_pages`) are finished, site URL and all, so they start with
+        # a key that names the site as well: a page stored for another address renders live.
+        site = hashlib.sha256(f"{self.key}\n{settings.site_url}".encode()).hexdigest()[:16]
+        self.page_key = f"<!--page:{site}-->"
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "Renderer":

@@ -19,20 +19,21 @@ from app.observability import RequestLogMiddleware, configure_logging, metrics_r
 from app.routes import feeds, ingest, ops, reader
 from app.templating import StaticAssets, make_templates
 
-# For every answer the app makes, including stored essay pages. The app serves only text (HTML,
-# XML, JSON, CSS), so no media type is left out: Starlette's default list of them is normalized
-# again for every request, a fifteenth of an uncached essay page's cost.
+# For every answer the routes make (stored essay pages are stored gzipped). The app serves only
+# text (HTML, XML, JSON, CSS), so no media type is left out: Starlette's default list of them is
+# normalized again for every request, a fifteenth of an uncached essay page's cost.
 GZIP: dict[str, Any] = {"minimum_size": 500, "exclude_content_types": ()}
 
 
 class Workshop(RequestLogMiddleware):
-    """What a worker serves: the request log around the response cache around the FastAPI app.
+    """What a worker serves: the request log around the stored essay pages around the response
+    cache around the FastAPI app.
 
-    The log and the cache are plain ASGI wrappers outside FastAPI, so a cached answer never
-    enters FastAPI's own middleware stack (error handling, telemetry, body limits) or its
-    router: that stack cost more than half of a cache hit (py-spy). This object is the request
-    log itself (one call less per request); everything else (`state`, `routes`, `openapi()`...)
-    is the FastAPI app's, reached through it.
+    The log, the stored pages and the cache are plain ASGI wrappers outside FastAPI, so a stored
+    or cached answer never enters FastAPI's own middleware stack (error handling, telemetry,
+    body limits) or its router: that stack cost more than half of a cache hit (py-spy). This
+    object is the request log itself (one call less per request); everything else (`state`,
+    `routes`, `openapi()`...) is the FastAPI app's, reached through it.
     """
 
     def __init__(self, fastapi: FastAPI, serve: ASGIApp) -> None:
@@ -63,13 +64,12 @@ def create_app(settings: Settings | None = None) -> Workshop:
     websub.install(app)  # pings the WebSub hub after each write, when one is configured
     app.add_route("/metrics", metrics_response, include_in_schema=False)
     app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
-    # Request log -> response cache (answers before FastAPI) -> stored essay pages (likewise)
-    # -> FastAPI's own stack -> body gate -> gzip -> routes. (Of `add_middleware`, the last
-    # added runs first.)
+    # Request log -> stored essay pages (answered before anything else) -> response cache
+    # (answers before FastAPI) -> FastAPI's own stack -> body gate -> gzip -> routes. (Of
+    # `add_middleware`, the last added runs first.)
     app.add_middleware(GZipMiddleware, **GZIP)
     app.add_middleware(BodyGate, max_body_bytes=settings.max_body_bytes)
-    app.state.stored_pages = StoredPages(app.state.engine)
-    serve: ASGIApp = reader.StoredEssayPages(app, app.state.stored_pages, app.state.renderer, _gzip)
+    serve: ASGIApp = app
     if settings.response_cache:
         serve = ResponseCache(
             serve,
@@ -78,12 +78,12 @@ def create_app(settings: Settings | None = None) -> Workshop:
             max_bytes=settings.response_cache_max_bytes,
             max_entry_bytes=settings.response_cache_max_entry_bytes,
         )
+    app.state.stored_pages = StoredPages(
+        app.state.engine, app.state.renderer.page_key, memo=settings.response_cache
+    )
+    serve = reader.StoredEssayPages(serve, app.state.stored_pages)
     configure_logging(settings.log_json)
     return Workshop(app, serve)  # the log sees every answer, cached or not
-
-
-def _gzip(app: ASGIApp) -> ASGIApp:
-    return GZipMiddleware(app, **GZIP)
 
 
 def _answer_head_like_get(*routers: APIRouter) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -211,9 +212,9 @@ class AuthFailure(SQLModel, table=True):
 
 
 class EssayPage(SQLModel, table=True):
-    """The complete HTML of a published essay's page, kept current by every write that changes
-    it: its own, and its neighbours' (their titles and minds show on it). The page answers from
-    here with one indexed read; a row from another build or site (the key at its start) or no
+    """A published essay's page exactly as served, and gzipped, kept current by every write
+    that changes it: its own, and its neighbours' (their titles and minds show on it). The page
+    answers from here with one indexed read; a row from another build or site (`key`) or no
     row makes the page render live instead (app/essaypage.py)."""
 
     __tablename__ = "essay_pages"
@@ -221,7 +222,9 @@ class EssayPage(SQLModel, table=True):
     post_id: int = SQLField(
         sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True)
     )
+    key: str = SQLField(max_length=40)  # `Renderer.page_key`: the build and site it is for
     html: str = SQLField(sa_column=Column(Text, nullable=False))
+    gzip: bytes = SQLField(sa_column=Column(LargeBinary, nullable=False))
     etag: str = SQLField(max_length=64)
 
 

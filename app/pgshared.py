@@ -55,15 +55,18 @@ class Wire:
     def usable(self) -> bool:
         return self._broken is None and not self._conn.closed
 
-    async def query(self, sql: str, params: Sequence[bytes | None] = ()) -> list[Row]:
-        """The rows of `sql` (placeholders $1, $2...) with these parameters, in text format."""
+    async def query(
+        self, sql: str, params: Sequence[bytes | None] = (), binary: bool = False
+    ) -> list[Row]:
+        """The rows of `sql` (placeholders $1, $2...) with these parameters (in text format), in
+        text format or, with `binary`, in PostgreSQL's binary format (bytea as its bytes)."""
         name = self._prepared.get(sql)
         if name is None:
             name = b"w%d" % len(self._prepared)
             self._pg.send_prepare(name, sql.encode())
             await self._result(pq.ExecStatus.COMMAND_OK)
             self._prepared[sql] = name
-        self._pg.send_query_prepared(name, list(params) or None)
+        self._pg.send_query_prepared(name, list(params) or None, result_format=int(binary))
         result = await self._result(pq.ExecStatus.TUPLES_OK)
         columns = range(result.nfields)
         return [tuple(result.get_value(r, c) for c in columns) for r in range(result.ntuples)]

@@ -21,6 +21,9 @@ from bench.corpus import Corpus
 DATA = Path(__file__).parent / "data"
 BATCH = 250
 PREPARE_WORKERS = 2  # processes generating essays and rendering their Markdown
+# The site's public address, the same when the archive is built and when it is served (stored
+# essay pages are finished with it), as behind a proxy: the server listens on a free port.
+SITE_URL = "http://127.0.0.1:8000"
 
 
 @dataclass
@@ -31,7 +34,7 @@ class Archive:
 
 
 def _settings(url: str) -> Settings:
-    return Settings(_env_file=None, database_url=url, log_json=False)  # type: ignore[call-arg]
+    return Settings(_env_file=None, database_url=url, site_url=SITE_URL, log_json=False)  # type: ignore[call-arg]
 
 
 def _count(url: str) -> int:

@@ -4,7 +4,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from sqlalchemy import select
@@ -77,7 +77,13 @@ def _link(html: str, rel: str) -> str | None:
     found = re.search(rf'<(?:a|link)\b[^>]*\brel="{rel}"[^>]*\bhref="([^"]+)"', html) or re.search(
         rf'<(?:a|link)\b[^>]*\bhref="([^"]+)"[^>]*\brel="{rel}"', html
     )
-    return found.group(1).replace("&amp;", "&") if found else None
+    return _local(found.group(1).replace("&amp;", "&")) if found else None
+
+
+def _local(url: str) -> str:
+    """A link as a path on the server measured (links name the site's public address)."""
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "") if parts.scheme else url
 
 
 def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
@@ -197,7 +203,7 @@ def _api_next(answer: httpx.Response) -> str | None:
     if answer.status_code != 200:
         return None
     if "next" in answer.links:
-        return str(answer.links["next"]["url"])
+        return _local(str(answer.links["next"]["url"]))
     try:
         doc = answer.json()
     except ValueError:
@@ -205,5 +211,5 @@ def _api_next(answer: httpx.Response) -> str | None:
     for key in ("next", "next_url"):
         for holder in (doc, doc.get("links", {}) if isinstance(doc, dict) else {}):
             if isinstance(holder, dict) and isinstance(holder.get(key), str):
-                return str(holder[key])
+                return _local(str(holder[key]))
     return None

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.build import SITE_URL
+
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK_OPTS = ["-t2", "-c32"]
@@ -146,7 +148,7 @@ def serve(database_url: str, workers: int, cache: bool, log: Path) -> Server:
     env = {
         **os.environ,
         "WORKSHOP_DATABASE_URL": database_url,
-        "WORKSHOP_SITE_URL": url,
+        "WORKSHOP_SITE_URL": SITE_URL,
         "WORKSHOP_RESPONSE_CACHE": "true" if cache else "false",
     }
     workshop = Path(sys.executable).with_name("workshop")

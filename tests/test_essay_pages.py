@@ -4,15 +4,17 @@ minds show on it), and a write without a renderer drops those pages so they rend
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
-from conftest import SITE_URL, add_post, sample_input
+from conftest import SITE_URL, add_post, sample_input, start_server, stop_server
 from conftest import test_settings as make_settings
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from app import essaypage, main, posts
+from app import essaypage, posts
 from app.db import write_session
+from app.fragments import Renderer
 from app.main import create_app
 from app.models import EssayPage, PostIn
 from app.routes.reader import StoredEssayPages
@@ -96,7 +98,7 @@ def _front(site) -> tuple[TestClient, TestClient, _Watched]:  # type: ignore[no-
     client, engine, renderer = site
     fastapi = client.app.fastapi
     behind = _Watched(fastapi)
-    front = StoredEssayPages(behind, fastapi.state.stored_pages, renderer, main._gzip)  # type: ignore[arg-type]
+    front = StoredEssayPages(behind, fastapi.state.stored_pages)  # type: ignore[arg-type]
     return (
         TestClient(front, base_url=SITE_URL, follow_redirects=False),  # type: ignore[arg-type]
         TestClient(fastapi, base_url=SITE_URL, follow_redirects=False),
@@ -104,35 +106,42 @@ def _front(site) -> tuple[TestClient, TestClient, _Watched]:  # type: ignore[no-
     )
 
 
-def test_the_front_answers_stored_pages_exactly_as_the_route_does(site) -> None:
+def test_the_front_answers_stored_pages_as_the_route_renders_them(site) -> None:
+    """The stored bytes, identity or gzip, with the headers of the live page (the route) but
+    the stored page's own ETag; HEAD and conditional requests too; nothing reaches FastAPI."""
     client, engine, renderer = site
     post = _create(engine, renderer, 1)
     front, route, behind = _front(site)
     path = f"/read/{post.id}/{post.slug}"
-    etag = route.get(path).headers["etag"]
-    asks = [
-        ("GET", {}),
-        ("GET", {"accept-encoding": "gzip"}),
-        ("HEAD", {}),
-        ("GET", {"if-none-match": etag}),
-        ("GET", {"if-none-match": "*"}),
-        ("GET", {"if-none-match": '"other"'}),
-    ]
-    for method, headers in asks:
-        mine, theirs = (
-            front.request(method, path, headers=headers),
-            route.request(method, path, headers=headers),
-        )
-        assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content)
-        assert _comparable(mine.headers) == _comparable(theirs.headers)
-    assert (
-        front.get(path, headers={"accept-encoding": "gzip"}).headers["content-encoding"] == "gzip"
-    )
+    mine, live = front.get(path), route.get(path)  # the route renders it live
+    assert (mine.status_code, mine.content) == (200, live.content)
+    assert mine.headers["etag"].startswith('W/"p') and live.headers["etag"] != mine.headers["etag"]
+    assert _comparable(mine.headers, "etag") == _comparable(live.headers, "etag")
+
+    zipped = front.get(path, headers={"accept-encoding": "gzip"})
+    live_zipped = route.get(path, headers={"accept-encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.content == live.content  # decoded by the client
+    skip = ("etag", "content-length")
+    assert _comparable(zipped.headers, *skip) == _comparable(live_zipped.headers, *skip)
+
+    head = front.head(path)
+    assert (head.status_code, head.content) == (200, b"")
+    assert _comparable(head.headers) == _comparable(mine.headers)
+
+    etag = mine.headers["etag"]
+    for condition in (etag, "*", f'"other", {etag}', etag.removeprefix("W/")):
+        answer = front.get(path, headers={"if-none-match": condition})
+        assert (answer.status_code, answer.content) == (304, b""), condition
+        assert answer.headers["etag"] == etag
+        assert answer.headers["cache-control"] == live.headers["cache-control"]
+    assert front.get(path, headers={"if-none-match": '"other"'}).status_code == 200
     assert behind.paths == []  # all answered before FastAPI
 
 
-def _comparable(headers: object) -> list[tuple[str, str]]:
-    return sorted((k, v) for k, v in headers.multi_items() if k not in ("date", "x-request-id"))  # type: ignore[attr-defined]
+def _comparable(headers: object, *also: str) -> list[tuple[str, str]]:
+    skip = ("date", "x-request-id", *also)
+    return sorted((k, v) for k, v in headers.multi_items() if k not in skip)  # type: ignore[attr-defined]
 
 
 def test_the_front_leaves_everything_else_to_the_route(site) -> None:
@@ -263,3 +272,35 @@ def test_concurrent_writers_leave_every_page_right(site) -> None:
         session.commit()
     for post in every:
         assert _page(client, post) == stored[post.id], post.title  # the live render agrees
+
+
+def test_every_worker_serves_stored_pages_fresh_after_each_write(
+    settings, engine, tmp_path
+) -> None:
+    """A worker keeps the stored pages it read while nothing is written (SQLite, cache on):
+    any write, by anybody, shows on every worker's next answer."""
+    renderer = Renderer.for_settings(settings)
+    post = _create(engine, renderer, 1)
+    path = f"/read/{post.id}/{post.slug}"
+    site = {"WORKSHOP_SITE_URL": SITE_URL, "WORKSHOP_SITE_NAME": settings.site_name}
+    servers = [start_server(settings, tmp_path, **site) for _ in range(2)]
+    try:
+        before = [httpx.get(server.url + path) for server in servers for _ in range(3)]
+        assert {a.status_code for a in before} == {200}
+        etag = before[0].headers["etag"]
+        assert etag.startswith('W/"p') and {a.headers["etag"] for a in before} == {etag}
+        with write_session(engine) as session:
+            current = posts.load_views(session, [posts.get_post(session, post.id)])[0].to_input()
+            edited = current.model_copy(update={"body": "Minds now agree: *breadth* is gone."})
+            posts.update_post(session, post.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
+        for server in servers:
+            page = httpx.get(server.url + path, headers={"If-None-Match": etag})
+            assert page.status_code == 200 and "is gone" in page.text
+            assert page.headers["etag"].startswith('W/"p') and page.headers["etag"] != etag
+        with write_session(engine) as session:
+            posts.delete_post(session, post.id, render=renderer)  # type: ignore[arg-type]
+        for server in servers:
+            assert httpx.get(server.url + path).status_code == 410
+    finally:
+        for server in servers:
+            stop_server(server)

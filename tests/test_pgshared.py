@@ -125,7 +125,7 @@ def test_a_failed_query_fails_its_waiters_and_the_next_read_asks_again(engine):
 def test_stored_pages_asked_together_come_in_one_query(engine):
     _postgresql(engine)
     made = [add_post(engine, title=f"Essay {n}", cycle=800 + n) for n in range(5)]
-    pages = StoredPages(engine)
+    pages = StoredPages(engine, "<!--page:any-->")
     asked: list[list[int]] = []
 
     async def counted(fetch: Any, conn: Any, keys: list[int]) -> Any:
@@ -139,7 +139,8 @@ def test_stored_pages_asked_together_come_in_one_query(engine):
     async def many() -> list[object]:
         try:
             return await asyncio.gather(
-                *(pages.get(i) for i in [*ids, 999_999]), return_exceptions=True
+                *(pages.get(i, gzip=n % 2 == 0) for n, i in enumerate([*ids, 999_999])),
+                return_exceptions=True,
             )
         finally:
             await pages.close()

@@ -3,9 +3,10 @@
 Every page is a pure function of (path + query, content version), which is what makes the
 HTTP caching below honest: the ETag is derived from exactly those two things (plus the build),
 so answering If-None-Match costs one tiny query and no rendering, and the response cache keys
-on the same values. One exception: an essay page served from its stored copy (app/essaypage.py)
-carries that copy's own ETag, computed when it was stored, which changes exactly when the page
-does; when it renders live it uses the content-version ETag like every other page.
+on the same values. One exception: an essay page served from its stored copy (app/essaypage.py,
+`StoredEssayPages`) carries that copy's own ETag, computed when it was stored, which changes
+exactly when the page does; when it renders live it uses the content-version ETag like every
+other page.
 """
 
 import hashlib
@@ -15,14 +16,12 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import browse, derived, essaypage, posts, search
 from app.asgi import at_shutdown
 from app.db import SessionDep
 from app.errors import PostGone, PostNotFound
-from app.fragments import Renderer
 from app.urls import post_path
 
 router = APIRouter(include_in_schema=False)
@@ -30,7 +29,6 @@ router = APIRouter(include_in_schema=False)
 # Short for browsers, longer for a CDN, and a CDN may serve a stale copy while it revalidates.
 PAGE_CACHE_CONTROL = "public, max-age=60, s-maxage=300, stale-while-revalidate=600"
 MAX_SEARCH_PAGE = 50
-Wrapper = Callable[[ASGIApp], ASGIApp]
 
 
 def render(
@@ -210,57 +208,26 @@ ESSAY_ROUTE = "/read/{post_id}/{slug}"
 
 
 @router.get(ESSAY_ROUTE, response_class=HTMLResponse)
-async def read(request: Request, post_id: str, slug: str) -> Response:
-    """The essay page: its stored copy, read with one indexed statement and no template, or a
-    live render when no current copy is stored (see app/essaypage.py). `StoredEssayPages`
-    answers most requests for stored pages before they reach this route."""
-    number = _path_int(post_id, "essay")
-    state = request.app.state
-    found = await state.stored_pages.get(number)
-    if found.status == posts.STATUS_DELETED:
-        raise PostGone(f"essay {number} was withdrawn")
-    if slug != found.slug:
-        return _redirect_to(found)
-    answer = stored_page(found, state.renderer, request.headers.get("if-none-match"))
-    if answer is None:
-        return await run_in_threadpool(_live_essay_page, request, number, slug)
-    return answer
-
-
-def stored_page(
-    found: essaypage.Stored, renderer: Renderer, if_none_match: str | None
-) -> Response | None:
-    """The answer from a post's current stored page; None when no current copy is stored."""
-    if found.html is None or not found.html.startswith(renderer.key):
-        return None
-    # The page's own ETag, computed when it was stored: it changes exactly when the page does.
-    etag = f'W/"p{found.etag}-{renderer.site_tag}"'
-    headers = {"ETag": etag, "Cache-Control": PAGE_CACHE_CONTROL}
-    if _etag_matches(if_none_match, etag) or _is_star(if_none_match):
-        return Response(status_code=304, headers=headers)
-    return HTMLResponse(renderer.finish(found.html[len(renderer.key) :]), headers=headers)
+def read(request: Request, post_id: str, slug: str) -> Response:
+    """The essay page, rendered live: `StoredEssayPages` answers every request for a current
+    stored page before routing, so what reaches this route is a wrong slug (301), a withdrawn
+    (410) or unknown (404) essay, or a page with no current stored copy (see app/essaypage.py)."""
+    return _live_essay_page(request, _path_int(post_id, "essay"), slug)
 
 
 class StoredEssayPages:
-    """ASGI wrapper: a GET or HEAD of a published essay whose current page is stored is answered
-    here, before FastAPI: the same `stored_page` answer as the route's, passed through the same
-    compression (`compress`), but without FastAPI's middleware stack and router, which cost
-    most of such a request (a cached page cannot help: readers arriving from search engines
-    and links spread over the whole archive). Anything else (a wrong slug, a withdrawn or
-    unknown essay, no current stored copy, a database error) goes on to the route, which
-    answers it as usual.
+    """ASGI wrapper, the first after the request log: a GET or HEAD of a published essay whose
+    current page is stored is answered here, with the stored bytes (identity or gzip, as the
+    client accepts) and the page's own ETag, before the response cache and FastAPI. Readers
+    arriving from search engines and links spread over the whole archive, which no per-worker
+    cache holds, so this read is what keeps a random essay of a large archive as fast as a
+    popular one: one primary-key read, no template, no compression, no Response object.
+    Anything else (a wrong slug, a withdrawn or unknown essay, no current stored copy, a
+    database error) goes on inside, to the cache and the route, which answer it as usual.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        pages: essaypage.StoredPages,
-        renderer: Renderer,
-        compress: Wrapper,
-    ) -> None:
-        self.app, self.pages, self.renderer = app, pages, renderer
-        # Built once: a compression middleware made per request cost 5 us of a 75 us answer.
-        self._compressed = compress(_send_answer)
+    def __init__(self, app: ASGIApp, pages: essaypage.StoredPages) -> None:
+        self.app, self.pages = app, pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -268,39 +235,58 @@ class StoredEssayPages:
             return
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             matched = _ESSAY_PATH.fullmatch(scope["path"])
-            answer = await self._answer(scope, matched) if matched else None
-            if answer is not None:
-                scope["workshop.route_label"] = ESSAY_ROUTE  # for the request log and metrics
-                scope[_ANSWER] = answer
-                await self._compressed(scope, receive, send)
+            if matched and await self._answer(scope, matched, send):
                 return
         await self.app(scope, receive, send)
 
-    async def _answer(self, scope: Scope, matched: re.Match[str]) -> Response | None:
+    async def _answer(self, scope: Scope, matched: re.Match[str], send: Send) -> bool:
         number = int(matched[1])
         if not 1 <= number <= browse.MAX_POST_ID:
-            return None
-        try:
-            found = await self.pages.get(number)
-        except Exception:  # unknown (404) or unreadable (503): the route says so
-            return None
-        if found.status != posts.STATUS_PUBLISHED or found.slug != matched[2]:
-            return None
-        if_none_match = None
+            return False
+        gzip, if_none_match = False, None
         for name, value in scope["headers"]:
-            if name == b"if-none-match":  # the first, as Starlette's `headers.get` reads it
-                if_none_match = value.decode("latin-1")
-                break
-        return stored_page(found, self.renderer, if_none_match)
+            if name == b"accept-encoding":
+                gzip = b"gzip" in value  # as Starlette's compression decides
+            elif name == b"if-none-match" and if_none_match is None:  # the first, as Starlette
+                if_none_match = value
+        try:
+            found = await self.pages.get(number, gzip)
+        except Exception:  # unknown (404) or unreadable (503): the route says so
+            return False
+        page, etag = found.page, found.etag
+        if page is None or etag is None or found.status != posts.STATUS_PUBLISHED:
+            return False
+        if found.slug != matched[2]:
+            return False
+        scope["workshop.route_label"] = ESSAY_ROUTE  # for the request log and metrics
+        if if_none_match is not None and (
+            if_none_match == etag  # what a client that kept the ETag sends back
+            or _etag_matches(if_none_match.decode("latin-1"), etag.decode())
+            or _is_star(if_none_match.decode("latin-1"))
+        ):
+            headers = [(b"etag", etag), *_STORED_304]
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return True
+        headers = [
+            (b"etag", etag),
+            (b"content-length", b"%d" % len(page)),
+            *(_STORED_GZIP if gzip else _STORED_IDENTITY),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        body = b"" if scope["method"] == "HEAD" else page
+        await send({"type": "http.response.body", "body": body})
+        return True
 
 
 _ESSAY_PATH = re.compile(r"/read/([0-9]{1,10})/([^/]+)")
-_ANSWER = "workshop.stored_answer"
-
-
-async def _send_answer(scope: Scope, receive: Receive, send: Send) -> None:
-    """What the compression middleware wraps: the answer `StoredEssayPages` put in the scope."""
-    await scope.pop(_ANSWER)(scope, receive, send)
+# What a stored page's answers carry besides the ETag (and length): the same as a live page's.
+_STORED_304 = [
+    (b"cache-control", PAGE_CACHE_CONTROL.encode()),
+    (b"vary", b"Accept-Encoding"),
+]
+_STORED_IDENTITY = [*_STORED_304, (b"content-type", b"text/html; charset=utf-8")]
+_STORED_GZIP = [*_STORED_IDENTITY, (b"content-encoding", b"gzip")]
 
 
 def _live_essay_page(request: Request, number: int, slug: str) -> Response:
