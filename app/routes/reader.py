@@ -219,9 +219,9 @@ class StoredEssayPages:
     """ASGI wrapper, the first after the request log: a GET or HEAD of a published essay whose
     current page is stored is answered here, with the stored bytes (identity or gzip, as the
     client accepts) and the page's own ETag, before the response cache and FastAPI. Readers
-    arriving from search engines and links spread over the whole archive, which no per-worker
-    cache holds, so this read is what keeps a random essay of a large archive as fast as a
-    popular one: one primary-key read, no template, no compression, no Response object.
+    arriving from search engines and links spread over the whole archive, more than any
+    per-worker cache holds; this one primary-key read (no template, no compression, no
+    Response object) keeps a random essay of a large archive as fast as a popular one.
     Anything else (a wrong slug, a withdrawn or unknown essay, no current stored copy, a
     database error) goes on inside, to the cache and the route, which answer it as usual.
     """
