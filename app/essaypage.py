@@ -187,12 +187,18 @@ STORED_SQL = (
     " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = ?"
 )
 STORED_GZIP_SQL = STORED_SQL.replace("CAST(e.html AS BLOB)", "e.gzip")
-STORED_MANY_SQL = (  # PostgreSQL, for the requests waiting together (libpq's placeholders)
-    "SELECT p.id, p.slug, p.status, e.key, e.html, e.etag, e.gzip FROM posts AS p"
-    " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = ANY($1)"
+# PostgreSQL, for the requests waiting together (libpq's placeholders): the posts asked for,
+# each with the ETag of the page this worker kept (or NULL); a page whose ETag is still that
+# one is not sent again (NULL), the worker has its bytes.
+STORED_MANY_SQL = (
+    "SELECT p.id, p.slug, p.status, e.key,"
+    " CASE WHEN e.etag = k.etag THEN NULL ELSE e.html END, e.etag"
+    " FROM unnest(CAST($1 AS integer[]), CAST($2 AS text[])) AS k(id, etag)"
+    " JOIN posts AS p ON p.id = k.id LEFT JOIN essay_pages AS e ON e.post_id = p.id"
 )
+STORED_MANY_GZIP_SQL = STORED_MANY_SQL.replace("e.html", "e.gzip")
 _NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expanding=True)))
-# SQLite rows kept per worker at the current content version (see `StoredPages`).
+# Pages kept per worker (see `StoredPages`).
 MEMO_ENTRIES = 1000
 MEMO_BYTES = 8 * 1024 * 1024
 
@@ -217,8 +223,10 @@ class StoredPages:
     and a write is seen at once, as by the response cache. Bounded (`MEMO_ENTRIES`,
     `MEMO_BYTES`): when full it starts again, so a stream of random essays costs no bookkeeping.
     On PostgreSQL the read runs on the event loop, shared with the requests waiting at the same
-    time (`app/pgshared.py`): one statement per round trip fetches every page they asked for,
-    and there is nothing to keep (knowing the version would cost the same round trip).
+    time (`app/pgshared.py`): one statement per round trip reads every post they asked for, as
+    fresh as a query of each request's own. With the response cache on it names the ETag of the
+    page this worker kept for each, and a page that still has that ETag is not sent again (a
+    popular essay's round trip carries a few hundred bytes, not its page).
     """
 
     def __init__(self, engine: Engine, page_key: str, memo: bool = True) -> None:
@@ -226,7 +234,14 @@ class StoredPages:
 
         self.engine, self.page_key = engine, page_key
         sqlite = engine.dialect.name == "sqlite"
-        self._pg = None if sqlite else SharedReads(engine, _fetcher(page_key))
+        # PostgreSQL: one shared reader per encoding, each reading only the blob it serves.
+        self._pg = None
+        if not sqlite:
+            self._pg = tuple(
+                SharedReads(engine, self._fetcher(sql, gzip))
+                for gzip, sql in enumerate((STORED_MANY_SQL, STORED_MANY_GZIP_SQL))
+            )
+        self._memo_on = memo
         self._versions = VersionReader(engine) if sqlite and memo else None
         self._memo: dict[tuple[int, bool], Stored] = {}
         self._memo_version = -1
@@ -234,10 +249,10 @@ class StoredPages:
 
     async def get(self, post_id: int, gzip: bool = False) -> Stored:
         if self._pg is not None:
-            both = await self._pg.get(post_id)
-            if both is None:
+            found = await self._pg[gzip].get(post_id)
+            if found is None:
                 raise PostNotFound(f"no post with id {post_id}")
-            return both[1 if gzip else 0]
+            return found
         if self._versions is None:
             return self._read(post_id, gzip)
         version = await self._versions.read()
@@ -246,12 +261,42 @@ class StoredPages:
         found = self._memo.get((post_id, gzip))
         if found is None:
             found = self._read(post_id, gzip)
-            size = len(found.page or b"") + 200
-            if len(self._memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
-                self._memo, self._memo_bytes = {}, 0
-            self._memo[post_id, gzip] = found
-            self._memo_bytes += size
+            self._keep(found, gzip)
         return found
+
+    def _keep(self, found: Stored, gzip: bool) -> None:
+        size = len(found.page or b"") + 200
+        if len(self._memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
+            self._memo, self._memo_bytes = {}, 0
+        self._memo[found.id, gzip] = found
+        self._memo_bytes += size
+
+    def _fetcher(self, sql: str, gzip: int) -> "Fetch[int, Stored]":
+        """PostgreSQL: reads the posts asked for meanwhile, in binary format (a bytea as its
+        bytes, text as UTF-8), sending the ETag of each page kept (see the class)."""
+        key_bytes = self.page_key.encode()
+
+        async def fetch(wire: Wire, post_ids: list[int]) -> dict[int, Stored]:
+            kept = {i: self._memo.get((i, bool(gzip))) for i in post_ids}
+            tags = [k.etag if k is not None else None for k in kept.values()]
+            params = [_pg_array([b"%d" % i for i in kept]), _pg_array(tags)]
+            found = {}
+            for row in await wire.query(sql, params, binary=True):
+                raw_id, slug, status, key, page, etag = row
+                assert raw_id is not None and slug is not None and status is not None
+                post_id = int.from_bytes(raw_id, "big", signed=True)
+                if key != key_bytes:  # no page, or one from another build or site
+                    found[post_id] = Stored(post_id, slug.decode(), status.decode(), None, None)
+                    continue
+                if page is None:  # unchanged: the bytes this worker kept
+                    page = kept[post_id].page  # type: ignore[union-attr]
+                stored = Stored(post_id, slug.decode(), status.decode(), page, etag)
+                found[post_id] = stored
+                if self._memo_on:
+                    self._keep(stored, bool(gzip))
+            return found
+
+        return fetch
 
     def _read(self, post_id: int, gzip: bool) -> Stored:
         sql = STORED_GZIP_SQL if gzip else STORED_SQL
@@ -268,35 +313,20 @@ class StoredPages:
         return Stored(post_id, slug, status, page, etag.encode())
 
     async def close(self) -> None:
-        if self._pg is not None:
-            await self._pg.close()
+        for reader in self._pg or ():
+            await reader.close()
         if self._versions is not None:
             await self._versions.close()
 
 
-# A post as PostgreSQL sends it in binary format: identity, gzip.
-PgStored = tuple[Stored, Stored]
-
-
-def _fetcher(page_key: str) -> "Fetch[int, PgStored]":
-    key_bytes = page_key.encode()
-
-    async def fetch(wire: Wire, post_ids: list[int]) -> dict[int, PgStored]:
-        ids = b"{%s}" % b",".join(b"%d" % i for i in post_ids)  # an int[] in text format
-        found = {}
-        rows = await wire.query(STORED_MANY_SQL, [ids], binary=True)
-        for raw_id, slug, status, key, html, etag, gzipped in rows:
-            assert raw_id is not None and slug is not None and status is not None  # NOT NULL
-            post_id = int.from_bytes(raw_id, "big", signed=True)
-            plain = Stored(post_id, slug.decode(), status.decode(), None, None)
-            if key != key_bytes:  # no page, or from another build or site
-                found[post_id] = (plain, plain)
-            else:
-                plain = replace(plain, page=html, etag=etag)
-                found[post_id] = (plain, replace(plain, page=gzipped))
-        return found
-
-    return fetch
+def _pg_array(items: list[bytes | None]) -> bytes:
+    """A PostgreSQL array in text format: each element quoted (a backslash before `"` and `\\`),
+    NULL for None."""
+    quoted = (
+        b"NULL" if v is None else b'"' + v.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        for v in items
+    )
+    return b"{" + b",".join(quoted) + b"}"
 
 
 def _view(session: Session, post_id: int) -> "PostView":

@@ -289,6 +289,7 @@ def test_every_worker_serves_stored_pages_fresh_after_each_write(
         assert {a.status_code for a in before} == {200}
         etag = before[0].headers["etag"]
         assert etag.startswith('W/"p') and {a.headers["etag"] for a in before} == {etag}
+        assert len({a.content for a in before}) == 1 and b"Essay 1 on Breadth" in before[0].content
         with write_session(engine) as session:
             current = posts.load_views(session, [posts.get_post(session, post.id)])[0].to_input()
             edited = current.model_copy(update={"body": "Minds now agree: *breadth* is gone."})

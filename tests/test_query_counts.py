@@ -61,24 +61,24 @@ def recorded(engine: Engine, app: Any = None) -> Iterator[list[tuple[str, Any]]]
     raw = db.sqlite_reader(engine) if engine.dialect.name == "sqlite" else None
     if raw is not None:
         raw.set_trace_callback(lambda statement: statements.append((statement, None)))
-    # On PostgreSQL they go through their own connection (app/pgshared.py).
-    shared = app.state.stored_pages._pg if app is not None else None
-    fetch = shared.fetch if shared is not None else None
-    if shared is not None:
+    # On PostgreSQL they go through their own connections (app/pgshared.py).
+    shared = list(app.state.stored_pages._pg or ()) if app is not None else []
+    fetches = [reader.fetch for reader in shared]
+    for reader, fetch in zip(shared, fetches, strict=True):
 
-        async def counted(conn: Any, keys: list[Any]) -> Any:
+        async def counted(conn: Any, keys: list[Any], fetch: Any = fetch) -> Any:
             statements.append((essaypage.STORED_MANY_SQL, keys))
-            return await fetch(conn, keys)  # type: ignore[misc]
+            return await fetch(conn, keys)
 
-        shared.fetch = counted
+        reader.fetch = counted
     try:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", listener)
         if raw is not None:
             raw.set_trace_callback(None)
-        if shared is not None:
-            shared.fetch = fetch
+        for reader, fetch in zip(shared, fetches, strict=True):
+            reader.fetch = fetch
 
 
 def _fill(engine: Engine, start: int, stop: int, render: Render | None = None) -> list[posts.Post]:
@@ -182,8 +182,8 @@ def _stored_page(session: Session, post_id: int) -> None:
         for sql in (essaypage.STORED_SQL, essaypage.STORED_GZIP_SQL):
             session.connection().exec_driver_sql(sql, (post_id,))
     else:
-        many = essaypage.STORED_MANY_SQL.replace("$1", ":ids")
-        session.execute(text(many), {"ids": [post_id]})
+        many = essaypage.STORED_MANY_SQL.replace("$1", ":ids").replace("$2", ":tags")
+        session.execute(text(many), {"ids": [post_id], "tags": [None]})
 
 
 def _cursor(post: posts.Post) -> str:
