@@ -265,7 +265,10 @@ class StoredPages:
         return found
 
     def _keep(self, found: Stored, gzip: bool) -> None:
-        size = len(found.page or b"") + 200
+        size = _size(found)
+        replaced = self._memo.pop((found.id, gzip), None)
+        if replaced is not None:  # PostgreSQL keeps a page again after each read of it
+            self._memo_bytes -= _size(replaced)
         if len(self._memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
             self._memo, self._memo_bytes = {}, 0
         self._memo[found.id, gzip] = found
@@ -317,6 +320,10 @@ class StoredPages:
             await reader.close()
         if self._versions is not None:
             await self._versions.close()
+
+
+def _size(found: Stored) -> int:
+    return len(found.page or b"") + 200  # about what a kept page holds
 
 
 def _pg_array(items: list[bytes | None]) -> bytes:
