@@ -34,6 +34,8 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
+from app import watch
+
 log = logging.getLogger(__name__)
 RECHECK_SECONDS = 1.0
 _FORMAT = struct.Struct("<q")
@@ -126,8 +128,11 @@ def for_engine(engine: Engine) -> Beacon | None:
 
 
 def note_version(session: Session, version: int) -> None:
-    """Called by the write that bumped the content version: publish it once it commits."""
+    """Called by the write that bumped the content version: publish it once it commits (on
+    PostgreSQL: tell every worker, and wait until they heard)."""
     session.info[_INFO_KEY] = version
+    if session.get_bind().dialect.name == "postgresql":
+        watch.notify(session, version)
 
 
 @event.listens_for(Session, "after_commit")
@@ -137,6 +142,9 @@ def _publish_after_commit(session: Session) -> None:
         return
     bind = session.get_bind()
     engine = bind if isinstance(bind, Engine) else bind.engine
+    if engine.dialect.name == "postgresql":
+        watch.wait_for_watchers(engine, version)  # every worker heard of it (app/watch.py)
+        return
     beacon = for_engine(engine)
     if beacon is None:
         return

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app import beacon, db
+from app import beacon, db, watch
 from app.asgi import at_shutdown
 from app.pgshared import SharedReads, Wire
 
@@ -98,18 +98,21 @@ class VersionReader:
 
     SQLite file: the shared-memory beacon beside the database (`app/beacon.py`), compared with
     the database itself every `beacon.RECHECK_SECONDS`. Other SQLite databases: a dedicated
-    autocommit connection queried inline (WAL readers never wait for writers). PostgreSQL: a
-    dedicated autocommit async connection, kept out of the app's pool, so the event loop keeps
-    serving while the query is on the wire (several hosts share no memory).
+    autocommit connection queried inline (WAL readers never wait for writers). PostgreSQL: the
+    version the worker's watcher heard of through NOTIFY, while it holds its lease (every write
+    waits until every such worker heard of it: `app/watch.py`).
 
-    PostgreSQL reads are shared (`app/pgshared.py`): requests that arrive while a query is on
-    the wire wait for the next query, which starts after they arrived, so it sees every write
+    Otherwise, on PostgreSQL, the version is read on a dedicated autocommit async connection,
+    kept out of the app's pool, so the event loop keeps serving while the query is on the wire.
+    Those reads are shared (`app/pgshared.py`): requests that arrive while a query is on the
+    wire wait for the next query, which starts after they arrived, so it sees every write
     acknowledged before them; one round trip answers all of them.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, use_watcher: bool = True) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.use_watcher = use_watcher  # False: always the shared query (tests of it)
         self._pid = 0
         self._beacon: beacon.Beacon | None = None
         self._recheck_at = 0.0
@@ -127,6 +130,10 @@ class VersionReader:
             return version
         if self._pg is None:
             return self._read_sqlite()
+        if self.use_watcher:
+            watcher = watch.for_engine(self.engine)
+            if watcher.trusted:  # it heard of every acknowledged write (app/watch.py)
+                return watcher.version
         return await self._pg.get(None) or 0
 
     def _read_sqlite(self) -> int:
@@ -142,6 +149,8 @@ class VersionReader:
             db.forget_sqlite_reader(self.engine)
         else:
             await self._pg.close()
+            if self.use_watcher:
+                await watch.close(self.engine)
 
 
 async def _fetch_version(wire: Wire, _keys: list[None]) -> dict[None, int]:

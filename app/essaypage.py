@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from app import db
+from app import db, watch
 from app.errors import PostNotFound
 from app.fragments import Renderer
 from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
@@ -224,12 +224,16 @@ class StoredPages:
     `MEMO_BYTES`): when full it starts again, so a stream of random essays costs no bookkeeping.
     On PostgreSQL the read runs on the event loop, shared with the requests waiting at the same
     time (`app/pgshared.py`): one statement per round trip reads every post they asked for, as
-    fresh as a query of each request's own. With the response cache on it names the ETag of the
-    page this worker kept for each, and a page that still has that ETag is not sent again (a
-    popular essay's round trip carries a few hundred bytes, not its page).
+    fresh as a query of each request's own. With the response cache on, the pages read are kept
+    while the worker's watcher (`app/watch.py`) holds the same content version, as on SQLite; and
+    while the watcher is not trusted, the read names the ETag of the page this worker kept for
+    each, and a page that still has that ETag is not sent again (a popular essay's round trip
+    carries a few hundred bytes, not its page).
     """
 
-    def __init__(self, engine: Engine, page_key: str, memo: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, page_key: str, memo: bool = True, use_watcher: bool = True
+    ) -> None:
         from app.cache import VersionReader  # the cache's reader of the content version
 
         self.engine, self.page_key = engine, page_key
@@ -242,6 +246,7 @@ class StoredPages:
                 for gzip, sql in enumerate((STORED_MANY_SQL, STORED_MANY_GZIP_SQL))
             )
         self._memo_on = memo
+        self._watched = memo and use_watcher and not sqlite  # False: tests of the shared read
         self._versions = VersionReader(engine) if sqlite and memo else None
         self._memo: dict[tuple[int, bool], Stored] = {}
         self._memo_version = -1
@@ -249,6 +254,14 @@ class StoredPages:
 
     async def get(self, post_id: int, gzip: bool = False) -> Stored:
         if self._pg is not None:
+            if self._watched:
+                watcher = watch.for_engine(self.engine)
+                if watcher.trusted:  # it heard of every acknowledged write
+                    if watcher.version != self._memo_version:
+                        self._memo, self._memo_version, self._memo_bytes = {}, watcher.version, 0
+                    kept = self._memo.get((post_id, gzip))
+                    if kept is not None:
+                        return kept
             found = await self._pg[gzip].get(post_id)
             if found is None:
                 raise PostNotFound(f"no post with id {post_id}")
@@ -280,6 +293,8 @@ class StoredPages:
         key_bytes = self.page_key.encode()
 
         async def fetch(wire: Wire, post_ids: list[int]) -> dict[int, Stored]:
+            # Pages read are kept only if the version they are kept under held all along.
+            version = self._memo_version
             kept = {i: self._memo.get((i, bool(gzip))) for i in post_ids}
             tags = [k.etag if k is not None else None for k in kept.values()]
             params = [_pg_array([b"%d" % i for i in kept]), _pg_array(tags)]
@@ -295,7 +310,7 @@ class StoredPages:
                     page = kept[post_id].page  # type: ignore[union-attr]
                 stored = Stored(post_id, slug.decode(), status.decode(), page, etag)
                 found[post_id] = stored
-                if self._memo_on:
+                if self._memo_on and self._memo_version == version:
                     self._keep(stored, bool(gzip))
             return found
 
@@ -318,6 +333,8 @@ class StoredPages:
     async def close(self) -> None:
         for reader in self._pg or ():
             await reader.close()
+        if self._watched:
+            await watch.close(self.engine)
         if self._versions is not None:
             await self._versions.close()
 

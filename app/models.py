@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -235,6 +236,17 @@ class SiteState(SQLModel, table=True):
 
     name: str = SQLField(max_length=50, primary_key=True)
     value: int = 0
+
+
+class VersionWatcher(SQLModel, table=True):
+    """A worker that hears of every write through NOTIFY (PostgreSQL): its lease and the newest
+    content version it holds. Writers wait for every live lease to catch up (app/watch.py)."""
+
+    __tablename__ = "version_watchers"
+
+    id: str = SQLField(max_length=200, primary_key=True)  # host:pid:random
+    lease_until: datetime = _utc_column()  # in the database's clock
+    seen_version: int = SQLField(sa_column=Column(BigInteger, nullable=False))
 
 
 # --- API / import input -------------------------------------------------------------------------

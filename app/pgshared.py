@@ -44,12 +44,16 @@ class Wire:
         self._prepared: dict[str, bytes] = {}  # SQL -> name of its prepared statement
         self._waiter: asyncio.Future[None] | None = None
         self._broken: Exception | None = None
+        # Called with each NOTIFY payload as it arrives, and once if the connection breaks.
+        self.on_notify: Callable[[bytes], None] | None = None
+        self.on_broken: Callable[[], None] | None = None
         self._loop.add_reader(self._fd, self._on_readable)
 
     @classmethod
-    async def open(cls, engine: Engine) -> "Wire":
+    async def open(cls, engine: Engine, name: str = "workshop") -> "Wire":
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return cls(await psycopg.AsyncConnection.connect(url, autocommit=True))
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, application_name=name)
+        return cls(conn)
 
     @property
     def usable(self) -> bool:
@@ -71,7 +75,13 @@ class Wire:
         columns = range(result.nfields)
         return [tuple(result.get_value(r, c) for c in columns) for r in range(result.ntuples)]
 
+    async def command(self, sql: str) -> None:
+        """Run a statement that returns no rows (`LISTEN channel`), unprepared."""
+        self._pg.send_query(sql.encode())
+        await self._result(pq.ExecStatus.COMMAND_OK)
+
     def close(self) -> None:
+        self.on_notify = self.on_broken = None
         if self._broken is None:
             self._loop.remove_reader(self._fd)
             self._broken = psycopg.OperationalError("connection closed")
@@ -102,6 +112,11 @@ class Wire:
         except Exception as exc:  # the server went away
             self._broken = exc
             self._loop.remove_reader(self._fd)
+            if self.on_broken is not None:
+                self.on_broken()
+        else:
+            while self.on_notify is not None and (notice := self._pg.notifies()) is not None:
+                self.on_notify(notice.extra)
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -41,7 +41,7 @@ def _watch(shared: SharedReads[Any, Any], around: Callable[..., Any]) -> None:
 
 def test_concurrent_version_reads_share_a_query(engine):
     _postgresql(engine)
-    reader = VersionReader(engine)
+    reader = VersionReader(engine, use_watcher=False)
     asked: list[list[Any]] = []
 
     async def counted(fetch: Any, conn: Any, keys: list[Any]) -> Any:
@@ -64,7 +64,7 @@ def test_a_read_never_takes_an_answer_from_a_query_begun_before_it(engine):
     """A write acknowledged while a version query is on the wire: a request that arrives after
     the write waits for the next query, so it sees the write."""
     _postgresql(engine)
-    reader = VersionReader(engine)
+    reader = VersionReader(engine, use_watcher=False)
     release = asyncio.Event()
     calls = 0
 
@@ -98,7 +98,7 @@ def test_a_read_never_takes_an_answer_from_a_query_begun_before_it(engine):
 
 def test_a_failed_query_fails_its_waiters_and_the_next_read_asks_again(engine):
     _postgresql(engine)
-    reader = VersionReader(engine)
+    reader = VersionReader(engine, use_watcher=False)
     calls = 0
 
     async def failing_once(fetch: Any, conn: Any, keys: list[Any]) -> Any:
@@ -125,7 +125,7 @@ def test_a_failed_query_fails_its_waiters_and_the_next_read_asks_again(engine):
 def test_stored_pages_asked_together_come_in_one_query(engine):
     _postgresql(engine)
     made = [add_post(engine, title=f"Essay {n}", cycle=800 + n) for n in range(5)]
-    pages = StoredPages(engine, "<!--page:any-->")
+    pages = StoredPages(engine, "<!--page:any-->", use_watcher=False)
     asked: list[list[int]] = []
 
     async def counted(fetch: Any, conn: Any, keys: list[int]) -> Any:
@@ -168,7 +168,7 @@ def test_the_wire_reports_a_failed_statement_and_keeps_answering(engine):
             rows = await wire.query("SELECT $1::int + 1, NULL", [b"41"])
         finally:
             wire.close()
-        reader = VersionReader(engine)
+        reader = VersionReader(engine, use_watcher=False)
         try:
             await reader.read()
             assert reader._pg is not None and reader._pg._wire is not None

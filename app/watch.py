@@ -1,0 +1,223 @@
+"""On PostgreSQL, each worker hears of every write through NOTIFY, and every write waits until
+every worker has heard of it: so a worker answers with the content version it holds, without a
+round trip per request, and still never serves a page older than a write acknowledged before
+the request began, on any host.
+
+A round trip per batch of requests (`app/pgshared.py`) held PostgreSQL's cached pages to about
+0.3-0.4 of nginx, where SQLite's shared-memory beacon (`app/beacon.py`) reaches 0.5-0.6: the
+worker spent more CPU on the query than on the answer. Workers on several hosts share no memory,
+so the database carries the news, and leases keep it strict:
+
+- Each worker (`Watcher`) LISTENs on `CHANNEL` and holds a row in `version_watchers`: a lease
+  (`lease_until`, in the database's clock) that it renews every `RENEW_SECONDS`, and the latest
+  version it has heard of (`seen_version`). It trusts what it holds only until its own clock
+  passes the time it *sent* its last renewal plus the lease, less `MARGIN_SECONDS`: so its trust
+  ends before the database's lease does.
+- A write bumps the version and NOTIFYs it in the same transaction (delivered at commit). After
+  the commit, and before the writer answers anybody, it waits until no watcher with a live lease
+  is behind that version (`wait_for_watchers`). A watcher whose lease ran out is not waited for,
+  and by then it no longer trusts what it holds.
+- A watcher whose trust lapsed (a renewal late, its connection lost, at start) reads the version
+  again in a statement begun after its renewal committed, before it trusts anything again: a
+  writer that checked the leases while it had none is already in that read.
+- Renewals also carry the database's version back, so a change made outside Workshop (no NOTIFY)
+  shows within `RENEW_SECONDS`, as the beacon's recheck does on SQLite.
+
+A watcher that never answers holds a writer for at most `WAIT_LIMIT_SECONDS` (a dead one only
+until its lease ends). While a worker does not trust its watcher, it reads the version per batch
+of requests as before.
+"""
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from app.pgshared import Wire
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "workshop_content"
+LEASE_SECONDS = 2.0
+RENEW_SECONDS = 0.5
+MARGIN_SECONDS = 0.5  # for the renewal's round trip and clocks running at slightly other rates
+RETRY_SECONDS = 1.0  # after a failure, before connecting again
+WAIT_LIMIT_SECONDS = 5.0
+
+VERSION_SQL = "SELECT value FROM site_state WHERE name = 'content_version'"
+RENEW_SQL = (
+    "INSERT INTO version_watchers (id, lease_until, seen_version)"
+    " VALUES ($1, now() + make_interval(secs => $2::float8), $3::bigint)"
+    " ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until,"
+    " seen_version = GREATEST(version_watchers.seen_version, EXCLUDED.seen_version)"
+    f" RETURNING ({VERSION_SQL})"
+)
+ACK_SQL = (
+    "UPDATE version_watchers SET seen_version = GREATEST(seen_version, $2::bigint)"
+    " WHERE id = $1 RETURNING 1"
+)
+LEAVE_SQL = "DELETE FROM version_watchers WHERE id = $1 RETURNING 1"
+BEHIND_SQL = text(
+    "SELECT count(*) FROM version_watchers WHERE lease_until > now() AND seen_version < :version"
+)
+
+
+class Watcher:
+    """One worker's view of the content version, kept by NOTIFY (see the module)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.loop = asyncio.get_running_loop()
+        self.version = 0  # the newest committed version heard of
+        self._trusted_until = 0.0  # time.monotonic(): till then `version` is current
+        self._acked = 0
+        self._wire: Wire | None = None
+        self._lock = asyncio.Lock()  # one statement at a time on the connection
+        self._acking: asyncio.Task[None] | None = None
+        self._warned = False
+        self._task = self.loop.create_task(self._run())
+
+    @property
+    def trusted(self) -> bool:
+        return time.monotonic() < self._trusted_until
+
+    async def close(self) -> None:
+        """Leave: writers stop waiting for this worker at once, not when its lease ends."""
+        self._task.cancel()
+        if self._acking is not None:
+            self._acking.cancel()
+        self._lapse()
+        wire, self._wire = self._wire, None
+        if wire is None:
+            return
+        try:
+            if wire.usable and not self._lock.locked():
+                await asyncio.wait_for(wire.query(LEAVE_SQL, [self.id.encode()]), 1.0)
+        except Exception:  # the lease ends by itself
+            pass
+        wire.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._watch()
+            except Exception:
+                if not self._warned:
+                    log.warning(
+                        "content-version watcher lost; reading the database per request",
+                        exc_info=True,
+                    )
+                    self._warned = True
+            self._lapse()
+            if self._wire is not None:
+                self._wire.close()
+                self._wire = None
+            await asyncio.sleep(RETRY_SECONDS)
+
+    async def _watch(self) -> None:
+        self._wire = wire = await Wire.open(self.engine, name="workshop watcher")
+        wire.on_notify = self._heard
+        wire.on_broken = self._lapse
+        await wire.command(f"LISTEN {CHANNEL}")
+        me, lease = self.id.encode(), b"%r" % LEASE_SECONDS
+        while True:
+            sent = time.monotonic()
+            rows = await self._query(RENEW_SQL, [me, lease, b"%d" % self.version])
+            self._raise(_int(rows[0][0]))
+            if time.monotonic() >= self._trusted_until:
+                # Lapsed, or never trusted: a writer may have passed this worker by while it
+                # held no lease. A statement begun after the renewal committed sees that write.
+                self._raise(_int((await self._query(VERSION_SQL))[0][0]))
+            self._trusted_until = sent + LEASE_SECONDS - MARGIN_SECONDS
+            self._warned = False
+            await asyncio.sleep(RENEW_SECONDS)
+
+    async def _query(self, sql: str, params: list[bytes | None] | None = None) -> list[tuple]:
+        wire = self._wire
+        if wire is None:
+            raise ConnectionError("watcher not connected")
+        async with self._lock:
+            return await wire.query(sql, params or ())
+
+    def _heard(self, payload: bytes) -> None:
+        try:
+            self._raise(int(payload))
+        except ValueError:
+            log.warning("ignored content-version notice %r", payload)
+
+    def _raise(self, version: int) -> None:
+        if version > self.version:
+            self.version = version
+        if self.version > self._acked and (self._acking is None or self._acking.done()):
+            self._acking = self.loop.create_task(self._ack())
+
+    async def _ack(self) -> None:
+        """Tell writers this worker holds the version (the renewals say it too, later)."""
+        try:
+            while self.version > self._acked:
+                version = self.version
+                await self._query(ACK_SQL, [self.id.encode(), b"%d" % version])
+                self._acked = version
+        except Exception:  # the renewal loop sees the connection's state and reconnects
+            pass
+
+    def _lapse(self) -> None:
+        self._trusted_until = 0.0
+
+
+def _int(value: bytes | None) -> int:
+    return int(value) if value else 0
+
+
+_watchers: dict[int, Watcher] = {}  # id(engine) -> this process's watcher on the current loop
+
+
+def for_engine(engine: Engine) -> Watcher:
+    """The running loop's watcher of this engine's database, started on first use."""
+    watcher = _watchers.get(id(engine))
+    loop = asyncio.get_running_loop()
+    if watcher is None or watcher.loop is not loop or watcher.engine is not engine:
+        watcher = _watchers[id(engine)] = Watcher(engine)
+    return watcher
+
+
+async def close(engine: Engine) -> None:
+    watcher = _watchers.get(id(engine))
+    if watcher is not None and watcher.loop is asyncio.get_running_loop():
+        del _watchers[id(engine)]
+        await watcher.close()
+
+
+# --- the writer's side ----------------------------------------------------------------------------
+
+
+def notify(session: Session, version: int) -> None:
+    """In the write's transaction: PostgreSQL sends the notice when it commits."""
+    session.execute(
+        text("SELECT pg_notify(:channel, :version)"), {"channel": CHANNEL, "version": str(version)}
+    )
+
+
+def wait_for_watchers(engine: Engine, version: int) -> None:
+    """After the commit of `version`: return once no watcher with a live lease is behind it."""
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    pause = 0.0005
+    try:
+        with engine.connect() as conn:
+            while conn.execute(BEHIND_SQL, {"version": version}).scalar():
+                conn.rollback()  # each check sees the watchers' latest answers
+                if time.monotonic() > deadline:
+                    log.warning("answering before every worker heard of version %s", version)
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+    except Exception:
+        # Unknown which workers heard of it: wait until every lease taken so far has ended.
+        log.warning("could not check the watchers of version %s", version, exc_info=True)
+        time.sleep(LEASE_SECONDS)

@@ -1,0 +1,193 @@
+"""PostgreSQL workers hear of every write through NOTIFY, and every write waits until each
+worker with a live lease has heard of it (app/watch.py): a worker answers from the version it
+holds, never older than a write acknowledged before the request began."""
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from conftest import SITE_URL, add_post, start_server, stop_server
+from sqlalchemy import Engine, text
+from sqlmodel import Session
+
+from app import posts, watch
+from app.db import write_session
+from app.essaypage import StoredPages
+from app.fragments import Renderer
+
+
+def _postgresql(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite workers share the beacon file instead")
+
+
+def _version(engine: Engine) -> int:
+    with Session(engine) as session:
+        return posts.content_version(session)
+
+
+def _watchers(engine: Engine) -> dict[str, tuple[int, bool]]:
+    """Each watcher's seen version, and whether its lease is live."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, seen_version, lease_until > now() FROM version_watchers")
+        )
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+
+async def _trusted(watcher: watch.Watcher) -> None:
+    for _ in range(500):
+        if watcher.trusted:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the watcher never took its lease")
+
+
+def test_a_write_is_heard_by_the_watcher_before_it_is_acknowledged(engine) -> None:
+    _postgresql(engine)
+
+    async def scenario() -> tuple[int, int, dict[str, Any], dict[str, Any]]:
+        watcher = watch.for_engine(engine)
+        try:
+            await _trusted(watcher)
+            held = _watchers(engine)
+            post = await asyncio.to_thread(add_post, engine)  # returns once acknowledged
+            heard = watcher.version  # read at once: no waiting for the notice here
+            return heard, post.id, held, _watchers(engine)
+        finally:
+            await watch.close(engine)
+
+    before = _version(engine)
+    heard, _, held, after = asyncio.run(scenario())
+    assert heard == _version(engine) > before
+    assert list(held.values()) == [(before, True)]
+    assert list(after.values()) == [(heard, True)]
+    assert _watchers(engine) == {}  # it left when it closed: nobody waits for it
+
+
+def test_a_watcher_that_misses_its_renewals_stops_trusting_before_writers_stop_waiting(
+    engine,
+) -> None:
+    """The worker's event loop stalls past the lease: a write meanwhile waits for the lease to
+    end, not for the stalled worker. When the loop runs again, the worker does not trust the
+    version it holds (older than that write) until it has read the database again."""
+    _postgresql(engine)
+    done: list[int] = []
+
+    def write() -> None:
+        add_post(engine)
+        done.append(_version(engine))
+
+    async def scenario() -> tuple[bool, int, int]:
+        watcher = watch.for_engine(engine)
+        try:
+            await _trusted(watcher)
+            writer = threading.Thread(target=write)
+            writer.start()
+            time.sleep(watch.LEASE_SECONDS)  # the loop stalls: no renewal, no notice read
+            writer.join()  # the write was acknowledged while this worker was stalled
+            trusted_after_stall, held = watcher.trusted, watcher.version
+            await _trusted(watcher)
+            return trusted_after_stall, held, watcher.version
+        finally:
+            await watch.close(engine)
+
+    before = _version(engine)
+    trusted_after_stall, held, later = asyncio.run(scenario())
+    assert done == [_version(engine)] and done[0] > before
+    assert held == before  # it had not heard of the write...
+    assert not trusted_after_stall  # ...and did not trust what it held
+    assert later == done[0]  # trusted again only once it held the write
+
+
+def test_a_dead_watcher_holds_writers_only_until_its_lease_ends(engine) -> None:
+    _postgresql(engine)
+    with engine.begin() as conn:  # a worker that took a lease and then died
+        conn.execute(
+            text(
+                "INSERT INTO version_watchers VALUES"
+                " ('gone:1:dead', now() + interval '1 second', 0)"
+            )
+        )
+    add_post(engine)
+    assert _watchers(engine) == {"gone:1:dead": (0, False)}  # the write waited for its lease
+
+
+def test_a_trusted_worker_answers_kept_pages_without_a_query(engine, settings) -> None:
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    post = add_post(engine)
+    with write_session(engine) as session:
+        from app import essaypage
+
+        essaypage.store_pages(session, renderer, {post.id})  # type: ignore[arg-type]
+        session.commit()
+    pages = StoredPages(engine, renderer.page_key)
+    queries: list[list[int]] = []
+    assert pages._pg is not None
+    for reader in pages._pg:
+        fetch = reader.fetch
+
+        async def counted(wire: Any, keys: list[int], fetch: Any = fetch) -> Any:
+            queries.append(keys)
+            return await fetch(wire, keys)
+
+        reader.fetch = counted
+
+    async def scenario() -> list[bytes | None]:
+        try:
+            await _trusted(watch.for_engine(engine))
+            first = await pages.get(post.id)  # type: ignore[arg-type]
+            again = [await pages.get(post.id) for _ in range(5)]  # type: ignore[arg-type]
+            await asyncio.to_thread(add_post, engine, cycle=9001)  # any write: kept pages go
+            after_write = await pages.get(post.id)  # type: ignore[arg-type]
+            return [first.page, *(a.page for a in again), after_write.page]
+        finally:
+            await pages.close()
+
+    served = asyncio.run(scenario())
+    assert len(set(served[:6])) == 1 and served[0]
+    assert served[6] is None  # the new neighbour, written without a renderer, dropped the page
+    assert queries == [[post.id], [post.id]]  # the first read, and the one after the write
+
+
+def test_two_hosts_serve_every_edit_at_once(settings, engine, tmp_path) -> None:
+    """Two servers of two workers each on one database: after each write is acknowledged,
+    every request to either host sees it, with no wait and no retry."""
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    post = add_post(engine)
+    with write_session(engine) as session:
+        from app import essaypage
+
+        essaypage.store_pages(session, renderer, {post.id})  # type: ignore[arg-type]
+        session.commit()
+    path = f"/read/{post.id}/{post.slug}"
+    site = {"WORKSHOP_SITE_URL": SITE_URL, "WORKSHOP_SITE_NAME": settings.site_name}
+    servers = [start_server(settings, tmp_path, workers=2, **site) for _ in range(2)]
+    try:
+        with httpx.Client() as client:
+            for _ in range(20):  # a connection each: every worker reads the page and keeps it
+                for server in servers:
+                    assert httpx.get(server.url + path).status_code == 200
+            deadline = time.monotonic() + 30
+            while sum(live for _, live in _watchers(engine).values()) < 4:
+                assert time.monotonic() < deadline, _watchers(engine)
+                time.sleep(0.05)
+            for round_ in range(10):
+                with write_session(engine) as session:
+                    current = posts.load_views(session, [posts.get_post(session, post.id)])[0]
+                    edited = current.to_input().model_copy(update={"body": f"Round {round_}."})
+                    posts.update_post(session, post.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
+                for server in servers:
+                    for _ in range(4):  # a connection each, so both workers answer
+                        page = httpx.get(server.url + path)
+                        assert f"Round {round_}." in page.text, (round_, server.url)
+                    assert f"Round {round_}." in client.get(server.url + path).text
+    finally:
+        for server in servers:
+            stop_server(server)
+    assert not any(live for _, live in _watchers(engine).values())  # they left
