@@ -216,7 +216,7 @@ def wait_for_watchers(engine: Engine, version: int) -> None:
                     log.warning("answering before every worker heard of version %s", version)
                     return
                 time.sleep(pause)
-                pause = min(pause * 2, 0.02)
+                pause = min(pause * 2, 0.005)
     except Exception:
         # Unknown which workers heard of it: wait until every lease taken so far has ended.
         log.warning("could not check the watchers of version %s", version, exc_info=True)

@@ -103,6 +103,16 @@ def test_a_watcher_that_misses_its_renewals_stops_trusting_before_writers_stop_w
     assert later == done[0]  # trusted again only once it held the write
 
 
+def test_the_leases_are_kept_out_of_the_write_ahead_log(engine) -> None:
+    """Acknowledgements commit without a flush to disk: a writer waits for them under load."""
+    _postgresql(engine)
+    with engine.connect() as conn:
+        persistence = conn.execute(
+            text("SELECT relpersistence FROM pg_class WHERE relname = 'version_watchers'")
+        ).scalar()
+    assert persistence == "u"  # UNLOGGED
+
+
 def test_a_dead_watcher_holds_writers_only_until_its_lease_ends(engine) -> None:
     _postgresql(engine)
     with engine.begin() as conn:  # a worker that took a lease and then died
