@@ -23,6 +23,9 @@ so the database carries the news, and leases keep it strict:
 - Renewals also carry the database's version back, so a change made outside Workshop (no NOTIFY)
   shows within `RENEW_SECONDS`, as the beacon's recheck does on SQLite.
 
+- A watcher trusts nothing until it has heard its own probe notice on its connection: through a
+  proxy that does not keep the session (PgBouncer in transaction mode), LISTEN hears nothing.
+
 A watcher that never answers holds a writer for at most `WAIT_LIMIT_SECONDS` (a dead one only
 until its lease ends). While a worker does not trust its watcher, it reads the version per batch
 of requests as before.
@@ -61,6 +64,7 @@ ACK_SQL = (
     "UPDATE version_watchers SET seen_version = GREATEST(seen_version, $2::bigint)"
     " WHERE id = $1 RETURNING 1"
 )
+PROBE_SQL = f"SELECT pg_notify('{CHANNEL}', $1)"
 LEAVE_SQL = "DELETE FROM version_watchers WHERE id = $1 RETURNING 1"
 BEHIND_SQL = text(
     "SELECT count(*) FROM version_watchers WHERE lease_until > now() AND seen_version < :version"
@@ -80,6 +84,7 @@ class Watcher:
         self._wire: Wire | None = None
         self._lock = asyncio.Lock()  # one statement at a time on the connection
         self._acking: asyncio.Task[None] | None = None
+        self._heard_own = False  # its own notice came back: LISTEN works on this connection
         self._warned = False
         self._task = self.loop.create_task(self._run())
 
@@ -125,6 +130,10 @@ class Watcher:
         wire.on_notify = self._heard
         wire.on_broken = self._lapse
         await wire.command(f"LISTEN {CHANNEL}")
+        # Trusted only once it hears its own notice: through a proxy that does not keep the
+        # session (PgBouncer in transaction mode) LISTEN hears nothing, and it must not trust.
+        self._heard_own = False
+        await self._query(PROBE_SQL, [self.id.encode()])
         me, lease = self.id.encode(), b"%r" % LEASE_SECONDS
         while True:
             sent = time.monotonic()
@@ -134,8 +143,9 @@ class Watcher:
                 # Lapsed, or never trusted: a writer may have passed this worker by while it
                 # held no lease. A statement begun after the renewal committed sees that write.
                 self._raise(_int((await self._query(VERSION_SQL))[0][0]))
-            self._trusted_until = sent + LEASE_SECONDS - MARGIN_SECONDS
-            self._warned = False
+            if self._heard_own:
+                self._trusted_until = sent + LEASE_SECONDS - MARGIN_SECONDS
+                self._warned = False
             await asyncio.sleep(RENEW_SECONDS)
 
     async def _query(self, sql: str, params: list[bytes | None] | None = None) -> list[tuple]:
@@ -146,10 +156,10 @@ class Watcher:
             return await wire.query(sql, params or ())
 
     def _heard(self, payload: bytes) -> None:
-        try:
+        if payload == self.id.encode():
+            self._heard_own = True
+        elif payload.isdigit():  # else another worker's own notice
             self._raise(int(payload))
-        except ValueError:
-            log.warning("ignored content-version notice %r", payload)
 
     def _raise(self, version: int) -> None:
         if version > self.version:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from app import posts, watch
+from app.cache import VersionReader
 from app.db import write_session
 from app.essaypage import StoredPages
 from app.fragments import Renderer
@@ -101,6 +102,29 @@ def test_a_watcher_that_misses_its_renewals_stops_trusting_before_writers_stop_w
     assert held == before  # it had not heard of the write...
     assert not trusted_after_stall  # ...and did not trust what it held
     assert later == done[0]  # trusted again only once it held the write
+
+
+def test_a_watcher_that_cannot_hear_its_own_notice_never_trusts_what_it_holds(
+    engine, monkeypatch
+) -> None:
+    """As through PgBouncer in transaction mode, where LISTEN hears nothing: the worker keeps
+    reading the version from the database, and sees every write."""
+    _postgresql(engine)
+    monkeypatch.setattr(watch, "PROBE_SQL", "SELECT pg_notify('elsewhere', $1)")
+    reader = VersionReader(engine)
+
+    async def scenario() -> tuple[bool, int]:
+        try:
+            watcher = watch.for_engine(engine)
+            await asyncio.sleep(4 * watch.RENEW_SECONDS)  # renewals, yet no notice of its own
+            await asyncio.to_thread(add_post, engine)
+            return watcher.trusted, await reader.read()
+        finally:
+            await reader.close()
+
+    trusted, version = asyncio.run(scenario())
+    assert not trusted
+    assert version == _version(engine)
 
 
 def test_the_leases_are_kept_out_of_the_write_ahead_log(engine) -> None:
