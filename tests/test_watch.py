@@ -13,7 +13,7 @@ from conftest import SITE_URL, add_post, start_server, stop_server
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from app import posts, watch
+from app import essaypage, posts, watch
 from app.cache import VersionReader
 from app.db import write_session
 from app.essaypage import StoredPages
@@ -37,6 +37,15 @@ def _watchers(engine: Engine) -> dict[str, tuple[int, bool]]:
             text("SELECT id, seen_version, lease_until > now() FROM version_watchers")
         )
         return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def _stored_post(engine: Engine, renderer: Renderer) -> posts.Post:
+    """A post with its stored page, as the API leaves it."""
+    post = add_post(engine)
+    with write_session(engine) as session:
+        essaypage.store_pages(session, renderer, {post.id})  # type: ignore[arg-type]
+        session.commit()
+    return post
 
 
 async def _trusted(watcher: watch.Watcher) -> None:
@@ -153,12 +162,7 @@ def test_a_dead_watcher_holds_writers_only_until_its_lease_ends(engine) -> None:
 def test_a_trusted_worker_answers_kept_pages_without_a_query(engine, settings) -> None:
     _postgresql(engine)
     renderer = Renderer.for_settings(settings)
-    post = add_post(engine)
-    with write_session(engine) as session:
-        from app import essaypage
-
-        essaypage.store_pages(session, renderer, {post.id})  # type: ignore[arg-type]
-        session.commit()
+    post = _stored_post(engine, renderer)
     pages = StoredPages(engine, renderer.page_key)
     queries: list[list[int]] = []
     assert pages._pg is not None
@@ -193,12 +197,7 @@ def test_two_hosts_serve_every_edit_at_once(settings, engine, tmp_path) -> None:
     every request to either host sees it, with no wait and no retry."""
     _postgresql(engine)
     renderer = Renderer.for_settings(settings)
-    post = add_post(engine)
-    with write_session(engine) as session:
-        from app import essaypage
-
-        essaypage.store_pages(session, renderer, {post.id})  # type: ignore[arg-type]
-        session.commit()
+    post = _stored_post(engine, renderer)
     path = f"/read/{post.id}/{post.slug}"
     site = {"WORKSHOP_SITE_URL": SITE_URL, "WORKSHOP_SITE_NAME": settings.site_name}
     servers = [start_server(settings, tmp_path, workers=2, **site) for _ in range(2)]
