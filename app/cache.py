@@ -30,7 +30,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-VERSION_SQL = "SELECT value FROM site_state WHERE name = 'content_version'"
+VERSION_SQL = watch.VERSION_SQL  # the content version, read raw (sqlite3, libpq)
 CACHEABLE_STATUS = frozenset({200, 301, 404, 410})
 # Operator endpoints must answer live; static files and the API docs have their own caching.
 BYPASS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"})

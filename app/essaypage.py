@@ -257,8 +257,7 @@ class StoredPages:
             if self._watched:
                 watcher = watch.for_engine(self.engine)
                 if watcher.trusted:  # it heard of every acknowledged write
-                    if watcher.version != self._memo_version:
-                        self._memo, self._memo_version, self._memo_bytes = {}, watcher.version, 0
+                    self._memo_at(watcher.version)
                     kept = self._memo.get((post_id, gzip))
                     if kept is not None:
                         return kept
@@ -268,14 +267,17 @@ class StoredPages:
             return found
         if self._versions is None:
             return self._read(post_id, gzip)
-        version = await self._versions.read()
-        if version != self._memo_version:
-            self._memo, self._memo_version, self._memo_bytes = {}, version, 0
+        self._memo_at(await self._versions.read())
         found = self._memo.get((post_id, gzip))
         if found is None:
             found = self._read(post_id, gzip)
             self._keep(found, gzip)
         return found
+
+    def _memo_at(self, version: int) -> None:
+        """The kept pages hold for this content version: any other drops them all."""
+        if version != self._memo_version:
+            self._memo, self._memo_version, self._memo_bytes = {}, version, 0
 
     def _keep(self, found: Stored, gzip: bool) -> None:
         size = _size(found)
