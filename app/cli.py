@@ -34,6 +34,8 @@ def serve(host: str, port: int, workers: int) -> None:
 
     import uvicorn
 
+    from app import serving
+
     # Metrics summed over every worker (prometheus_client multiprocess mode); set before the
     # workers import the app.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="workshop-metrics-"))
@@ -50,6 +52,7 @@ def serve(host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
+        http=serving.PROTOCOL,  # each answer in one send (app/serving.py)
         proxy_headers=False,
         server_header=False,
         log_level="warning",

@@ -234,7 +234,9 @@ def test_lru_keeps_within_both_bounds():
 def test_every_write_publishes_its_version_to_the_beacon(engine):
     shared = beacon.for_engine(engine)
     if shared is None:
-        pytest.skip("the beacon is for SQLite files; PostgreSQL workers have watchers (test_watch.py)")
+        pytest.skip(
+            "the beacon is for SQLite files; PostgreSQL workers have watchers (test_watch.py)"
+        )
     post = add_post(engine)
     with Session(engine) as session:
         assert shared.read() == posts.content_version(session)
@@ -254,7 +256,9 @@ def test_the_beacon_never_goes_back(tmp_path):
 def test_a_change_the_beacon_missed_shows_after_the_recheck(engine, monkeypatch):
     """A writer killed between its commit and its publish: readers catch up from the database."""
     if beacon.for_engine(engine) is None:
-        pytest.skip("the beacon is for SQLite files; PostgreSQL workers have watchers (test_watch.py)")
+        pytest.skip(
+            "the beacon is for SQLite files; PostgreSQL workers have watchers (test_watch.py)"
+        )
     monkeypatch.setattr(beacon, "RECHECK_SECONDS", 3600.0)
     calls: list[str] = []
     cache = ResponseCache(_asgi_app(calls), engine)
