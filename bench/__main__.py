@@ -75,6 +75,7 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
     rows: list[dict[str, object]] = []
     nginx = load.Nginx()
     static: dict[str, load.Result] = {}
+    calibration: dict[str, float] | None = None
     try:
         for cache in modes:
             server = load.serve(archive.url, args.workers, cache, work / f"server-{size}.log")
@@ -92,6 +93,8 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
                 else:
                     for i, e in enumerate(found):
                         e.static_url = f"http://127.0.0.1:{nginx.port}/e{i}"
+                if "calibration" not in static:
+                    calibration = _calibrate(args, nginx, static, found, work)
                 for e in found:
                     rows.append(_measure(args, server, nginx, static, e, size, cache))
                 if not args.no_ingest and (not wanted or any("ingest" in w for w in wanted)):
@@ -100,7 +103,42 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
                 server.stop()
     finally:
         nginx.stop()
-    return {"size": size, "build_seconds": archive.build_seconds, "rows": rows}
+    return {
+        "size": size,
+        "build_seconds": archive.build_seconds,
+        "calibration": calibration,
+        "rows": rows,
+    }
+
+
+def _calibrate(
+    args: argparse.Namespace,
+    nginx: load.Nginx,
+    static: dict[str, load.Result],
+    found: list[endpoints.Endpoint],
+    work: Path,
+) -> dict[str, float] | None:
+    """A bare ASGI callable (bench/bare.py) serving the popular essay's bytes, against nginx
+    serving them: this machine's ceiling for any Python app under stock uvicorn."""
+    popular = next((e for e in found if e.name == "essay (one popular)" and e.static_url), None)
+    if popular is None:
+        return None
+    name = httpx.URL(popular.static_url).path.lstrip("/")
+    bare = load.serve_bare(nginx.dir / name, nginx.files[name], args.workers, work / "bare.log")
+    try:
+        load.wrk(bare.url + "/", 1)  # warm-up, discarded
+        result = load.wrk(bare.url + "/", args.seconds)
+    finally:
+        bare.stop()
+    load.wrk(popular.static_url, 1)
+    peer = load.wrk(popular.static_url, args.seconds)
+    static["calibration"] = peer
+    print(
+        f"  calibration: bare ASGI callable {result.rps:8.0f} req/s, nginx {peer.rps:.0f}: "
+        f"ratio {result.rps / peer.rps:.3f}",
+        file=sys.stderr,
+    )
+    return {"rps": result.rps, "static_rps": peer.rps, "ratio": result.rps / peer.rps}
 
 
 def _measure(

@@ -64,6 +64,11 @@ def summary(doc: dict[str, Any]) -> list[str]:
     for run in runs:
         rows = _rows(run)
         lines.append(f"- Ratios to nginx at {run['size']:,} essays:")
+        if run.get("calibration"):
+            lines.append(
+                f"  - calibration, a bare ASGI callable under stock uvicorn: "
+                f"{run['calibration']['ratio']:.3f} (the issue's machine: about 0.65)"
+            )
         for name in HOT:
             for cache in ("on", "off"):
                 hot = rows.get((name, cache))

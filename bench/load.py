@@ -144,7 +144,6 @@ class Server:
 def serve(database_url: str, workers: int, cache: bool, log: Path) -> Server:
     """`workshop serve --workers N`, exactly as an operator starts it."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "WORKSHOP_DATABASE_URL": database_url,
@@ -153,22 +152,33 @@ def serve(database_url: str, workers: int, cache: bool, log: Path) -> Server:
     }
     workshop = Path(sys.executable).with_name("workshop")
     command = [str(workshop)] if workshop.exists() else [sys.executable, "-m", "app.cli"]
-    process = subprocess.Popen(
-        [*command, "serve", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    command += ["serve", "--port", str(port), "--workers", str(workers)]
+    return _started(command, env, port, log, "/healthz")
+
+
+def serve_bare(body: Path, content_type: str, workers: int, log: Path) -> Server:
+    """The calibration (bench/bare.py): a bare ASGI callable under stock uvicorn."""
+    port = free_port()
+    env = {**os.environ, "BENCH_BARE_BODY": str(body), "BENCH_BARE_TYPE": content_type}
+    command = [sys.executable, "-m", "uvicorn", "bench.bare:app", "--port", str(port)]
+    command += ["--app-dir", str(Path(__file__).parent.parent), "--workers", str(workers)]
+    command += ["--lifespan", "off", "--no-access-log"]
+    return _started([*command, "--log-level", "warning"], env, port, log, "/")
+
+
+def _started(command: list[str], env: dict[str, str], port: int, log: Path, probe: str) -> Server:
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"bench: the server exited; see {log}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            if httpx.get(url + probe, timeout=1).status_code == 200:
                 server = Server(url, process)
-                # Both workers answer /healthz only once each has imported the app.
+                # Both workers answer only once each has imported the app.
                 for _ in range(20):
-                    httpx.get(url + "/healthz", timeout=5)
+                    httpx.get(url + probe, timeout=5)
                 server.start_sampling()
                 return server
         except httpx.TransportError:

@@ -46,9 +46,16 @@ def write(
     for run in runs:
         built = run.get("build_seconds")
         rate = f", built at {run['size'] / built:.0f} essays/s" if built else " (reused)"
+        lines += [f"## {run['size']:,} essays{rate}", ""]
+        if run.get("calibration"):
+            c = run["calibration"]
+            lines += [
+                f"Calibration: a bare ASGI callable under stock uvicorn ({args.workers} workers) "
+                f"serving the popular essay's bytes: {c['rps']:.0f} req/s, **{c['ratio']:.3f}** "
+                f"of nginx ({c['static_rps']:.0f} req/s); the issue's machine: about 0.65.",
+                "",
+            ]
         lines += [
-            f"## {run['size']:,} essays{rate}",
-            "",
             "| endpoint | cache | req/s | p50 ms | p99 ms | p99 x | ratio to nginx | nginx req/s "
             "| peak RSS MB (all / one worker) | notes |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
