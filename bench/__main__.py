@@ -93,7 +93,7 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
                 else:
                     for i, e in enumerate(found):
                         e.static_url = f"http://127.0.0.1:{nginx.port}/e{i}"
-                if "calibration" not in static:
+                if calibration is None:
                     calibration = _calibrate(args, nginx, static, found, work)
                 for e in found:
                     rows.append(_measure(args, server, nginx, static, e, size, cache))
@@ -119,7 +119,8 @@ def _calibrate(
     work: Path,
 ) -> dict[str, float] | None:
     """A bare ASGI callable (bench/bare.py) serving the popular essay's bytes, against nginx
-    serving them: this machine's ceiling for any Python app under stock uvicorn."""
+    serving them: this machine's ceiling for any Python app under stock uvicorn. nginx's figure
+    is the popular essay row's too (the same bytes: measured once)."""
     popular = next((e for e in found if e.name == "essay (one popular)" and e.static_url), None)
     if popular is None:
         return None
@@ -132,7 +133,7 @@ def _calibrate(
         bare.stop()
     load.wrk(popular.static_url, 1)
     peer = load.wrk(popular.static_url, args.seconds)
-    static["calibration"] = peer
+    static[popular.name] = peer
     print(
         f"  calibration: bare ASGI callable {result.rps:8.0f} req/s, nginx {peer.rps:.0f}: "
         f"ratio {result.rps / peer.rps:.3f}",
