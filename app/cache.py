@@ -47,6 +47,10 @@ HIT = (b"x-cache", b"hit")
 MISS = (b"x-cache", b"miss")
 
 Key = tuple[bytes, str, bytes, bool, bool, int]
+# Host, gzip accepted, HTML accepted, If-None-Match, If-Modified-Since.
+Asked = tuple[bytes, bool, bool, bytes | None, bytes | None]
+# An answer ready to send: status, headers, body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +122,9 @@ class VersionReader:
         self._recheck_at = 0.0
         self._pg = None if self.is_sqlite else SharedReads(engine, _fetch_version)
 
-    async def read(self) -> int:
+    def read_now(self) -> int | None:
+        """The version, if it can be told without waiting: the SQLite beacon or file, the
+        PostgreSQL watcher while it is trusted. None: only a query on the wire can tell."""
         if self._pid != os.getpid():  # a forked worker maps the beacon again
             self._pid = os.getpid()
             self._beacon, self._recheck_at = beacon.for_engine(self.engine), 0.0
@@ -134,6 +140,13 @@ class VersionReader:
             watcher = watch.for_engine(self.engine)
             if watcher.trusted:  # it heard of every acknowledged write (app/watch.py)
                 return watcher.version
+        return None
+
+    async def read(self) -> int:
+        version = self.read_now()
+        if version is not None:
+            return version
+        assert self._pg is not None  # SQLite always knows now
         return await self._pg.get(None) or 0
 
     def _read_sqlite(self) -> int:
@@ -187,23 +200,10 @@ class ResponseCache:
         ):
             await self.app(scope, receive, send)
             return
-        host = b""
-        gzip = html = False
-        if_none_match = if_modified_since = None
-        for name, value in scope["headers"]:
-            if name in PRIVATE_REQUEST_HEADERS:
-                await self.app(scope, receive, send)
-                return
-            if name == b"host":
-                host = value
-            elif name == b"accept-encoding":
-                gzip = b"gzip" in value
-            elif name == b"accept":
-                html = b"text/html" in value  # error pages are HTML for browsers, JSON otherwise
-            elif name == b"if-none-match":
-                if_none_match = value
-            elif name == b"if-modified-since":
-                if_modified_since = value
+        asked = _asked(scope["headers"])
+        if asked is None:  # a personal request
+            await self.app(scope, receive, send)
+            return
         try:
             version = await self.versions.read()
         except Exception:  # no version, no cache: the app answers (and reports the database)
@@ -212,6 +212,7 @@ class ResponseCache:
                 self._warned = True
             await self.app(scope, receive, send)
             return
+        host, gzip, html, if_none_match, if_modified_since = asked
         key: Key = (host, scope["path"], scope["query_string"], gzip, html, version)
 
         entry = self.store.get(key)
@@ -232,6 +233,29 @@ class ResponseCache:
         else:
             await self._fill(key, scope, receive, send)
 
+    def answer_now(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Answer | None:
+        """The stored answer to this request, if it can be told without waiting; None: ask
+        through ASGI (`__call__`). The server's front door (`app/serving.py`) asks this before
+        it builds any ASGI request, so a hit costs no task, scope or messages."""
+        if method not in ("GET", "HEAD") or _bypassed(path):
+            return None
+        asked = _asked(headers)
+        if asked is None:
+            return None
+        try:
+            version = self.versions.read_now()
+        except Exception:  # the ASGI path warns once and lets the app report the database
+            return None
+        if version is None:
+            return None
+        host, gzip, html, if_none_match, if_modified_since = asked
+        entry = self.store.get((host, path, query, gzip, html, version))
+        if entry is None:
+            return None
+        return _reply(entry, method == "HEAD", if_none_match, if_modified_since)
+
     async def _answer(
         self,
         entry: Entry,
@@ -241,16 +265,11 @@ class ResponseCache:
         send: Send,
         miss: bool = False,
     ) -> None:
-        # Header lists are built once, when the entry is stored; the ASGI server only reads them.
-        status, headers = entry.status, entry.headers
-        if status == 200 and _not_modified(entry, if_none_match, if_modified_since):
-            status, headers = 304, entry.not_modified_headers
+        status, headers, body = _reply(entry, head, if_none_match, if_modified_since)
         if miss:  # the last header is X-Cache
             headers = [*headers[:-1], MISS]
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": b"" if head or status == 304 else entry.body}
-        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _fill_then_answer(
         self,
@@ -316,12 +335,46 @@ class ResponseCache:
     def _store(self, key: Key, start: Message, body: bytes) -> None:
         headers = [(k.lower(), v) for k, v in start["headers"]]
         found = dict(headers)
+        if b"content-length" not in found and start["status"] not in (204, 304):
+            # A streamed answer (a sitemap) came chunked: its copy is sent whole, with a length.
+            headers.append((b"content-length", b"%d" % len(body)))
         etag, last_modified = found.get(b"etag"), found.get(b"last-modified")
         not_modified = [(k, v) for k, v in headers if k in NOT_MODIFIED_HEADERS]
         entry = Entry(
             start["status"], [*headers, HIT], body, etag, last_modified, [*not_modified, HIT]
         )
         self.store.put(key, entry)
+
+
+def _asked(headers: list[tuple[bytes, bytes]]) -> Asked | None:
+    """What the cache reads off a request's headers; None for a personal request."""
+    host = b""
+    gzip = html = False
+    if_none_match = if_modified_since = None
+    for name, value in headers:
+        if name in PRIVATE_REQUEST_HEADERS:
+            return None
+        if name == b"host":
+            host = value
+        elif name == b"accept-encoding":
+            gzip = b"gzip" in value
+        elif name == b"accept":
+            html = b"text/html" in value  # error pages are HTML for browsers, JSON otherwise
+        elif name == b"if-none-match":
+            if_none_match = value
+        elif name == b"if-modified-since":
+            if_modified_since = value
+    return host, gzip, html, if_none_match, if_modified_since
+
+
+def _reply(
+    entry: Entry, head: bool, if_none_match: bytes | None, if_modified_since: bytes | None
+) -> Answer:
+    """Status, headers and body of the answer from a stored entry (a 304 when the client's
+    copy is current). Header lists are built once, when the entry is stored."""
+    if entry.status == 200 and _not_modified(entry, if_none_match, if_modified_since):
+        return 304, entry.not_modified_headers, b""
+    return entry.status, entry.headers, b"" if head else entry.body
 
 
 def _bypassed(path: str) -> bool:

@@ -1,10 +1,11 @@
 """The essay page: stored whole at write time, served with one indexed read.
 
-Serving (`StoredPages`): one statement reads the post's id, slug and status with its stored page
-(`essay_pages`), which is the page exactly as served, site URL filled in, and its gzip: a
-current stored page is sent as it is (`StoredEssayPages`), with the ETag computed when it was
-stored. A page stored by another build or for another site URL (`Renderer.page_key`) is not
-current, and renders live until `workshop pages refresh`.
+Serving (`StoredPages`): one primary-key read of a post's stored page (`essay_pages`: on SQLite
+that one row, which holds the post's slug; on PostgreSQL joined with the post's id, slug and
+status), which is the page exactly as served, site URL filled in, and its gzip: a current stored
+page is sent as it is (`StoredEssayPages`), with the ETag computed when it was stored. A page
+stored by another build or for another site URL (`Renderer.page_key`) is not current, and
+renders live until `workshop pages refresh`.
 
 Rendering (`render`, at write time by `store_pages`, or live for a page with no current stored
 copy): 1. the post's own columns with its stored post-only HTML (`app/fragments.py`), 2. the
@@ -182,11 +183,9 @@ def context(session: Session, post: PageRow) -> Context:
 E: Any = EssayPage
 # Plain SQL, one statement per encoding (only the blob served is read); the page comes as
 # bytes, ready to send (CAST: no decoding into a str).
-STORED_SQL = (
-    "SELECT p.id, p.slug, p.status, e.key, CAST(e.html AS BLOB), e.etag FROM posts AS p"
-    " LEFT JOIN essay_pages AS e ON e.post_id = p.id WHERE p.id = ?"
-)
-STORED_GZIP_SQL = STORED_SQL.replace("CAST(e.html AS BLOB)", "e.gzip")
+# SQLite: the one row of `essay_pages`, whose small columns come first (migration 0007).
+STORED_SQL = "SELECT key, slug, etag, CAST(html AS BLOB) FROM essay_pages WHERE post_id = ?"
+STORED_GZIP_SQL = STORED_SQL.replace("CAST(html AS BLOB)", "gzip")
 # PostgreSQL, for the requests waiting together (libpq's placeholders): the posts asked for,
 # each with the ETag of the page this worker kept (or NULL); a page whose ETag is still that
 # one is not sent again (NULL), the worker has its bytes.
@@ -252,26 +251,35 @@ class StoredPages:
         self._memo_version = -1
         self._memo_bytes = 0
 
-    async def get(self, post_id: int, gzip: bool = False) -> Stored:
+    def get_now(self, post_id: int, gzip: bool = False) -> Stored | None:
+        """What `get` reads, if it can be told without waiting: always on SQLite; on
+        PostgreSQL, a page kept while the watcher is trusted. None: only `get` can tell."""
         if self._pg is not None:
             if self._watched:
                 watcher = watch.for_engine(self.engine)
                 if watcher.trusted:  # it heard of every acknowledged write
                     self._memo_at(watcher.version)
-                    kept = self._memo.get((post_id, gzip))
-                    if kept is not None:
-                        return kept
-            found = await self._pg[gzip].get(post_id)
-            if found is None:
-                raise PostNotFound(f"no post with id {post_id}")
-            return found
+                    return self._memo.get((post_id, gzip))
+            return None
         if self._versions is None:
             return self._read(post_id, gzip)
-        self._memo_at(await self._versions.read())
+        version = self._versions.read_now()
+        assert version is not None  # SQLite always knows now
+        self._memo_at(version)
         found = self._memo.get((post_id, gzip))
         if found is None:
             found = self._read(post_id, gzip)
             self._keep(found, gzip)
+        return found
+
+    async def get(self, post_id: int, gzip: bool = False) -> Stored:
+        found = self.get_now(post_id, gzip)
+        if found is not None:
+            return found
+        assert self._pg is not None  # SQLite always knows now
+        found = await self._pg[gzip].get(post_id)
+        if found is None:
+            raise PostNotFound(f"no post with id {post_id}")
         return found
 
     def _memo_at(self, version: int) -> None:
@@ -325,12 +333,12 @@ class StoredPages:
         except sqlite3.Error as exc:
             db.forget_sqlite_reader(self.engine)
             raise OperationalError(sql, (post_id,), exc) from exc  # answered 503 like any
-        if row is None:
-            raise PostNotFound(f"no post with id {post_id}")
-        post_id, slug, status, key, page, etag = row
+        if row is None:  # no stored page (unknown, withdrawn, not stored yet): the route says
+            return Stored(post_id, "", "", None, None)
+        key, slug, etag, page = row  # a row is a published post's (`EssayPage`)
         if key != self.page_key:
-            return Stored(post_id, slug, status, None, None)
-        return Stored(post_id, slug, status, page, etag.encode())
+            return Stored(post_id, slug, STATUS_PUBLISHED, None, None)
+        return Stored(post_id, slug, STATUS_PUBLISHED, page, etag.encode())
 
     async def close(self) -> None:
         for reader in self._pg or ():
@@ -405,7 +413,8 @@ def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> Non
         body = html.encode()
         etag = f'W/"p{hashlib.sha256(body).hexdigest()[:24]}"'  # the header, made once
         gzipped = gzip.compress(body, compresslevel=9, mtime=0)
-        row = {"key": renderer.page_key, "html": html, "gzip": gzipped, "etag": etag}
+        row = {"key": renderer.page_key, "slug": post.slug, "etag": etag, "html": html}
+        row["gzip"] = gzipped
         session.execute(insert(EssayPage).values(post_id=post_id, **row))
 
 

@@ -216,17 +216,20 @@ class EssayPage(SQLModel, table=True):
     """A published essay's page exactly as served, and gzipped, kept current by every write
     that changes it: its own, and its neighbours' (their titles and minds show on it). The page
     answers from here with one indexed read; a row from another build or site (`key`) or no
-    row makes the page render live instead (app/essaypage.py)."""
+    row makes the page render live instead (app/essaypage.py). Only published posts have a
+    row, with their current slug."""
 
     __tablename__ = "essay_pages"
 
     post_id: int = SQLField(
         sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True)
     )
+    # Small columns first (migration 0007): SQLite reads a row's columns in order.
     key: str = SQLField(max_length=40)  # `Renderer.page_key`: the build and site it is for
+    slug: str = SQLField(max_length=200)  # the post's, as the page was stored
+    etag: str = SQLField(max_length=64)
     html: str = SQLField(sa_column=Column(Text, nullable=False))
     gzip: bytes = SQLField(sa_column=Column(LargeBinary, nullable=False))
-    etag: str = SQLField(max_length=64)
 
 
 class SiteState(SQLModel, table=True):

@@ -218,9 +218,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
-        id_header = (b"x-request-id", request_id.encode())
+        request_id, id_header = request_id_of(scope["headers"])
         status = 500
         response_headers: list[tuple[bytes, bytes]] = []
 
@@ -235,23 +233,50 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            duration = time.perf_counter() - start
             route = scope.get("route")
             label = getattr(route, "path", None) or scope.get("workshop.route_label")
-            if label:
-                if len(_ROUTE_OF_PATH) >= _ROUTE_MEMORY:
-                    _ROUTE_OF_PATH.clear()
-                _ROUTE_OF_PATH[scope["path"]] = label
-            else:
-                label = _ROUTE_OF_PATH.get(scope["path"], "unmatched")
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            # The response cache's mark, when it is the last header: hit or miss.
-            last = response_headers[-1] if response_headers else (b"", b"")
-            cached = last[1] if last[0] == b"x-cache" else None
-            _tally.request(method, label, status, cached, duration)
-            if label.startswith("/api/"):
-                _count_outcome(scope["method"], status, response_headers)
-            _access_log(scope["method"], scope["path"], status, duration, request_id)
+            answered(
+                scope["method"], scope["path"], label, status, response_headers, start, request_id
+            )
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, tuple[bytes, bytes]]:
+    """The request's id (the client's X-Request-ID when well formed, else a new one) and the
+    header that sends it back."""
+    incoming = None
+    for name, value in headers:
+        if name == b"x-request-id":
+            incoming = value.decode("latin-1")
+            break
+    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
+    return request_id, (b"x-request-id", request_id.encode())
+
+
+def answered(
+    method: str,
+    path: str,
+    label: str | None,
+    status: int,
+    response_headers: list[tuple[bytes, bytes]],
+    start: float,
+    request_id: str,
+) -> None:
+    """Count, time and log one answered request (`label`: its route, if known)."""
+    duration = time.perf_counter() - start
+    if label:
+        if len(_ROUTE_OF_PATH) >= _ROUTE_MEMORY:
+            _ROUTE_OF_PATH.clear()
+        _ROUTE_OF_PATH[path] = label
+    else:
+        label = _ROUTE_OF_PATH.get(path, "unmatched")
+    counted = method if method in _METHODS else "OTHER"
+    # The response cache's mark, when it is the last header: hit or miss.
+    last = response_headers[-1] if response_headers else (b"", b"")
+    cached = last[1] if last[0] == b"x-cache" else None
+    _tally.request(counted, label, status, cached, duration)
+    if label.startswith("/api/"):
+        _count_outcome(method, status, response_headers)
+    _access_log(method, path, status, duration, request_id)
 
 
 async def _flush_all() -> None:
@@ -301,13 +326,6 @@ def _forget_request_id_prefix() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_request_id_prefix)  # a forked worker draws its own
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 async def metrics_response(_: Request) -> Response:

@@ -88,3 +88,33 @@ def test_postgres_pool_is_sized_by_settings(settings: Settings) -> None:
     engine = db.make_engine(test_settings(settings.database_url, db_pool_size=3, db_max_overflow=2))
     assert engine.pool.size() == 3  # type: ignore[attr-defined]
     engine.dispose()
+
+
+def test_0007_keeps_stored_pages_with_their_slugs(engine, settings: Settings) -> None:
+    """Stored essay pages survive the rebuild of their table (small columns first), each with
+    its post's slug, and still serve."""
+    from conftest import SITE_URL, sample_input
+    from fastapi.testclient import TestClient
+
+    from app import posts
+    from app.fragments import Renderer
+    from app.main import create_app
+
+    renderer = Renderer.for_settings(settings)
+    with db.write_session(engine) as session:
+        post = posts.create_post(session, sample_input(), "Workshop", render=renderer).post  # type: ignore[arg-type]
+        post_id, slug = post.id, post.slug
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT key, etag, html, gzip FROM essay_pages")).all()
+    assert len(before) == 1
+    db.downgrade(settings, "0006")
+    db.upgrade(settings)
+    with engine.connect() as conn:
+        after = conn.execute(text("SELECT key, etag, html, gzip, slug FROM essay_pages")).all()
+    assert [tuple(row[:4]) for row in after] == [tuple(row) for row in before]
+    assert after[0][4] == slug
+    app = create_app(settings)
+    with TestClient(app, base_url=SITE_URL) as client:
+        page = client.get(f"/read/{post_id}/{slug}")
+    app.state.engine.dispose()
+    assert page.status_code == 200 and page.headers["etag"] == before[0][1]

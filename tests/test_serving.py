@@ -1,13 +1,20 @@
-"""`workshop serve` sends each answer in one go (app/serving.py), and still speaks plain HTTP/1.1:
-keep-alive, `Connection: close`, HEAD, 304 and streamed bodies, over a real socket."""
+"""`workshop serve` sends each answer in one go and answers what memory holds at its front door
+(app/serving.py), and still speaks plain HTTP/1.1: keep-alive, `Connection: close`, HEAD, 304,
+streamed bodies and pipelining, over a real socket."""
 
 import socket
+import time
 from urllib.parse import urlsplit
 
 import httpx
-from conftest import add_post
+from conftest import SITE_URL, add_post, sample_input, start_server, stop_server
+from fastapi.testclient import TestClient
 from lxml import etree
 
+from app import posts
+from app.db import write_session
+from app.fragments import Renderer
+from app.main import create_app
 from app.urls import post_path
 
 
@@ -24,21 +31,26 @@ def _request(path: str, *headers: str, method: str = "GET") -> bytes:
 Answer = tuple[bytes, dict[bytes, bytes], bytes]
 
 
-def _read_answer(sock: socket.socket, head: bool = False) -> Answer:
-    """One answer with a Content-Length (or none, for HEAD and 304): status line, headers, body."""
-    data = b""
+def _read_answer(
+    sock: socket.socket, head: bool = False, pending: bytearray | None = None
+) -> Answer:
+    """One answer with a Content-Length (or none, for HEAD and 304): status line, headers, body.
+    `pending`: bytes read past earlier answers on this connection, kept for the next ones."""
+    data = bytearray() if pending is None else pending
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
-        assert chunk, f"connection closed mid-headers: {data!r}"
+        assert chunk, f"connection closed mid-headers: {bytes(data)!r}"
         data += chunk
-    top, _, body = data.partition(b"\r\n\r\n")
-    status, *lines = top.split(b"\r\n")
+    end = data.index(b"\r\n\r\n")
+    status, *lines = bytes(data[:end]).split(b"\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines)}
     length = 0 if head or b" 304 " in status else int(headers[b"content-length"])
-    while len(body) < length:
+    while len(data) < end + 4 + length:
         chunk = sock.recv(65536)
         assert chunk, "connection closed mid-body"
-        body += chunk
+        data += chunk
+    body = bytes(data[end + 4 : end + 4 + length])
+    del data[: end + 4 + length]
     return status, headers, body
 
 
@@ -100,3 +112,141 @@ def test_a_streamed_answer_arrives_whole(engine, live_server) -> None:
         "{http://www.sitemaps.org/schemas/sitemap/0.9}url"
     )
     assert len(urls) >= 3
+
+
+# --- the front door: answers from memory before any ASGI work --------------------------------
+
+PER_REQUEST = {"date", "x-request-id", "server"}
+
+
+def _essays(engine, settings, count: int = 3) -> list[posts.Post]:
+    renderer = Renderer.for_settings(settings)
+    made = []
+    for n in range(1, count + 1):
+        data = sample_input(
+            title=f"Front Door Essay {n}", cycle=700 + n, published_at=f"2026-05-{n:02d}T15:04:00Z"
+        )
+        with write_session(engine) as session:
+            post = posts.create_post(session, data, "Workshop", render=renderer).post  # type: ignore[arg-type]
+            session.expunge(post)
+            made.append(post)
+    return made
+
+
+def _seen(answer: httpx.Response) -> tuple[int, dict[str, str], bytes]:
+    headers = {k: v for k, v in answer.headers.items() if k not in PER_REQUEST}
+    return answer.status_code, headers, answer.content
+
+
+def test_the_front_door_answers_as_the_asgi_app_does(settings, engine, tmp_path) -> None:
+    """Every kind of answer the front door gives (a stored essay page, a cache hit of a page, a
+    feed, a streamed sitemap, a redirect, an error page; GET, HEAD, gzip, 304) is the answer
+    the app gives through ASGI, header for header and byte for byte (but the date and id)."""
+    essay, *_ = _essays(engine, settings)
+    path = post_path(essay)
+    site = {"WORKSHOP_SITE_URL": SITE_URL, "WORKSHOP_SITE_NAME": settings.site_name}
+    server = start_server(settings, tmp_path, **site)
+    app = create_app(settings)
+    asked = [
+        ("GET", path, {}),
+        ("GET", path, {"Accept-Encoding": "gzip"}),
+        ("HEAD", path, {}),
+        ("GET", "/", {"Accept-Encoding": "gzip"}),
+        ("HEAD", "/", {}),
+        ("GET", "/feed.xml", {}),
+        ("GET", "/sitemap.xml", {}),
+        ("GET", f"/read/{essay.id}/an-old-slug", {}),
+        ("GET", "/read/999999/nothing", {"Accept": "text/html"}),
+    ]
+    try:
+        with (
+            httpx.Client(base_url=server.url, follow_redirects=False) as live,
+            TestClient(app, base_url=SITE_URL, follow_redirects=False) as inside,
+        ):
+            for method, target, headers in asked:
+                # The first asking fills the response cache; the second is answered from it.
+                mine = [live.request(method, target, headers=headers) for _ in range(2)][1]
+                asgi = [inside.request(method, target, headers=headers) for _ in range(2)][1]
+                assert _seen(mine) == _seen(asgi), (method, target, headers)
+                etag = mine.headers.get("etag")
+                if etag and mine.status_code == 200:
+                    conditional = {**headers, "If-None-Match": etag}
+                    mine = live.request(method, target, headers=conditional)
+                    asgi = inside.request(method, target, headers=conditional)
+                    assert mine.status_code == 304
+                    assert _seen(mine) == _seen(asgi), (method, target, conditional)
+    finally:
+        stop_server(server)
+        app.state.engine.dispose()
+
+
+def test_the_front_door_answers_a_stored_page_and_a_cache_hit(settings, engine) -> None:
+    """Asked directly: what memory holds it answers; what it cannot tell without waiting (a
+    page nobody asked for yet, a POST, a personal request), it leaves to ASGI."""
+    essay, *_ = _essays(engine, settings)
+    path = post_path(essay)
+    app = create_app(settings)
+    host = [(b"host", b"testserver")]
+    with TestClient(app, base_url=SITE_URL) as client:
+        page = client.get(path, headers={"Accept-Encoding": "identity"})
+        home = client.get("/", headers={"Accept-Encoding": "identity"})
+
+        def ask(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> object:
+            # On the worker's event loop, as the server asks it (PostgreSQL: once the worker's
+            # watcher of writes is listening, which it starts doing on the first request).
+            for _ in range(100):
+                found = client.portal.call(app.front_door, method, target, b"", headers)  # type: ignore[union-attr]
+                if found is not None or method != "GET" or (b"cookie", b"a=b") in headers:
+                    return found
+                time.sleep(0.05)
+            return None
+
+        found = ask("GET", path, host)
+        assert found is not None
+        status, headers, body = found  # type: ignore[misc]
+        assert (status, body) == (200, page.content)
+        assert dict(headers)[b"etag"].decode() == page.headers["etag"]
+        assert b"x-request-id" in dict(headers)  # logged and counted as every answer is
+        found = ask("GET", "/", host)
+        assert found is not None and found[2] == home.content  # type: ignore[index]
+        assert ask("GET", "/archive", host) is None  # not asked for yet: ASGI renders it
+        assert ask("POST", "/", host) is None
+        assert ask("GET", "/", [*host, (b"cookie", b"a=b")]) is None
+    app.state.engine.dispose()
+
+
+def test_pipelined_requests_are_answered_in_order(engine, live_server) -> None:
+    """Requests sent together on one connection, some the front door answers and some it does
+    not (the first /archive, a POST), come back one after another in the order asked."""
+    post = add_post(engine)
+    path = post_path(post)
+    httpx.get(live_server.url + path)  # cached: the front door answers it from now on
+    targets = [path, "/archive", path, "/healthz", path]
+    with _connect(live_server.url) as sock:
+        sock.sendall(b"".join(_request(t) for t in targets))
+        pending = bytearray()
+        answers = [_read_answer(sock, pending=pending) for _ in targets]
+    for target, (status, _, body) in zip(targets, answers, strict=True):
+        assert status.startswith(b"HTTP/1.1 200 "), (target, status)
+        if target == path:
+            assert post.title.encode() in body
+        elif target == "/archive":
+            assert b"Archive" in body
+        else:
+            assert body.startswith(b"{")
+
+
+def test_http_1_0_and_percent_encoded_paths_still_answer(engine, live_server) -> None:
+    """What the front door leaves to ASGI is answered there, as before."""
+    post = add_post(engine)
+    path = post_path(post)
+    httpx.get(live_server.url + path)
+    with _connect(live_server.url) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and post.title.encode() in data
+    encoded = path.replace("/read/", "/rea%64/")
+    answer = httpx.get(live_server.url + encoded)
+    assert answer.status_code == 200 and post.title in answer.text

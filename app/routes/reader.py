@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import browse, derived, essaypage, posts, search
 from app.asgi import at_shutdown
+from app.cache import Answer
 from app.db import SessionDep
 from app.errors import PostGone, PostNotFound
 from app.urls import post_path
@@ -239,44 +240,88 @@ class StoredEssayPages:
                 return
         await self.app(scope, receive, send)
 
+    def answer_now(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Answer | None:
+        """The stored page's answer, if it can be told without waiting; None: ask through
+        ASGI. Asked by the server's front door (`app/serving.py`) before any ASGI work."""
+        if method not in ("GET", "HEAD"):
+            return None
+        matched = _ESSAY_PATH.fullmatch(path)
+        number = _stored_number(matched)
+        if number is None:
+            return None
+        gzip, if_none_match = _essay_asked(headers)
+        try:
+            found = self.pages.get_now(number, gzip)
+        except Exception:  # unknown (404) or unreadable (503): the route says so
+            return None
+        if found is None:
+            return None
+        return _stored_reply(found, matched, gzip, if_none_match, method == "HEAD")
+
     async def _answer(self, scope: Scope, matched: re.Match[str], send: Send) -> bool:
-        number = int(matched[1])
-        if not 1 <= number <= browse.MAX_POST_ID:
+        number = _stored_number(matched)
+        if number is None:
             return False
-        gzip, if_none_match = False, None
-        for name, value in scope["headers"]:
-            if name == b"accept-encoding":
-                gzip = b"gzip" in value  # as Starlette's compression decides
-            elif name == b"if-none-match" and if_none_match is None:  # the first, as Starlette
-                if_none_match = value
+        gzip, if_none_match = _essay_asked(scope["headers"])
         try:
             found = await self.pages.get(number, gzip)
         except Exception:  # unknown (404) or unreadable (503): the route says so
             return False
-        page, etag = found.page, found.etag
-        if page is None or etag is None or found.status != posts.STATUS_PUBLISHED:
-            return False
-        if found.slug != matched[2]:
+        answer = _stored_reply(found, matched, gzip, if_none_match, scope["method"] == "HEAD")
+        if answer is None:
             return False
         scope["workshop.route_label"] = ESSAY_ROUTE  # for the request log and metrics
-        if if_none_match is not None and (
-            if_none_match == etag  # what a client that kept the ETag sends back
-            or _etag_matches(if_none_match.decode("latin-1"), etag.decode())
-            or _is_star(if_none_match.decode("latin-1"))
-        ):
-            headers = [(b"etag", etag), *_STORED_304]
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return True
-        headers = [
-            (b"etag", etag),
-            (b"content-length", b"%d" % len(page)),
-            *(_STORED_GZIP if gzip else _STORED_IDENTITY),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        body = b"" if scope["method"] == "HEAD" else page
+        status, headers, body = answer
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True
+
+
+def _stored_number(matched: re.Match[str] | None) -> int | None:
+    if matched is None:
+        return None
+    number = int(matched[1])
+    return number if 1 <= number <= browse.MAX_POST_ID else None
+
+
+def _essay_asked(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bytes | None]:
+    gzip, if_none_match = False, None
+    for name, value in headers:
+        if name == b"accept-encoding":
+            gzip = b"gzip" in value  # as Starlette's compression decides
+        elif name == b"if-none-match" and if_none_match is None:  # the first, as Starlette
+            if_none_match = value
+    return gzip, if_none_match
+
+
+def _stored_reply(
+    found: essaypage.Stored,
+    matched: re.Match[str],
+    gzip: bool,
+    if_none_match: bytes | None,
+    head: bool,
+) -> Answer | None:
+    """The answer from a current stored page; None when the route must answer (no current
+    page, not published, another slug)."""
+    page, etag = found.page, found.etag
+    if page is None or etag is None or found.status != posts.STATUS_PUBLISHED:
+        return None
+    if found.slug != matched[2]:
+        return None
+    if if_none_match is not None and (
+        if_none_match == etag  # what a client that kept the ETag sends back
+        or _etag_matches(if_none_match.decode("latin-1"), etag.decode())
+        or _is_star(if_none_match.decode("latin-1"))
+    ):
+        return 304, [(b"etag", etag), *_STORED_304], b""
+    headers = [
+        (b"etag", etag),
+        (b"content-length", b"%d" % len(page)),
+        *(_STORED_GZIP if gzip else _STORED_IDENTITY),
+    ]
+    return 200, headers, b"" if head else page
 
 
 _ESSAY_PATH = re.compile(r"/read/([0-9]{1,10})/([^/]+)")
