@@ -413,8 +413,8 @@ def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> Non
         body = html.encode()
         etag = f'W/"p{hashlib.sha256(body).hexdigest()[:24]}"'  # the header, made once
         gzipped = gzip.compress(body, compresslevel=9, mtime=0)
-        row = {"key": renderer.page_key, "slug": post.slug, "etag": etag, "html": html}
-        row["gzip"] = gzipped
+        row = {"key": renderer.page_key, "slug": post.slug, "etag": etag, "gzip": gzipped}
+        row["html"] = html
         session.execute(insert(EssayPage).values(post_id=post_id, **row))
 
 

@@ -228,8 +228,8 @@ class EssayPage(SQLModel, table=True):
     key: str = SQLField(max_length=40)  # `Renderer.page_key`: the build and site it is for
     slug: str = SQLField(max_length=200)  # the post's, as the page was stored
     etag: str = SQLField(max_length=64)
+    gzip: bytes = SQLField(sa_column=Column(LargeBinary, nullable=False))  # smaller: first
     html: str = SQLField(sa_column=Column(Text, nullable=False))
-    gzip: bytes = SQLField(sa_column=Column(LargeBinary, nullable=False))
 
 
 class SiteState(SQLModel, table=True):

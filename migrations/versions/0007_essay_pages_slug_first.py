@@ -1,4 +1,4 @@
-"""essay pages, small columns first: the slug beside the page, and the ETag before the bodies
+"""essay pages, small columns first: the slug beside the page, the ETag before the bodies
 
 Revision ID: 0007
 Revises: 0006
@@ -7,11 +7,11 @@ Create Date: 2026-12-02 12:50:00
 SQLite stores a row's columns in order and a large value's tail in a chain of overflow pages,
 which a read walks to reach any later column. Serving a stored essay page read the post's
 status from `posts` (after its body and HTML: a walk through both) and the page's ETag after
-both bodies. A row now holds, in order: the key, the post's slug, the ETag, the page, its gzip;
-a page is served from this one row (a row exists only for a published post, and every write
-that changes a post's slug or status rewrites or drops it in the same transaction). Existing
-rows are kept, with their post's slug. PostgreSQL (values stored out of line) only gains the
-column.
+both bodies. A row now holds, in order: the key, the post's slug, the ETag, the gzip (about
+5 KB, what browsers and feed readers ask for) and the page (about 15 KB). A page is served from
+this one row: a row exists only for a published post, and every write that changes a post's
+slug or status rewrites or drops it in the same transaction. Existing rows are kept, with their
+post's slug. PostgreSQL (large values stored out of line) only gains the column.
 """
 
 from collections.abc import Sequence
@@ -31,8 +31,8 @@ def _columns(slug: bool) -> list[sa.Column]:  # type: ignore[type-arg]
         sa.Column("key", sa.String(length=40), nullable=False),
         *([sa.Column("slug", sa.String(length=200), nullable=False)] if slug else []),
         sa.Column("etag", sa.String(length=64), nullable=False),
-        sa.Column("html", sa.Text(), nullable=False),
         sa.Column("gzip", sa.LargeBinary(), nullable=False),
+        sa.Column("html", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(["post_id"], ["posts.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("post_id"),
     ]
@@ -48,8 +48,8 @@ def upgrade() -> None:
         return
     op.create_table("essay_pages_new", *_columns(slug=True))
     op.execute(
-        "INSERT INTO essay_pages_new (post_id, key, slug, etag, html, gzip)"
-        " SELECT e.post_id, e.key, p.slug, e.etag, e.html, e.gzip"
+        "INSERT INTO essay_pages_new (post_id, key, slug, etag, gzip, html)"
+        " SELECT e.post_id, e.key, p.slug, e.etag, e.gzip, e.html"
         " FROM essay_pages AS e JOIN posts AS p ON p.id = e.post_id"
     )
     op.drop_table("essay_pages")
@@ -62,8 +62,8 @@ def downgrade() -> None:
         return
     op.create_table("essay_pages_old", *_columns(slug=False))
     op.execute(
-        "INSERT INTO essay_pages_old (post_id, key, etag, html, gzip)"
-        " SELECT post_id, key, etag, html, gzip FROM essay_pages"
+        "INSERT INTO essay_pages_old (post_id, key, etag, gzip, html)"
+        " SELECT post_id, key, etag, gzip, html FROM essay_pages"
     )
     op.drop_table("essay_pages")
     op.rename_table("essay_pages_old", "essay_pages")
