@@ -413,9 +413,16 @@ def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> Non
         body = html.encode()
         etag = f'W/"p{hashlib.sha256(body).hexdigest()[:24]}"'  # the header, made once
         gzipped = gzip.compress(body, compresslevel=9, mtime=0)
-        row = {"key": renderer.page_key, "slug": post.slug, "etag": etag, "gzip": gzipped}
-        row["html"] = html
-        session.execute(insert(EssayPage).values(post_id=post_id, **row))
+        session.execute(
+            insert(EssayPage).values(
+                post_id=post_id,
+                key=renderer.page_key,
+                slug=post.slug,
+                etag=etag,
+                gzip=gzipped,
+                html=html,
+            )
+        )
 
 
 def drop_pages(session: Session, post_ids: set[int]) -> None:
