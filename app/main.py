@@ -2,6 +2,7 @@
 
 import gc
 import time
+from collections.abc import Coroutine
 from importlib.resources import files
 from typing import Any
 
@@ -57,12 +58,13 @@ class Workshop(RequestLogMiddleware):
 
     def front_door(
         self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> Answer | None:
+    ) -> "Answer | Coroutine[Any, Any, Answer | None] | None":
         """The answer to a request that memory or one local read gives without waiting (a
         stored essay page, a response-cache hit), counted and logged as this request log does
-        every answer; None: ask through ASGI. The server asks this before it builds an ASGI
-        request (`app/serving.py`); the answer is the one ASGI would give, asked in the same
-        order."""
+        every answer; for a stored page that must be read on the event loop (PostgreSQL), the
+        coroutine that reads it and gives the answer so counted (None: ask through ASGI after
+        all); None: ask through ASGI. The server asks this before it builds an ASGI request
+        (`app/serving.py`); the answer is the one ASGI would give, asked in the same order."""
         start = time.perf_counter()
         label: str | None = reader.ESSAY_ROUTE
         answer = self._stored.answer_now(method, path, headers)
@@ -70,13 +72,40 @@ class Workshop(RequestLogMiddleware):
             label, answer = None, self._cache.answer_now(method, path, query, headers)
         if answer is None:
             return None
-        status, answer_headers, body = answer
-        request_id, id_header = request_id_of(headers)
-        answered(method, path, label, status, answer_headers, start, request_id)
-        return status, [*answer_headers, id_header], body
+        if not isinstance(answer, tuple):
+            return self._answered_later(method, path, headers, start, answer)
+        return _counted(method, path, label, headers, start, answer)
+
+    async def _answered_later(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        start: float,
+        reading: "Coroutine[Any, Any, Answer | None]",
+    ) -> Answer | None:
+        answer = await reading
+        if answer is None:
+            return None
+        return _counted(method, path, reader.ESSAY_ROUTE, headers, start, answer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fastapi, name)
+
+
+def _counted(
+    method: str,
+    path: str,
+    label: str | None,
+    headers: list[tuple[bytes, bytes]],
+    start: float,
+    answer: Answer,
+) -> Answer:
+    """The front door's answer, counted and logged, with the request's id."""
+    status, answer_headers, body = answer
+    request_id, id_header = request_id_of(headers)
+    answered(method, path, label, status, answer_headers, start, request_id)
+    return status, [*answer_headers, id_header], body
 
 
 def create_app(settings: Settings | None = None) -> Workshop:

@@ -14,15 +14,23 @@ page, a response-cache hit) is answered as soon as its headers are parsed, with 
 app would have sent through ASGI. Building the ASGI request (scope, task, messages through three
 wrappers) was most of what a cached page still cost: popular essay, SQLite, 2 workers, the two
 builds side by side: 21.9-29.7k -> 30.1-36.2k requests/s, 49-65 -> 37-46 us of a worker each.
+A stored page that must be read from PostgreSQL first (one the worker does not keep) is awaited
+at the front door too, with uvicorn's pipeline holding the requests behind it: random essays of
+1,000, 2 workers: 92-94 -> 76-80 us of the workers' CPU each, 12.3-12.7k -> 13.8-14.0k
+requests/s.
 """
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 log = logging.getLogger("workshop.errors")
 
@@ -92,9 +100,11 @@ class OneSendHttpProtocol(HttpToolsProtocol):
     (`Workshop.front_door`) is asked for an answer it can give from memory or one local read (a
     stored essay page, a response-cache hit). If it has one, the answer is written here, in the
     parser's callback: no ASGI scope, task, or messages, which were most of a cached page's cost
-    (py-spy). Anything else, and any request the front door does not take (not keep-alive,
-    HTTP/1.0, Expect, a percent-encoded path, an answer still being written before it, a
-    client not reading), goes the ASGI way as before.
+    (py-spy). If only a read on the event loop can tell (`Reading`), a task awaits it and
+    writes the answer, or starts the ASGI request after all. Anything else, and any request
+    the front door does not take (not keep-alive, HTTP/1.0, Expect, a percent-encoded path,
+    an answer still being written before it, a client not reading), goes the ASGI way as
+    before.
     """
 
     _front: "FrontDoor | None" = None
@@ -153,24 +163,105 @@ class OneSendHttpProtocol(HttpToolsProtocol):
             return False
         if found is None:
             return False
-        status, headers, body = found
+        if not isinstance(found, tuple):  # a read on the event loop tells: await it
+            # The scope as uvicorn completes it, should the ASGI way answer after all.
+            scope = self.scope
+            scope["method"], scope["path"] = method.decode(), path
+            scope["raw_path"], scope["query_string"] = raw_path, query
+            self._await_answer(found, method, path)
+            return True
+        self._write_answer(found)
+        self.on_response_complete()  # counts it, arms the keep-alive timer
+        return True
+
+    def _write_answer(self, answer: "Answer") -> None:
+        status, headers, body = answer
         content = [STATUS_LINE[status]]
         for name, value in (*self.server_state.default_headers, *headers):
             content += (name, b": ", value, b"\r\n")
         content.append(b"\r\n")
         self.transport.writelines((b"".join(content), body))  # one writev; the body uncopied
-        self.on_response_complete()  # counts it, arms the keep-alive timer
-        return True
+
+    def _await_answer(self, reading: "Reading", method: bytes, path: str) -> None:
+        """Answer when `reading` tells: meanwhile `Awaited` stands in for uvicorn's cycle, so
+        requests behind it wait in uvicorn's pipeline, and connection loss or shutdown is
+        noted on it as on a cycle. If the reading gives no answer (or fails), the request
+        goes the ASGI way after all, with the scope uvicorn built for it."""
+        awaited = Awaited(self.scope)
+        self.cycle = awaited  # type: ignore[assignment]  # as uvicorn's protocol uses a cycle
+        task = self.loop.create_task(self._answer_awaited(awaited, reading, method, path))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _answer_awaited(
+        self, awaited: "Awaited", reading: "Reading", method: bytes, path: str
+    ) -> None:
+        try:
+            answer = await reading
+        except Exception:  # the ASGI way answers it, and reports what went wrong
+            log.exception("front door failed: %s %s", method.decode(), path)
+            answer = None
+        if awaited.disconnected:  # nobody to answer
+            awaited.response_complete = True
+            return
+        if answer is None:
+            self._asgi_after_all(awaited)
+            return
+        awaited.response_complete = True
+        self._write_answer(answer)
+        if not awaited.keep_alive:  # the server is shutting down: as uvicorn's cycle does
+            self.transport.close()
+        self.on_response_complete()
+
+    def _asgi_after_all(self, awaited: "Awaited") -> None:
+        """Start the ASGI request that `awaited` stood in for (uvicorn's own cycle)."""
+        cycle = RequestResponseCycle(
+            scope=awaited.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=awaited.keep_alive,
+            on_response=self.on_response_complete,
+        )
+        cycle.more_body = False  # a GET or HEAD, its body (if any) read and dropped
+        cycle.message_event.set()  # the request is all read
+        if self.cycle is awaited:  # no request behind it yet: this is the connection's cycle
+            self.cycle = cycle
+        awaited.response_complete = True
+        self._start_asgi_task(cycle, self.app)
+
+
+class _NoMessages:
+    def set(self) -> None:
+        pass
+
+
+class Awaited:
+    """What uvicorn's protocol sees as the current cycle while the front door awaits an answer
+    (the attributes it reads and sets on one)."""
+
+    __slots__ = ("scope", "response_complete", "keep_alive", "disconnected")
+    message_event = _NoMessages()  # set on connection loss; no ASGI app waits on it
+
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+        self.response_complete = False
+        self.keep_alive = True
+        self.disconnected = False
 
 
 # Method bytes as the parser gives them -> the name the app is asked with.
 _FRONT_METHODS = {b"GET": "GET", b"HEAD": "HEAD"}
 
-# `Workshop.front_door`: (method, path, query, headers) -> (status, headers, body) or None.
-FrontDoor = Callable[
-    [str, str, bytes, list[tuple[bytes, bytes]]],
-    "tuple[int, list[tuple[bytes, bytes]], bytes] | None",
-]
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
+Reading = Coroutine[Any, Any, Answer | None]  # an answer to await (None: the ASGI way)
+# `Workshop.front_door`: (method, path, query, headers) -> an answer, one to await, or None.
+FrontDoor = Callable[[str, str, bytes, list[tuple[bytes, bytes]]], Answer | Reading | None]
 
 
 def _front_door_of(app: Any) -> FrontDoor | None:

@@ -2,6 +2,7 @@
 (app/serving.py), and still speaks plain HTTP/1.1: keep-alive, `Connection: close`, HEAD, 304,
 streamed bodies and pipelining, over a real socket."""
 
+import inspect
 import socket
 import time
 from urllib.parse import urlsplit
@@ -193,7 +194,7 @@ def test_the_front_door_answers_a_stored_page_and_a_cache_hit(settings, engine) 
 
         def ask(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> object:
             # On the worker's event loop, as the server asks it.
-            return client.portal.call(app.front_door, method, target, b"", headers)  # type: ignore[union-attr]
+            return client.portal.call(_front_door, app, method, target, headers)
 
         def asked_again(target: str) -> object:
             # PostgreSQL: a worker keeps the pages it reads once its watcher of writes is
@@ -219,6 +220,15 @@ def test_the_front_door_answers_a_stored_page_and_a_cache_hit(settings, engine) 
         assert ask("POST", "/", host) is None
         assert ask("GET", "/", [*host, (b"cookie", b"a=b")]) is None
     app.state.engine.dispose()
+
+
+async def _front_door(app, method: str, target: str, headers: list[tuple[bytes, bytes]]) -> object:
+    """What the front door answers, awaited as the server awaits it when only a read on the
+    event loop can tell (PostgreSQL: a page the worker does not keep)."""
+    found = app.front_door(method, target, b"", headers)
+    if inspect.iscoroutine(found):
+        found = await found
+    return found
 
 
 def test_pipelined_requests_are_answered_in_order(engine, live_server) -> None:
@@ -256,3 +266,65 @@ def test_http_1_0_and_percent_encoded_paths_still_answer(engine, live_server) ->
     encoded = path.replace("/read/", "/rea%64/")
     answer = httpx.get(live_server.url + encoded)
     assert answer.status_code == 200 and post.title in answer.text
+
+
+def test_answers_that_wait_for_a_read_keep_their_order(settings, engine, tmp_path) -> None:
+    """With the response cache off a worker keeps no pages, so on PostgreSQL every stored page
+    is read on the event loop while the front door waits (SQLite reads it at once). Pipelined
+    with requests only ASGI answers (an old slug and an unknown id, which the read sends the
+    ASGI way after all; the health check), the answers come back in the order asked, each the
+    one a request of its own gets."""
+    first, second, *_ = _essays(engine, settings)
+    server = start_server(settings, tmp_path, WORKSHOP_RESPONSE_CACHE="false")
+    asked = [
+        _request(post_path(first)),
+        _request(f"/read/{second.id}/an-old-slug"),
+        _request(post_path(first), "Accept-Encoding: gzip"),
+        _request("/read/999999/nothing", "Accept: text/html"),
+        _request("/healthz"),
+        _request(post_path(second), method="HEAD"),
+        _request(post_path(second)),
+    ]
+    try:
+        alone = []
+        for request in asked:
+            with _connect(server.url) as sock:
+                sock.sendall(request)
+                alone.append(_read_answer(sock, head=request.startswith(b"HEAD")))
+        with _connect(server.url) as sock:
+            sock.sendall(b"".join(asked))
+            pending = bytearray()
+            together = [
+                _read_answer(sock, head=request.startswith(b"HEAD"), pending=pending)
+                for request in asked
+            ]
+    finally:
+        stop_server(server)
+    statuses = [status.split(b" ")[1] for status, _, _ in together]
+    assert statuses == [b"200", b"301", b"200", b"404", b"200", b"200", b"200"]
+    for (status, headers, body), (status_alone, headers_alone, body_alone) in zip(
+        together, alone, strict=True
+    ):
+        assert (status, body) == (status_alone, body_alone)
+        for name in (b"content-type", b"etag", b"location", b"content-encoding"):
+            assert headers.get(name) == headers_alone.get(name), name
+    assert first.title.encode() in together[0][2]
+    assert together[2][1][b"content-encoding"] == b"gzip"
+
+
+def test_a_client_gone_while_its_answer_is_read_harms_nothing(settings, engine, tmp_path) -> None:
+    """Clients that close their connection right after asking (the page still being read on
+    PostgreSQL) leave the worker serving everyone else, with nothing logged as an error."""
+    essay, *_ = _essays(engine, settings, count=1)
+    path = post_path(essay)
+    server = start_server(settings, tmp_path, WORKSHOP_RESPONSE_CACHE="false")
+    try:
+        for _ in range(50):
+            with _connect(server.url) as sock:
+                sock.sendall(_request(path) * 3)  # and gone before any answer
+        answer = httpx.get(server.url + path)
+        assert answer.status_code == 200 and essay.title in answer.text
+    finally:
+        stop_server(server)
+    logged = server.log.read_text()
+    assert "Traceback" not in logged and '"level": "error"' not in logged

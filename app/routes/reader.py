@@ -11,7 +11,8 @@ other page.
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -242,23 +243,41 @@ class StoredEssayPages:
 
     def answer_now(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
-    ) -> Answer | None:
-        """The stored page's answer, if it can be told without waiting; None: ask through
-        ASGI. Asked by the server's front door (`app/serving.py`) before any ASGI work."""
+    ) -> "Answer | Coroutine[Any, Any, Answer | None] | None":
+        """The stored page's answer, if it can be told without waiting; when only a read on
+        the event loop can tell (PostgreSQL, a page this worker does not keep), the coroutine
+        that reads it and gives the answer (None: the route answers after all); None: not a
+        stored page's request, ask through ASGI. Asked by the server's front door
+        (`app/serving.py`) before any ASGI work."""
         if method not in ("GET", "HEAD"):
             return None
         matched = _ESSAY_PATH.fullmatch(path)
         number = _stored_number(matched)
-        if number is None:
+        if number is None or matched is None:
             return None
         gzip, if_none_match = _essay_asked(headers)
+        head = method == "HEAD"
         try:
             found = self.pages.get_now(number, gzip)
         except Exception:  # unknown (404) or unreadable (503): the route says so
             return None
         if found is None:
+            return self._answer_read(number, matched, gzip, if_none_match, head)
+        return _stored_reply(found, matched, gzip, if_none_match, head)
+
+    async def _answer_read(
+        self,
+        number: int,
+        matched: re.Match[str],
+        gzip: bool,
+        if_none_match: bytes | None,
+        head: bool,
+    ) -> Answer | None:
+        try:
+            found = await self.pages.get(number, gzip)
+        except Exception:  # unknown (404) or unreadable (503): the route says so
             return None
-        return _stored_reply(found, matched, gzip, if_none_match, method == "HEAD")
+        return _stored_reply(found, matched, gzip, if_none_match, head)
 
     async def _answer(self, scope: Scope, matched: re.Match[str], send: Send) -> bool:
         number = _stored_number(matched)
