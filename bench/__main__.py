@@ -9,11 +9,10 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
-from bench import build, endpoints, load, report
+from bench import build, endpoints, flat, load, report
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -39,14 +38,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--name", help="results file name without suffix (default <date>-<database>)"
     )
+    parser.add_argument(
+        "--flat-rounds",
+        type=int,
+        default=3,
+        help="rounds of the side-by-side flatness pass, smallest vs largest size (0: none)",
+    )
     return parser.parse_args(argv)
 
 
-def _target(base: str, path: str) -> str:
-    if path.startswith("http"):
-        parts = urlsplit(path)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-    return base + path
+def _wanted(args: argparse.Namespace) -> list[str]:
+    """The --endpoints filter: parts of endpoint names (empty: every endpoint)."""
+    return [w.strip() for w in args.endpoints.split(",") if w.strip()]
 
 
 def _token(database_url: str) -> str:
@@ -70,7 +73,7 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
             f"({size / archive.build_seconds:.0f} essays/s)",
             file=sys.stderr,
         )
-    wanted = [w.strip() for w in args.endpoints.split(",") if w.strip()]
+    wanted = _wanted(args)
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.cache]
     rows: list[dict[str, object]] = []
     nginx = load.Nginx()
@@ -85,7 +88,7 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
                 if not nginx.files:  # the same bytes as the app, once per archive
                     for i, e in enumerate(found):
                         if not e.absent:
-                            answer = httpx.get(_target(server.url, e.path), timeout=60)
+                            answer = httpx.get(endpoints.target_url(server.url, e.path), timeout=60)
                             e.static_url = nginx.add(
                                 f"e{i}", answer.content, answer.headers.get("content-type", "")
                             )
@@ -160,7 +163,7 @@ def _measure(
     if e.absent:
         print(f"  {e.name}: {e.absent}", file=sys.stderr)
         return {**row, "absent": e.absent}
-    url = _target(server.url, e.path)
+    url = endpoints.target_url(server.url, e.path)
     load.wrk(url, 1, e.script, headers=e.headers)  # warm-up, discarded
     server.peak_total = server.peak_worker = 0
     server.sample()
@@ -281,6 +284,11 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(measure_size(args, size, Path(tmp)))
             # After every size, so a long run that is stopped still leaves its results.
             report.write(stem, kind, started, args, runs)
+            print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
+        if len(sizes) > 1 and args.flat_rounds > 0:
+            print(f"{kind}: {sizes[0]} and {sizes[-1]} essays side by side", file=sys.stderr)
+            side_by_side = flat.measure(args, sizes, _wanted(args), Path(tmp))
+            report.write(stem, kind, started, args, runs, side_by_side)
             print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
 
 

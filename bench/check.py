@@ -1,7 +1,8 @@
 """`python -m bench.check bench/results/<date>-<db>.json`: the issue's targets, read from one run.
 
 Prints a Markdown summary: flat with size (p99 and a worker's peak memory at the largest size
-within 1.25x of the smallest), the ratios to nginx for the hot paths (cache on, cache off), and
+within 1.25x of the smallest; the p99s also from the side-by-side pass, `bench/flat.py`, when the
+run has one), the ratios to nginx for the hot paths (cache on, cache off), and
 search's p99 against an essay page's. Figures only: nothing here is a pass/fail test.
 """
 
@@ -52,6 +53,9 @@ def summary(doc: dict[str, Any]) -> list[str]:
             f"| {key[0]} | {key[1]} | {a[key]['p99_ms']:.1f} | {row['p99_ms']:.1f} "
             f"| {growth:.2f} | {_mark(growth <= FLAT)} |"
         )
+    side = doc.get("side_by_side")
+    if side is not None:
+        lines += ["", *_side_by_side(side, flat, compared)]
     mem_a = max((r["peak_worker_rss_mb"] for r in a.values()), default=0.0)
     mem_b = max((r["peak_worker_rss_mb"] for r in b.values()), default=0.0)
     growth = mem_b / mem_a if mem_a else float("inf")
@@ -92,6 +96,31 @@ def summary(doc: dict[str, Any]) -> list[str]:
                 f"- {name} p99 at {large['size']:,}: {times:.1f}x the essay page's "
                 f"(target <= {SEARCH_P99}x: {_mark(times <= SEARCH_P99)})"
             )
+    return lines
+
+
+def _side_by_side(side: dict[str, Any], sequential: int, compared: int) -> list[str]:
+    """The flatness verdict from the side-by-side pass (`bench/flat.py`): both sizes measured
+    within seconds of each other, the median p99 of several rounds each."""
+    small, large = side["small"], side["large"]
+    lines = [
+        f"Side by side ({side['rounds']} rounds, median p99; the table above compares sizes "
+        f"measured one after the other, {sequential} of {compared} flat):",
+        "",
+        f"| endpoint | cache | median p99 ms at {small:,} | at {large:,} | growth "
+        f"| flat (<= {FLAT}x) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    flat = 0
+    for r in side["rows"]:
+        a, b = r["median_p99_ms"][str(small)], r["median_p99_ms"][str(large)]
+        ok = r["growth"] is not None and r["growth"] <= FLAT
+        flat += ok
+        lines.append(
+            f"| {r['endpoint']} | {r['cache']} | {a:.2f} | {b:.2f} "
+            f"| {r['growth'] or 0:.2f} | {_mark(ok)} |"
+        )
+    lines += ["", f"- p99 flat with size, side by side: {flat} of {len(side['rows'])} rows."]
     return lines
 
 

@@ -33,6 +33,14 @@ class Endpoint:
     static_url: str = ""  # nginx serving the same bytes
 
 
+def target_url(base: str, path: str) -> str:
+    """`path` (or the path and query of a full URL the site gave) on the server at `base`."""
+    if path.startswith("http"):
+        parts = urlsplit(path)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return base + path
+
+
 def _lua_list(paths: list[str]) -> str:
     return "{\n" + ",\n".join(json.dumps(p) for p in paths) + "\n}"
 

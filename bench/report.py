@@ -14,7 +14,12 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def write(
-    stem: Path, kind: str, started: datetime, args: argparse.Namespace, runs: list[dict[str, Any]]
+    stem: Path,
+    kind: str,
+    started: datetime,
+    args: argparse.Namespace,
+    runs: list[dict[str, Any]],
+    side_by_side: dict[str, Any] | None = None,
 ) -> None:
     meta = {
         "date": started.isoformat(timespec="seconds"),
@@ -30,7 +35,10 @@ def write(
             for k, v in (("sizes", args.sizes), ("seconds", args.seconds), ("cache", args.cache))
         ),
     }
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
+    doc: dict[str, Any] = {"meta": meta, "runs": runs}
+    if side_by_side is not None:
+        doc["side_by_side"] = side_by_side
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
 
     smallest = (
         {(r["endpoint"], r["cache"]): r.get("p99_ms") for r in runs[0]["rows"]} if runs else {}
@@ -78,4 +86,28 @@ def write(
                 f"| {r['peak_rss_mb']:.0f} / {r['peak_worker_rss_mb']:.0f} | {notes} |"
             )
         lines.append("")
+    if side_by_side is not None:
+        lines += _side_by_side(side_by_side)
     stem.with_suffix(".md").write_text("\n".join(lines))
+
+
+def _side_by_side(flat: dict[str, Any]) -> list[str]:
+    small, large = str(flat["small"]), str(flat["large"])
+    lines = [
+        f"## Flat with size, side by side: {flat['small']:,} and {flat['large']:,} essays",
+        "",
+        f"Both archives served at once; each endpoint loaded on one and then the other, "
+        f"{flat['rounds']} rounds of {flat['seconds']} s each (small, large, then large, small, "
+        "...); the median p99 of each size (`bench/flat.py`).",
+        "",
+        f"| endpoint | cache | p99 ms at {flat['small']:,} (each round) "
+        f"| p99 ms at {flat['large']:,} (each round) | median growth |",
+        "|---|---|---|---|---:|",
+    ]
+    for r in flat["rows"]:
+        rounds = {k: ", ".join(f"{v:.2f}" for v in r["p99_ms"][k]) for k in (small, large)}
+        lines.append(
+            f"| {r['endpoint']} | {r['cache']} | {r['median_p99_ms'][small]:.2f} ({rounds[small]}) "
+            f"| {r['median_p99_ms'][large]:.2f} ({rounds[large]}) | {_fmt(r['growth'], '.2f')} |"
+        )
+    return [*lines, ""]
