@@ -276,6 +276,11 @@ class StoredPages:
         found = self.get_now(post_id, gzip)
         if found is not None:
             return found
+        return await self.read(post_id, gzip)
+
+    async def read(self, post_id: int, gzip: bool = False) -> Stored:
+        """PostgreSQL: what `get` reads once `get_now` could not tell, read on the event loop
+        with the requests waiting meanwhile (a query that starts after this call)."""
         assert self._pg is not None  # SQLite always knows now
         found = await self._pg[gzip].get(post_id)
         if found is None:

@@ -11,7 +11,7 @@ other page.
 
 import hashlib
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -261,22 +261,9 @@ class StoredEssayPages:
             found = self.pages.get_now(number, gzip)
         except Exception:  # unknown (404) or unreadable (503): the route says so
             return None
-        if found is None:
-            return self._answer_read(number, matched, gzip, if_none_match, head)
-        return _stored_reply(found, matched, gzip, if_none_match, head)
-
-    async def _answer_read(
-        self,
-        number: int,
-        matched: re.Match[str],
-        gzip: bool,
-        if_none_match: bytes | None,
-        head: bool,
-    ) -> Answer | None:
-        try:
-            found = await self.pages.get(number, gzip)
-        except Exception:  # unknown (404) or unreadable (503): the route says so
-            return None
+        if found is None:  # `get_now` could not tell: only the read will
+            reading = self.pages.read(number, gzip)
+            return _answer_when_read(reading, matched, gzip, if_none_match, head)
         return _stored_reply(found, matched, gzip, if_none_match, head)
 
     async def _answer(self, scope: Scope, matched: re.Match[str], send: Send) -> bool:
@@ -284,11 +271,9 @@ class StoredEssayPages:
         if number is None:
             return False
         gzip, if_none_match = _essay_asked(scope["headers"])
-        try:
-            found = await self.pages.get(number, gzip)
-        except Exception:  # unknown (404) or unreadable (503): the route says so
-            return False
-        answer = _stored_reply(found, matched, gzip, if_none_match, scope["method"] == "HEAD")
+        head = scope["method"] == "HEAD"
+        reading = self.pages.get(number, gzip)
+        answer = await _answer_when_read(reading, matched, gzip, if_none_match, head)
         if answer is None:
             return False
         scope["workshop.route_label"] = ESSAY_ROUTE  # for the request log and metrics
@@ -296,6 +281,21 @@ class StoredEssayPages:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True
+
+
+async def _answer_when_read(
+    reading: Awaitable[essaypage.Stored],
+    matched: re.Match[str],
+    gzip: bool,
+    if_none_match: bytes | None,
+    head: bool,
+) -> Answer | None:
+    """The stored page's answer once `reading` has it; None: the route answers."""
+    try:
+        found = await reading
+    except Exception:  # unknown (404) or unreadable (503): the route says so
+        return None
+    return _stored_reply(found, matched, gzip, if_none_match, head)
 
 
 def _stored_number(matched: re.Match[str] | None) -> int | None:
