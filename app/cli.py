@@ -8,7 +8,7 @@ import click
 from sqlmodel import Session
 
 from app import backup as backups
-from app import db, essaypage, posts, tokens, transfer
+from app import db, essaypage, pagestore, posts, tokens, transfer
 from app.config import Settings
 from app.errors import WorkshopError
 from app.fragments import Renderer
@@ -30,11 +30,8 @@ def main() -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Run the web server (upgrades an empty or old SQLite database first)."""
     import os
+    import shutil
     import tempfile
-
-    import uvicorn
-
-    from app import serving
 
     # Metrics summed over every worker (prometheus_client multiprocess mode); set before the
     # workers import the app.
@@ -46,6 +43,24 @@ def serve(host: str, port: int, workers: int) -> None:
         raise click.ClickException(
             "the database is not at the latest migration: run `workshop db upgrade`"
         )
+    # PostgreSQL: the workers' shared copy of the pages they read (app/pagestore.py), new for
+    # each start and removed at exit.
+    copy_dir = None
+    if pagestore.wanted(settings):
+        copy_dir = tempfile.mkdtemp(prefix="workshop-pages-")
+        os.environ[pagestore.ENV] = os.path.join(copy_dir, "pages.sqlite")
+    try:
+        _run_workers(host, port, workers)
+    finally:
+        if copy_dir is not None:
+            shutil.rmtree(copy_dir, ignore_errors=True)
+
+
+def _run_workers(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from app import serving
+
     uvicorn.run(
         "app.main:app_from_env",
         factory=True,

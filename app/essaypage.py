@@ -44,6 +44,7 @@ from app import db, watch
 from app.errors import PostNotFound
 from app.fragments import Renderer
 from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
+from app.pagestore import Kept, LocalPages
 from app.pgshared import Fetch, SharedReads, Wire
 from app.urls import post_path
 
@@ -231,7 +232,12 @@ class StoredPages:
     """
 
     def __init__(
-        self, engine: Engine, page_key: str, memo: bool = True, use_watcher: bool = True
+        self,
+        engine: Engine,
+        page_key: str,
+        memo: bool = True,
+        use_watcher: bool = True,
+        local: LocalPages | None = None,
     ) -> None:
         from app.cache import VersionReader  # the cache's reader of the content version
 
@@ -246,6 +252,7 @@ class StoredPages:
             )
         self._memo_on = memo
         self._watched = memo and use_watcher and not sqlite  # False: tests of the shared read
+        self._local = local if self._watched else None  # the machine's copy (app/pagestore.py)
         self._versions = VersionReader(engine) if sqlite and memo else None
         self._memo: dict[tuple[int, bool], Stored] = {}
         self._memo_version = -1
@@ -259,7 +266,10 @@ class StoredPages:
                 watcher = watch.for_engine(self.engine)
                 if watcher.trusted:  # it heard of every acknowledged write
                     self._memo_at(watcher.version)
-                    return self._memo.get((post_id, gzip))
+                    found = self._memo.get((post_id, gzip))
+                    if found is None and self._local is not None:
+                        found = self._from_local(post_id, gzip, watcher.version)
+                    return found
             return None
         if self._versions is None:
             return self._read(post_id, gzip)
@@ -286,6 +296,13 @@ class StoredPages:
         if found is None:
             raise PostNotFound(f"no post with id {post_id}")
         return found
+
+    def _from_local(self, post_id: int, gzip: bool, version: int) -> Stored | None:
+        assert self._local is not None
+        kept = self._local.get(post_id, gzip, version)
+        if kept is None:
+            return None
+        return Stored(post_id, kept.slug, kept.status, kept.page, kept.etag)
 
     def _memo_at(self, version: int) -> None:
         """The kept pages hold for this content version: any other drops them all."""
@@ -327,6 +344,9 @@ class StoredPages:
                 found[post_id] = stored
                 if self._memo_on and self._memo_version == version:
                     self._keep(stored, bool(gzip))
+                    if self._local is not None:
+                        copy = Kept(stored.slug, stored.status, stored.etag, stored.page)
+                        self._local.put(post_id, bool(gzip), version, copy)
             return found
 
         return fetch
@@ -352,6 +372,8 @@ class StoredPages:
             await watch.close(self.engine)
         if self._versions is not None:
             await self._versions.close()
+        if self._local is not None:
+            self._local.close()
 
 
 def _size(found: Stored) -> int:

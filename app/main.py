@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp
 
-from app import problems, websub
+from app import pagestore, problems, websub
 from app.bodygate import BodyGate
 from app.cache import Answer, ResponseCache
 from app.config import Settings
@@ -144,7 +144,10 @@ def create_app(settings: Settings | None = None) -> Workshop:
             max_entry_bytes=settings.response_cache_max_entry_bytes,
         )
     app.state.stored_pages = StoredPages(
-        app.state.engine, app.state.renderer.page_key, memo=settings.response_cache
+        app.state.engine,
+        app.state.renderer.page_key,
+        memo=settings.response_cache,
+        local=pagestore.for_worker(settings),
     )
     stored = reader.StoredEssayPages(serve, app.state.stored_pages)
     configure_logging(settings.log_json)

@@ -3,6 +3,7 @@ worker with a live lease has heard of it (app/watch.py): a worker answers from t
 holds, never older than a write acknowledged before the request began."""
 
 import asyncio
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from app.cache import VersionReader
 from app.db import write_session
 from app.essaypage import StoredPages
 from app.fragments import Renderer
+from app.pagestore import LocalPages
 
 
 def _postgresql(engine: Engine) -> None:
@@ -159,11 +161,8 @@ def test_a_dead_watcher_holds_writers_only_until_its_lease_ends(engine) -> None:
     assert _watchers(engine) == {"gone:1:dead": (0, False)}  # the write waited for its lease
 
 
-def test_a_trusted_worker_answers_kept_pages_without_a_query(engine, settings) -> None:
-    _postgresql(engine)
-    renderer = Renderer.for_settings(settings)
-    post = _stored_post(engine, renderer)
-    pages = StoredPages(engine, renderer.page_key)
+def _count_queries(pages: StoredPages) -> list[list[int]]:
+    """The posts each of these pages' database reads asked for."""
     queries: list[list[int]] = []
     assert pages._pg is not None
     for reader in pages._pg:
@@ -174,6 +173,15 @@ def test_a_trusted_worker_answers_kept_pages_without_a_query(engine, settings) -
             return await fetch(wire, keys)
 
         reader.fetch = counted
+    return queries
+
+
+def test_a_trusted_worker_answers_kept_pages_without_a_query(engine, settings) -> None:
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    post = _stored_post(engine, renderer)
+    pages = StoredPages(engine, renderer.page_key)
+    queries = _count_queries(pages)
 
     async def scenario() -> list[bytes | None]:
         try:
@@ -190,6 +198,46 @@ def test_a_trusted_worker_answers_kept_pages_without_a_query(engine, settings) -
     assert len(set(served[:6])) == 1 and served[0]
     assert served[6] is None  # the new neighbour, written without a renderer, dropped the page
     assert queries == [[post.id], [post.id]]  # the first read, and the one after the write
+
+
+def test_workers_share_the_pages_they_read_and_never_a_stale_one(
+    engine, settings, tmp_path
+) -> None:
+    """Two workers of one serve, one local copy (app/pagestore.py): a page one read from the
+    database the other answers without a query, until a write moves the version on."""
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    post = _stored_post(engine, renderer)
+    copy = tmp_path / "pages.sqlite"
+    first, second = (
+        StoredPages(engine, renderer.page_key, local=LocalPages(copy, 100)) for _ in range(2)
+    )
+    asked = [_count_queries(first), _count_queries(second)]
+
+    def edit() -> None:
+        with write_session(engine) as session:
+            current = posts.load_views(session, [posts.get_post(session, post.id)])[0]
+            edited = current.to_input().model_copy(update={"body": "Minds now agree: gone."})
+            posts.update_post(session, post.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
+
+    async def scenario() -> list[bytes | None]:
+        try:
+            await _trusted(watch.for_engine(engine))
+            read = await first.get(post.id)  # type: ignore[arg-type]
+            shared = await second.get(post.id)  # type: ignore[arg-type]
+            await asyncio.to_thread(edit)  # acknowledged: both workers hold the new version
+            after_second = await second.get(post.id)  # type: ignore[arg-type]
+            after_first = await first.get(post.id)  # type: ignore[arg-type]
+            return [read.page, shared.page, after_second.page, after_first.page]
+        finally:
+            await first.close()
+            await second.close()
+
+    served = asyncio.run(scenario())
+    assert served[0] and served[0] == served[1]
+    assert served[2] and b"gone." in served[2] and served[2] != served[0]
+    assert served[3] == served[2]  # the first worker's copy of the old page was not answered
+    assert asked == [[[post.id]], [[post.id]]]  # one read each: first before, second after
 
 
 def test_two_hosts_serve_every_edit_at_once(settings, engine, tmp_path) -> None:
@@ -224,3 +272,30 @@ def test_two_hosts_serve_every_edit_at_once(settings, engine, tmp_path) -> None:
         for server in servers:
             stop_server(server)
     assert not any(live for _, live in _watchers(engine).values())  # they left
+
+
+def test_serve_gives_its_workers_one_copy_and_removes_it_at_exit(
+    settings, engine, tmp_path
+) -> None:
+    """`workshop serve` on PostgreSQL: its workers fill one local copy of the pages they read
+    (app/pagestore.py), made at start and gone when it stops."""
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    post = _stored_post(engine, renderer)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    site = {"WORKSHOP_SITE_URL": SITE_URL, "WORKSHOP_SITE_NAME": settings.site_name}
+    site["TMPDIR"] = str(temp)
+    server = start_server(settings, tmp_path, workers=2, **site)
+    try:
+        (copy,) = temp.glob("workshop-pages-*/pages.sqlite")
+        path = f"/read/{post.id}/{post.slug}"
+        deadline = time.monotonic() + 30
+        while sum(live for _, live in _watchers(engine).values()) < 2:  # each worker's watcher
+            assert time.monotonic() < deadline, _watchers(engine)
+            assert httpx.get(server.url + path).status_code == 200  # a connection each
+        with sqlite3.connect(copy) as kept:
+            assert kept.execute("SELECT post_id FROM pages").fetchall() == [(post.id,)]
+    finally:
+        stop_server(server)
+    assert not list(temp.glob("workshop-pages-*"))

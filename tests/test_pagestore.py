@@ -1,0 +1,72 @@
+"""The workers' shared local copy of stored essay pages (app/pagestore.py): a page is answered
+only under the content version it was kept at, the file stays within its bound, and a broken
+file only means asking the database."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from app import pagestore
+from app.config import Settings
+from app.pagestore import Kept, LocalPages
+
+PAGE = Kept("cycle-1-breadth", "published", b'W/"p1"', b"<html>one</html>")
+
+
+def test_a_page_is_answered_only_under_the_version_it_was_kept_at(tmp_path: Path) -> None:
+    pages = LocalPages(tmp_path / "pages.sqlite", 100)
+    pages.put(1, False, 7, PAGE)
+    assert pages.get(1, False, 7) == PAGE
+    assert pages.get(1, False, 8) is None  # a write since: ask the database
+    assert pages.get(1, True, 7) is None  # the other encoding was not kept
+    newer = PAGE._replace(page=b"<html>two</html>", etag=b'W/"p2"')
+    pages.put(1, False, 8, newer)  # replaces: one row per post and encoding
+    assert (pages.get(1, False, 7), pages.get(1, False, 8)) == (None, newer)
+
+
+def test_every_worker_sees_what_another_kept(tmp_path: Path) -> None:
+    first, second = (LocalPages(tmp_path / "pages.sqlite", 100) for _ in range(2))
+    first.put(1, True, 3, PAGE)
+    assert second.get(1, True, 3) == PAGE
+
+
+def test_the_copy_keeps_within_its_bound_the_latest_kept(tmp_path: Path) -> None:
+    pages = LocalPages(tmp_path / "pages.sqlite", 100)
+    for post_id in range(1, pagestore.TRIM_EVERY * 2 + 1):
+        pages.put(post_id, False, 1, PAGE)
+    rows = sqlite3.connect(tmp_path / "pages.sqlite").execute("SELECT post_id FROM pages")
+    kept = sorted(r[0] for r in rows)
+    assert kept == list(range(pagestore.TRIM_EVERY * 2 - 99, pagestore.TRIM_EVERY * 2 + 1))
+
+
+def test_a_broken_copy_is_only_a_miss(tmp_path: Path) -> None:
+    pages = LocalPages(tmp_path / "pages.sqlite", 100)
+    pages.put(1, False, 1, PAGE)
+    pages._conn.close()  # as if the file could not be read any more
+    assert pages.get(1, False, 1) is None
+    pages.put(2, False, 1, PAGE)  # no error: the next read asks the database
+
+
+@pytest.mark.parametrize(
+    ("environ", "url", "cache", "bound", "wanted"),
+    [
+        (True, "postgresql://u@h/db", True, 10, True),
+        (False, "postgresql://u@h/db", True, 10, False),  # not under `workshop serve`
+        (True, "sqlite:///x.db", True, 10, False),  # SQLite reads its own local file
+        (True, "postgresql://u@h/db", False, 10, False),  # follows the response cache
+        (True, "postgresql://u@h/db", True, 0, False),  # switched off
+    ],
+)
+def test_a_worker_has_a_copy_only_when_serve_made_one(
+    tmp_path: Path, monkeypatch, environ: bool, url: str, cache: bool, bound: int, wanted: bool
+) -> None:
+    if environ:
+        monkeypatch.setenv(pagestore.ENV, str(tmp_path / "pages.sqlite"))
+    else:
+        monkeypatch.delenv(pagestore.ENV, raising=False)
+    settings = Settings(database_url=url, response_cache=cache, page_copy_max_entries=bound)
+    found = pagestore.for_worker(settings)
+    assert (found is not None) == wanted
+    if found is not None:
+        found.close()
