@@ -30,8 +30,11 @@ def main() -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Run the web server (upgrades an empty or old SQLite database first)."""
     import os
-    import shutil
     import tempfile
+
+    import uvicorn
+
+    from app import serving
 
     # Metrics summed over every worker (prometheus_client multiprocess mode); set before the
     # workers import the app.
@@ -43,36 +46,19 @@ def serve(host: str, port: int, workers: int) -> None:
         raise click.ClickException(
             "the database is not at the latest migration: run `workshop db upgrade`"
         )
-    # PostgreSQL: the workers' shared copy of the pages they read (app/pagestore.py), new for
-    # each start and removed at exit.
-    copy_dir = None
-    if pagestore.wanted(settings):
-        copy_dir = tempfile.mkdtemp(prefix="workshop-pages-")
-        os.environ[pagestore.ENV] = os.path.join(copy_dir, "pages.sqlite")
-    try:
-        _run_workers(host, port, workers)
-    finally:
-        if copy_dir is not None:
-            shutil.rmtree(copy_dir, ignore_errors=True)
-
-
-def _run_workers(host: str, port: int, workers: int) -> None:
-    import uvicorn
-
-    from app import serving
-
-    uvicorn.run(
-        "app.main:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        http=serving.PROTOCOL,  # each answer in one send (app/serving.py)
-        proxy_headers=False,
-        server_header=False,
-        log_level="warning",
-        access_log=False,  # app/observability.py writes its own, with the request id
-    )
+    with pagestore.shared_copy(settings):  # PostgreSQL: the workers' local copy of pages
+        uvicorn.run(
+            "app.main:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            http=serving.PROTOCOL,  # each answer in one send (app/serving.py)
+            proxy_headers=False,
+            server_header=False,
+            log_level="warning",
+            access_log=False,  # app/observability.py writes its own, with the request id
+        )
 
 
 @main.group("db")

@@ -25,9 +25,13 @@ Best effort: a read that fails is a miss, a write that would wait for the other 
 skipped. The file never decides what is answered, only whether the server is asked.
 """
 
+import contextlib
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -110,6 +114,27 @@ def wanted(settings: "Settings") -> bool:
     """Whether `workshop serve` gives its workers a shared copy: PostgreSQL, with the response
     cache on (the copy follows the same content version) and a bound above 0."""
     return not settings.is_sqlite and settings.response_cache and settings.page_copy_max_entries > 0
+
+
+@contextlib.contextmanager
+def shared_copy(settings: "Settings") -> Iterator[None]:
+    """Around `workshop serve`: a new folder for its workers' file (named to them in `ENV`),
+    removed when it stops. No folder to be had (a read-only temp dir): serve without a copy."""
+    if not wanted(settings):
+        yield
+        return
+    try:
+        folder = tempfile.mkdtemp(prefix="workshop-pages-")
+    except OSError as exc:
+        log.warning("no local page copy (%s): every page read asks the database", exc)
+        yield
+        return
+    os.environ[ENV] = os.path.join(folder, "pages.sqlite")
+    try:
+        yield
+    finally:
+        os.environ.pop(ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def for_worker(settings: "Settings") -> LocalPages | None:

@@ -2,6 +2,7 @@
 only under the content version it was kept at, the file stays within its bound, and a broken
 file only means asking the database."""
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -70,3 +71,18 @@ def test_a_worker_has_a_copy_only_when_serve_made_one(
     assert (found is not None) == wanted
     if found is not None:
         found.close()
+
+
+def test_serve_makes_one_folder_for_its_workers_and_removes_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    monkeypatch.delenv(pagestore.ENV, raising=False)
+    settings = Settings(database_url="postgresql://u@h/db")
+    with pagestore.shared_copy(settings):
+        path = Path(os.environ[pagestore.ENV])
+        assert path.parent.parent == tmp_path and path.parent.name.startswith("workshop-pages-")
+        pagestore.for_worker(settings).close()  # type: ignore[union-attr]
+        assert path.exists()
+    assert pagestore.ENV not in os.environ and not list(tmp_path.iterdir())
+    with pagestore.shared_copy(Settings(database_url="sqlite:///x.db")):  # SQLite: none
+        assert pagestore.ENV not in os.environ
