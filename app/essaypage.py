@@ -269,6 +269,8 @@ class StoredPages:
                     found = self._memo.get((post_id, gzip))
                     if found is None and self._local is not None:
                         found = self._from_local(post_id, gzip, watcher.version)
+                        if found is not None:  # a popular page stays in memory, not in the file
+                            self._keep(found, gzip)
                     return found
             return None
         if self._versions is None:

@@ -204,7 +204,8 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
     engine, settings, tmp_path
 ) -> None:
     """Two workers of one serve, one local copy (app/pagestore.py): a page one read from the
-    database the other answers without a query, until a write moves the version on."""
+    database the other answers without a query (then from its own memory), until a write moves
+    the version on."""
     _postgresql(engine)
     renderer = Renderer.for_settings(settings)
     post = _stored_post(engine, renderer)
@@ -213,6 +214,16 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
         StoredPages(engine, renderer.page_key, local=LocalPages(copy, 100)) for _ in range(2)
     )
     asked = [_count_queries(first), _count_queries(second)]
+    file_reads: list[int] = []
+    local = second._local
+    assert local is not None
+    local_get = local.get
+
+    def counted_get(post_id: int, gzip: bool, version: int) -> Any:
+        file_reads.append(post_id)
+        return local_get(post_id, gzip, version)
+
+    local.get = counted_get  # type: ignore[method-assign]
 
     def edit() -> None:
         with write_session(engine) as session:
@@ -225,6 +236,8 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
             await _trusted(watch.for_engine(engine))
             read = await first.get(post.id)  # type: ignore[arg-type]
             shared = await second.get(post.id)  # type: ignore[arg-type]
+            again = await second.get(post.id)  # type: ignore[arg-type]
+            assert again.page == shared.page and file_reads == [post.id]  # kept in memory now
             await asyncio.to_thread(edit)  # acknowledged: both workers hold the new version
             after_second = await second.get(post.id)  # type: ignore[arg-type]
             after_first = await first.get(post.id)  # type: ignore[arg-type]
