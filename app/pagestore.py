@@ -78,6 +78,7 @@ class LocalPages:
     def __init__(self, path: str | Path, max_entries: int) -> None:
         self.path, self.max_entries = str(path), max_entries
         self._writes = 0
+        self._warned = False  # a broken file is said once, not on every request
         self._conn = sqlite3.connect(
             self.path, timeout=5, isolation_level=None, check_same_thread=False
         )
@@ -93,7 +94,9 @@ class LocalPages:
         try:
             row = self._conn.execute(GET_SQL, (post_id, int(gzip), version)).fetchone()
         except sqlite3.Error as exc:
-            log.warning("local page copy unreadable (%s): asking the database", exc)
+            if not self._warned:
+                log.warning("local page copy unreadable (%s): asking the database", exc)
+                self._warned = True
             return None
         return None if row is None else Kept(*row)
 

@@ -37,13 +37,13 @@ def summary(doc: dict[str, Any]) -> list[str]:
     ]
     flat = 0
     compared = 0
+    smaller = [(run, _rows(run)) for run in runs[:-1]]
     for key, row in b.items():
         # An endpoint that only exists in larger archives (a sitemap chunk past the first
         # 5,000 ids) is compared with the smallest archive that has it, and says so.
-        first = next((r for r in runs[:-1] if key in _rows(r)), None)
+        first, base = next(((run, rows[key]) for run, rows in smaller if key in rows), (None, {}))
         if first is None or "ratio" not in row:
             continue
-        base = _rows(first)[key]
         name = key[0]
         if first is not small:
             name += f" (vs {first['size']:,}: none at {small['size']:,})"

@@ -41,12 +41,15 @@ def test_the_copy_keeps_within_its_bound_the_latest_kept(tmp_path: Path) -> None
     assert kept == list(range(pagestore.TRIM_EVERY * 2 - 99, pagestore.TRIM_EVERY * 2 + 1))
 
 
-def test_a_broken_copy_is_only_a_miss(tmp_path: Path) -> None:
+def test_a_broken_copy_is_only_a_miss(tmp_path: Path, caplog) -> None:
     pages = LocalPages(tmp_path / "pages.sqlite", 100)
     pages.put(1, False, 1, PAGE)
     pages._conn.close()  # as if the file could not be read any more
     assert pages.get(1, False, 1) is None
     pages.put(2, False, 1, PAGE)  # no error: the next read asks the database
+    assert pages.get(2, False, 1) is None
+    warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not on every request of a busy worker
 
 
 @pytest.mark.parametrize(
