@@ -55,6 +55,7 @@ def serve(host: str, port: int, workers: int) -> None:
             workers=workers,
             http=serving.PROTOCOL,  # each answer in one send (app/serving.py)
             proxy_headers=False,
+            timeout_keep_alive=settings.keep_alive_seconds,
             server_header=False,
             log_level="warning",
             access_log=False,  # app/observability.py writes its own, with the request id

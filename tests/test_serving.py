@@ -328,3 +328,36 @@ def test_a_client_gone_while_its_answer_is_read_harms_nothing(settings, engine, 
         stop_server(server)
     logged = server.log.read_text()
     assert "Traceback" not in logged and '"level": "error"' not in logged
+
+
+def test_an_idle_connection_is_closed_and_a_busy_one_is_kept(settings, engine, tmp_path) -> None:
+    """The keep-alive timeout counts from a connection's last answer (the front door's or the
+    ASGI way's): one that keeps asking stays open well past it; one that goes quiet is closed."""
+    path = post_path(add_post(engine))
+    server = start_server(settings, tmp_path, WORKSHOP_KEEP_ALIVE_SECONDS="1")
+    try:
+        with _connect(server.url) as quiet, _connect(server.url) as busy:
+            quiet.sendall(_request(path))
+            assert _read_answer(quiet)[0].startswith(b"HTTP/1.1 200 ")
+            began, asked = time.monotonic(), 0
+            while time.monotonic() - began < 3:  # three timeouts, asking every 50 ms
+                busy.sendall(_request(path if asked % 2 else "/healthz"))
+                assert _read_answer(busy)[0].startswith(b"HTTP/1.1 200 ")
+                asked += 1
+                time.sleep(0.05)
+            assert quiet.recv(1) == b""  # closed by the server while idle
+            assert busy.recv(1) == b""  # and this one too, once it stopped asking
+    finally:
+        stop_server(server)
+
+
+def test_the_front_door_splits_a_target_as_httptools_does() -> None:
+    import httptools
+
+    from app.serving import _split_target
+
+    for target in (b"/", b"/a?b=1", b"/a?", b"//x/y", b"/a?b?c", b"/a;b?c=d&e", b"/r%20x"):
+        url = httptools.parse_url(target)
+        assert _split_target(target) == (url.path, url.query or b""), target
+    for other in (b"http://example.com/a", b"*", b"/a#b"):  # left to uvicorn
+        assert _split_target(other) == (None, b"")
