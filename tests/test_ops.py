@@ -82,3 +82,36 @@ def test_database_down_is_503_with_retry_after(tmp_path) -> None:
     logging.getLogger("workshop.errors").removeHandler(capture)
     # Each one is logged with its cause: a data error mistaken for an outage must be visible.
     assert len(logged) == 2 and all(r.exc_info and r.levelname == "ERROR" for r in logged)
+
+
+def test_log_lines_close_together_are_written_together(monkeypatch) -> None:
+    """A quiet worker writes a request's log line at the next turn of its event loop; lines
+    that follow a write within `_LINES_EVERY` wait for it and then go out in one write."""
+    import asyncio
+
+    from app import observability
+
+    writes: list[str] = []
+
+    class Stderr:
+        def write(self, text: str) -> None:
+            writes.append(text)
+
+    monkeypatch.setattr("sys.stderr", Stderr())
+    monkeypatch.setattr(observability, "_pending_lines", [])
+    monkeypatch.setattr(observability, "_lines_written_at", 0.0)
+    monkeypatch.setattr(observability, "_LINES_EVERY", 3600.0)  # no timing in the test
+
+    async def serve() -> None:
+        observability._write_line("one\n")
+        await asyncio.sleep(0)
+        assert writes == ["one\n"]
+        observability._write_line("two\n")
+        observability._write_line("three\n")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert writes == ["one\n"]  # held: lines were written just now
+        observability._flush_lines()  # as at shutdown
+        assert writes == ["one\n", "two\nthree\n"]
+
+    asyncio.run(serve())
