@@ -181,7 +181,12 @@ def _measure(
             )
         load.wrk(e.static_url, 1, static_script, headers=static_headers)
         static[e.name] = load.wrk(e.static_url, args.seconds, static_script, headers=static_headers)
+        if e.status == 304:  # and as `peer.sh URL` measures it: nginx serving the page itself
+            static[e.name + " (page)"] = load.wrk(e.static_url, args.seconds)
     peer = static[e.name]
+    page = static.get(e.name + " (page)")
+    if page is not None and page.rps:
+        row.update(page_static_rps=page.rps, page_ratio=result.rps / page.rps)
     row.update(
         rps=result.rps,
         p50_ms=result.p50_ms,

@@ -92,9 +92,15 @@ def summary(doc: dict[str, Any]) -> list[str]:
         for (name, cache), row in rows.items():
             if "304" in name and cache == "on":
                 ok = row["ratio"] >= NOT_MODIFIED_RATIO
-                lines.append(
-                    f"  - {name}: {row['ratio']:.3f} (target {NOT_MODIFIED_RATIO}: {_mark(ok)})"
+                line = (
+                    f"  - {name}: {row['ratio']:.3f} of nginx's own 304 "
+                    f"(target {NOT_MODIFIED_RATIO}: {_mark(ok)})"
                 )
+                if row.get("page_ratio") is not None:  # earlier runs lack it
+                    ok = row["page_ratio"] >= NOT_MODIFIED_RATIO
+                    line += f"; {row['page_ratio']:.3f} of nginx serving the page, as `peer.sh"
+                    line += f" URL` measures it (target {NOT_MODIFIED_RATIO}: {_mark(ok)})"
+                lines.append(line)
     essay = b.get(("essay (random ids)", "on"))
     for (name, cache), row in b.items():
         if name.startswith("/search") and cache == "on" and essay and row["p99_ms"]:

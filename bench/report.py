@@ -48,7 +48,8 @@ def write(
         "",
         f"`{meta['command']}`; wrk {meta['wrk']}, {args.seconds} s per measurement.",
         "ratio = the endpoint's requests/s over nginx serving the same bytes as a static file, "
-        "measured in the same run. p99 x = p99 over the same endpoint's p99 at the smallest size.",
+        "measured in the same run (a 304 row: over nginx answering 304 to its own ETag). "
+        "p99 x = p99 over the same endpoint's p99 at the smallest size.",
         "",
     ]
     for run in runs:
@@ -75,6 +76,11 @@ def write(
             base = smallest.get((r["endpoint"], r["cache"]))
             growth = r["p99_ms"] / base if base else None
             notes = r.get("errors", "")
+            if "page_ratio" in r:  # a 304 row: also against nginx serving the page (peer.sh)
+                notes = (
+                    f"{r['page_ratio']:.3f} of nginx serving the page "
+                    f"({r['page_static_rps']:.0f} req/s), as `peer.sh URL` measures it; {notes}"
+                )
             if "reader_rps" in r:
                 notes = (
                     f"readers {r['reader_rps']:.0f} req/s, p99 {r['reader_p99_ms']:.1f} ms; {notes}"
