@@ -75,21 +75,22 @@ def write(
                 continue
             base = smallest.get((r["endpoint"], r["cache"]))
             growth = r["p99_ms"] / base if base else None
-            notes = r.get("errors", "")
+            notes = [r["errors"]] if r.get("errors") else []
             if "page_ratio" in r:  # a 304 row: also against nginx serving the page (peer.sh)
-                notes = (
+                notes.insert(
+                    0,
                     f"{r['page_ratio']:.3f} of nginx serving the page "
-                    f"({r['page_static_rps']:.0f} req/s), as `peer.sh URL` measures it; {notes}"
+                    f"({r['page_static_rps']:.0f} req/s), as `peer.sh URL` measures it",
                 )
             if "reader_rps" in r:
-                notes = (
-                    f"readers {r['reader_rps']:.0f} req/s, p99 {r['reader_p99_ms']:.1f} ms; {notes}"
+                notes.insert(
+                    0, f"readers {r['reader_rps']:.0f} req/s, p99 {r['reader_p99_ms']:.1f} ms"
                 )
             lines.append(
                 f"| {r['endpoint']} | {r['cache']} | {r['rps']:.0f} | {r['p50_ms']:.2f} "
                 f"| {r['p99_ms']:.2f} | {_fmt(growth, '.2f')} | {_fmt(r.get('ratio'), '.3f')} "
                 f"| {_fmt(r.get('static_rps'), '.0f')} "
-                f"| {r['peak_rss_mb']:.0f} / {r['peak_worker_rss_mb']:.0f} | {notes} |"
+                f"| {r['peak_rss_mb']:.0f} / {r['peak_worker_rss_mb']:.0f} | {'; '.join(notes)} |"
             )
         lines.append("")
     if side_by_side is not None:
