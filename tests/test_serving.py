@@ -361,3 +361,15 @@ def test_the_front_door_splits_a_target_as_httptools_does() -> None:
         assert _split_target(target) == (url.path, url.query or b""), target
     for other in (b"http://example.com/a", b"*", b"/a#b"):  # left to uvicorn
         assert _split_target(other) == (None, b"")
+
+
+def test_answers_at_the_front_door_carry_the_current_date(engine, live_server) -> None:
+    """The date header's line is made once per second (`_lines_of`), never kept past it."""
+    from email.utils import parsedate_to_datetime
+
+    path = post_path(add_post(engine))
+    httpx.get(live_server.url + path)  # kept now: the next ones are the front door's
+    first = httpx.get(live_server.url + path).headers["date"]
+    time.sleep(1.5)
+    second = httpx.get(live_server.url + path).headers["date"]
+    assert parsedate_to_datetime(second) > parsedate_to_datetime(first)
