@@ -334,13 +334,13 @@ def test_an_idle_connection_is_closed_and_a_busy_one_is_kept(settings, engine, t
     """The keep-alive timeout counts from a connection's last answer (the front door's or the
     ASGI way's): one that keeps asking stays open well past it; one that goes quiet is closed."""
     path = post_path(add_post(engine))
-    server = start_server(settings, tmp_path, WORKSHOP_KEEP_ALIVE_SECONDS="1")
+    server = start_server(settings, tmp_path, WORKSHOP_KEEP_ALIVE_SECONDS="2")
     try:
         with _connect(server.url) as quiet, _connect(server.url) as busy:
             quiet.sendall(_request(path))
             assert _read_answer(quiet)[0].startswith(b"HTTP/1.1 200 ")
             began, asked = time.monotonic(), 0
-            while time.monotonic() - began < 3:  # three timeouts, asking every 50 ms
+            while time.monotonic() - began < 5:  # two and a half timeouts, asking every 50 ms
                 busy.sendall(_request(path if asked % 2 else "/healthz"))
                 assert _read_answer(busy)[0].startswith(b"HTTP/1.1 200 ")
                 asked += 1
