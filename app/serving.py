@@ -131,19 +131,13 @@ class OneSendHttpProtocol(HttpToolsProtocol):
         self.scope = None  # type: ignore[assignment]
 
     def _scope(self) -> Any:
-        """The scope uvicorn's `on_message_begin` builds, for the request being parsed."""
+        """The scope uvicorn's `on_message_begin` builds (made by it, so it stays uvicorn's),
+        for the request being parsed: what that method also resets is put back."""
         if self.scope is None:
-            self.scope = {  # type: ignore[typeddict-item]
-                "type": "http",
-                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
-                "http_version": "1.1",
-                "server": self.server,
-                "client": self.client,
-                "scheme": self.scheme,
-                "root_path": self.root_path,
-                "headers": self.headers,
-                "state": self.app_state.copy(),
-            }
+            url, headers, expect = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()
+            self.url, self.headers, self.expect_100_continue = url, headers, expect
+            self.scope["headers"] = headers
         return self.scope
 
     def on_headers_complete(self) -> None:
