@@ -114,14 +114,20 @@ def sqlite_reader(engine: Engine) -> Any:
     busy_timeout) applies; a forked or spawned worker opens its own."""
     found = _readers.get(engine)
     if found is None or found[0] != os.getpid():
-        proxy = engine.raw_connection()
-        proxy.detach()
-        conn = proxy.dbapi_connection
-        # It runs on the event loop: in the rare case it must wait (WAL recovery after a
-        # crash), fail fast with a 503 rather than stall every request of this worker.
-        conn.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
-        found = _readers[engine] = (os.getpid(), conn)
+        found = _readers[engine] = (os.getpid(), sqlite_loop_connection(engine))
     return found[1]
+
+
+def sqlite_loop_connection(engine: Engine) -> Any:
+    """A new DBAPI connection to an SQLite database, outside the engine's pool, for reads made
+    on the event loop (the caller closes it)."""
+    proxy = engine.raw_connection()
+    proxy.detach()
+    conn: Any = proxy.dbapi_connection
+    # It runs on the event loop: in the rare case it must wait (WAL recovery after a crash),
+    # fail fast with a 503 rather than stall every request of this worker.
+    conn.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
+    return conn
 
 
 def forget_sqlite_reader(engine: Engine) -> None:

@@ -43,6 +43,7 @@ from sqlmodel import Session
 from app import db, watch
 from app.errors import PostNotFound
 from app.fragments import Renderer
+from app.heldreads import HeldReads
 from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
 from app.pagestore import Kept, LocalPages
 from app.pgshared import Fetch, SharedReads, Wire
@@ -217,7 +218,8 @@ class StoredPages:
     stored by another build or for another site counts as not stored.
 
     On SQLite the read runs inline on this process's own connection (a local file: 5 us, and
-    WAL readers never wait), and with the response cache on, the rows read are kept while the
+    WAL readers never wait; with the cache on, in a read transaction held while the content
+    version stays the same: `app/heldreads.py`), and the rows read are kept while the
     content version stays the same: the beacon (`app/beacon.py`) tells in well under a
     microsecond whether anything was written since, so a popular essay costs no read at all,
     and a write is seen at once, as by the response cache. Bounded (`MEMO_ENTRIES`,
@@ -254,6 +256,7 @@ class StoredPages:
         self._watched = memo and use_watcher and not sqlite  # False: tests of the shared read
         self._local = local if self._watched else None  # the machine's copy (app/pagestore.py)
         self._versions = VersionReader(engine) if sqlite and memo else None
+        self._held = HeldReads(lambda: db.sqlite_loop_connection(engine))
         self._memo: dict[tuple[int, bool], Stored] = {}
         self._memo_version = -1
         self._memo_bytes = 0
@@ -280,7 +283,7 @@ class StoredPages:
         self._memo_at(version)
         found = self._memo.get((post_id, gzip))
         if found is None:
-            found = self._read(post_id, gzip)
+            found = self._read(post_id, gzip, version)
             self._keep(found, gzip)
         return found
 
@@ -353,12 +356,18 @@ class StoredPages:
 
         return fetch
 
-    def _read(self, post_id: int, gzip: bool) -> Stored:
+    def _read(self, post_id: int, gzip: bool, version: int | None = None) -> Stored:
+        """SQLite: the stored page as of now, or (with the content version just read) in the
+        read transaction held for that version (`app/heldreads.py`)."""
         sql = STORED_GZIP_SQL if gzip else STORED_SQL
         try:
-            row = db.sqlite_reader(self.engine).execute(sql, (post_id,)).fetchone()
+            if version is None:
+                row = db.sqlite_reader(self.engine).execute(sql, (post_id,)).fetchone()
+            else:
+                row = self._held.fetchone(sql, (post_id,), version)
         except sqlite3.Error as exc:
             db.forget_sqlite_reader(self.engine)
+            self._held.close()
             raise OperationalError(sql, (post_id,), exc) from exc  # answered 503 like any
         if row is None:  # no stored page (unknown, withdrawn, not stored yet): the route says
             return Stored(post_id, "", "", None, None)
@@ -374,6 +383,7 @@ class StoredPages:
             await watch.close(self.engine)
         if self._versions is not None:
             await self._versions.close()
+        self._held.close()
         if self._local is not None:
             self._local.close()
 
