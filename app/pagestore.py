@@ -35,8 +35,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from app.heldreads import HeldReads
-
 if TYPE_CHECKING:
     from app.config import Settings
 
@@ -91,21 +89,11 @@ class LocalPages:
         self._conn.execute("PRAGMA synchronous=OFF")  # a copy: lost on a crash, read again
         self._conn.execute(SCHEMA)
         self._conn.execute("PRAGMA busy_timeout=0")
-        # Reads on a connection of their own, in a read transaction held while the version
-        # stays the same (`app/heldreads.py`): a kept row names its version, so any snapshot
-        # answers right; a newer one only finds more of what the other worker kept.
-        self._reads = HeldReads(self._reader)
-
-    def _reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=0")
-        return conn
 
     def get(self, post_id: int, gzip: bool, version: int) -> Kept | None:
         try:
-            row = self._reads.fetchone(GET_SQL, (post_id, int(gzip), version), version)
+            row = self._conn.execute(GET_SQL, (post_id, int(gzip), version)).fetchone()
         except sqlite3.Error as exc:
-            self._reads.close()  # the next read opens the file again
             if not self._warned:
                 log.warning("local page copy unreadable (%s): asking the database", exc)
                 self._warned = True
@@ -122,7 +110,6 @@ class LocalPages:
             pass  # busy (the other worker writes) or full: the next read asks the database
 
     def close(self) -> None:
-        self._reads.close()
         self._conn.close()
 
 
