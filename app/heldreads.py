@@ -1,5 +1,5 @@
 """SQLite reads made on the event loop that share one read transaction while the content version
-they are made under stays the same (at most `HOLD_SECONDS`).
+they are made under stays the same (at most `HOLD_SECONDS`), when the database is quiet.
 
 Why: in autocommit mode every SELECT opens and closes a WAL read transaction (file locks on the
 `-shm` file, a look at the WAL index). That was 2 us of the 9-11 us a stored essay page's read
@@ -13,18 +13,36 @@ version. While the caller still reads the same version, no write has been acknow
 a new version ends the transaction, and the next read starts a new one. This is the rule the
 stored pages' memo already follows (`app/essaypage.py`).
 
-Why it ends anyway within `HOLD_SECONDS`: a reader in an old snapshot keeps SQLite from
-checkpointing the WAL past it and from starting the WAL over, so an idle worker would let the
-WAL grow with every write made meanwhile. Outside an event loop (a script, a sync test) nothing
-would end it: each read is then its own transaction, as before.
+Why only while the database is quiet, and for at most `HOLD_SECONDS`: a reader in an old
+snapshot keeps SQLite from checkpointing the WAL past it, and any reader in the WAL keeps it
+from starting the WAL over. Readers that each hold a snapshot a second at a time, under
+traffic, always leave one such reader, so while writes went on (an import, `workshop pages
+refresh`) the WAL grew without end: 4 MB with one transaction per read, 31.5 MB after 8 s of a
+commit every 20 ms and growing. So a transaction is held only when no commit (by anyone) was
+seen in the last look, one look a `HOLD_SECONDS` (`PRAGMA data_version`); while writes go on,
+each read is its own transaction, as before, and the WAL grows by at most about two holds'
+worth of writes. Outside an event loop (a script, a sync test) nothing would end a held
+transaction: each read is its own.
 """
 
 import asyncio
+import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
 HOLD_SECONDS = 1.0
+
+_forks = 0  # forks into this process so far: a connection never crosses one
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class HeldReads:
@@ -35,25 +53,32 @@ class HeldReads:
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
+        self._fork = _forks  # the process the connection was opened in
         self._version: int | None = None  # what the held transaction was begun under
-        self._timer: asyncio.TimerHandle | None = None
+        self._until = 0.0  # monotonic time the held transaction ends by
+        self._timer: asyncio.TimerHandle | None = None  # ends it if no read comes
+        self._look_at = 0.0  # monotonic time of the next look for commits
+        self._seen: int | None = None  # `PRAGMA data_version` at the last look
+        self._quiet = False  # no commit between the last two looks
 
     def fetchone(self, sql: str, params: tuple[Any, ...], version: int) -> Any:
         """The first row of `sql`, read in a snapshot that holds every write up to `version`
         (the content version the caller read just before). Raises sqlite3.Error: `close`, and
         the next read opens a new connection."""
-        if self._cursor is None:
-            self._conn = self._connect()
-            self._cursor = self._conn.cursor()
-        if version != self._version:
+        if version != self._version or time.monotonic() >= self._until or self._fork != _forks:
             self.end()
+            cursor = self._open()
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # nothing would end a held transaction: read on its own
-                return self._cursor.execute(sql, params).fetchone()
-            self._cursor.execute("BEGIN")  # deferred: the snapshot starts at the read below
-            self._version = version
+                return cursor.execute(sql, params).fetchone()
+            if not self._database_quiet(cursor):
+                return cursor.execute(sql, params).fetchone()
+            cursor.execute("BEGIN")  # deferred: the snapshot starts at the read below
+            self._version, self._until = version, time.monotonic() + HOLD_SECONDS
             self._timer = loop.call_later(HOLD_SECONDS, self.end)
+            return cursor.execute(sql, params).fetchone()
+        assert self._cursor is not None  # a transaction is held on it
         return self._cursor.execute(sql, params).fetchone()
 
     def end(self) -> None:
@@ -62,17 +87,35 @@ class HeldReads:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._conn is not None and self._conn.in_transaction:
-            try:
+        try:
+            if self._conn is not None and self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            except sqlite3.Error:  # a broken connection: the next read opens another
-                self.close()
+        except sqlite3.Error:  # a broken connection: the next read opens another
+            self.close()
 
     def close(self) -> None:
         conn, self._conn, self._cursor = self._conn, None, None
         self.end()
-        if conn is not None:
+        if conn is not None and self._fork == _forks:  # a parent's connection is not ours
             try:
                 conn.close()
             except sqlite3.Error:
                 pass  # closed anyway
+
+    def _open(self) -> sqlite3.Cursor:
+        if self._fork != _forks:
+            self._conn = self._cursor = None  # the parent's: leave it to the parent
+            self._fork, self._seen, self._quiet = _forks, None, False
+        if self._cursor is None:
+            self._conn = self._connect()
+            self._cursor = self._conn.cursor()
+        return self._cursor
+
+    def _database_quiet(self, cursor: sqlite3.Cursor) -> bool:
+        """Whether no commit was seen between the last two looks (one look a hold)."""
+        now = time.monotonic()
+        if now >= self._look_at:
+            seen = cursor.execute("PRAGMA data_version").fetchone()[0]
+            self._quiet, self._seen = seen == self._seen, seen
+            self._look_at = now + HOLD_SECONDS
+        return self._quiet
