@@ -8,7 +8,6 @@ of a cacheable answer in a bounded per-worker LRU.
 
 import asyncio
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -97,17 +96,6 @@ class LRU:
             self.bytes -= evicted.size
 
 
-_processes = 0  # forks into this process so far: a counter, so no getpid() call per request
-
-
-def _forked() -> None:
-    global _processes
-    _processes += 1
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
 class VersionReader:
     """Reads the content version; every read sees the latest acknowledged write.
 
@@ -128,7 +116,7 @@ class VersionReader:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.use_watcher = use_watcher  # False: always the shared query (tests of it)
-        self._process = -1  # the `_processes` count it set up for: none yet
+        self._process = -1  # the `db.forks` count it set up for: none yet
         self._beacon: beacon.Beacon | None = None
         self._recheck_at = 0.0
         self._pg = None if self.is_sqlite else SharedReads(engine, _fetch_version)
@@ -136,8 +124,8 @@ class VersionReader:
     def read_now(self) -> int | None:
         """The version, if it can be told without waiting: the SQLite beacon or file, the
         PostgreSQL watcher while it is trusted. None: only a query on the wire can tell."""
-        if self._process != _processes:  # first read, or a forked worker maps it again
-            self._process = _processes
+        if self._process != db.forks:  # first read, or a forked worker maps it again
+            self._process = db.forks
             self._beacon, self._recheck_at = beacon.for_engine(self.engine), 0.0
         if self._beacon is not None:
             if time.monotonic() < self._recheck_at:

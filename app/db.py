@@ -102,6 +102,19 @@ def _begin_immediate(conn: Any, busy_timeout_ms: int) -> None:
 
 
 READER_BUSY_TIMEOUT_MS = 200
+
+# Forks into this process so far. What is made per process (a connection, a mapping) is made
+# again after one: a counter, read per request, costs no getpid() system call (glibc does not
+# cache the pid).
+forks = 0
+
+
+def _forked() -> None:
+    global forks
+    forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 _readers: "weakref.WeakKeyDictionary[Engine, tuple[int, Any]]" = weakref.WeakKeyDictionary()
 
 
@@ -113,8 +126,8 @@ def sqlite_reader(engine: Engine) -> Any:
     page's read about a third cheaper. Opened through the engine, so its connect hook (WAL,
     busy_timeout) applies; a forked or spawned worker opens its own."""
     found = _readers.get(engine)
-    if found is None or found[0] != os.getpid():
-        found = _readers[engine] = (os.getpid(), sqlite_loop_connection(engine))
+    if found is None or found[0] != forks:
+        found = _readers[engine] = (forks, sqlite_loop_connection(engine))
     return found[1]
 
 
@@ -133,7 +146,7 @@ def sqlite_loop_connection(engine: Engine) -> Any:
 def forget_sqlite_reader(engine: Engine) -> None:
     """Close it (after an error, or at shutdown): the next read opens a new one."""
     found = _readers.pop(engine, None)
-    if found is not None and found[0] == os.getpid():
+    if found is not None and found[0] == forks:
         with contextlib.suppress(Exception):
             found[1].close()
 

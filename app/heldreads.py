@@ -26,23 +26,14 @@ transaction: each read is its own.
 """
 
 import asyncio
-import os
 import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
+from app import db
+
 HOLD_SECONDS = 1.0
-
-_forks = 0  # forks into this process so far: a connection never crosses one
-
-
-def _forked() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 class HeldReads:
@@ -53,7 +44,7 @@ class HeldReads:
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
-        self._fork = _forks  # the process the connection was opened in
+        self._fork = db.forks  # the process the connection was opened in
         self._version: int | None = None  # what the held transaction was begun under
         self._until = 0.0  # monotonic time the held transaction ends by
         self._timer: asyncio.TimerHandle | None = None  # ends it if no read comes
@@ -65,7 +56,10 @@ class HeldReads:
         """The first row of `sql`, read in a snapshot that holds every write up to `version`
         (the content version the caller read just before). Raises sqlite3.Error: `close`, and
         the next read opens a new connection."""
-        if version != self._version or time.monotonic() >= self._until or self._fork != _forks:
+        if version != self._version or time.monotonic() >= self._until or self._fork != db.forks:
+            if self._fork != db.forks:  # forked: the parent's connection is not ours to touch
+                self._conn = self._cursor = None
+                self._fork, self._seen, self._quiet = db.forks, None, False
             self.end()
             cursor = self._open()
             try:
@@ -96,16 +90,13 @@ class HeldReads:
     def close(self) -> None:
         conn, self._conn, self._cursor = self._conn, None, None
         self.end()
-        if conn is not None and self._fork == _forks:  # a parent's connection is not ours
+        if conn is not None and self._fork == db.forks:  # a parent's connection is not ours
             try:
                 conn.close()
             except sqlite3.Error:
                 pass  # closed anyway
 
     def _open(self) -> sqlite3.Cursor:
-        if self._fork != _forks:
-            self._conn = self._cursor = None  # the parent's: leave it to the parent
-            self._fork, self._seen, self._quiet = _forks, None, False
         if self._cursor is None:
             self._conn = self._connect()
             self._cursor = self._conn.cursor()
