@@ -27,7 +27,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--endpoints",
         default="",
-        help="only endpoints whose name contains one of these (comma separated)",
+        help="only endpoints whose name contains one of these, or is one written =name "
+        "(comma separated)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="reuse a built archive of the same size"
@@ -77,14 +78,13 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.cache]
     rows: list[dict[str, object]] = []
     nginx = load.Nginx()
-    static: dict[str, load.Result] = {}
     calibration: dict[str, float] | None = None
     try:
         for cache in modes:
             server = load.serve(archive.url, args.workers, cache, work / f"server-{size}.log")
             try:
                 found = endpoints.discover(server.url, archive.url, work)
-                found = [e for e in found if not wanted or any(w in e.name for w in wanted)]
+                found = [e for e in found if endpoints.chosen(e.name, wanted)]
                 if not nginx.files:  # the same bytes as the app, once per archive
                     for i, e in enumerate(found):
                         if not e.absent:
@@ -97,9 +97,9 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
                     for i, e in enumerate(found):
                         e.static_url = f"http://127.0.0.1:{nginx.port}/e{i}"
                 if calibration is None:
-                    calibration = _calibrate(args, nginx, static, found, work)
+                    calibration = _calibrate(args, nginx, found, work)
                 for e in found:
-                    rows.append(_measure(args, server, nginx, static, e, size, cache))
+                    rows.append(_measure(args, server, e, size, cache))
                 if not args.no_ingest and (not wanted or any("ingest" in w for w in wanted)):
                     rows.extend(_ingest(args, server, archive.url, found, size, cache, work))
             finally:
@@ -117,26 +117,28 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
 def _calibrate(
     args: argparse.Namespace,
     nginx: load.Nginx,
-    static: dict[str, load.Result],
     found: list[endpoints.Endpoint],
     work: Path,
 ) -> dict[str, float] | None:
     """A bare ASGI callable (bench/bare.py) serving the popular essay's bytes, against nginx
-    serving them: this machine's ceiling for any Python app under stock uvicorn. nginx's figure
-    is the popular essay row's too (the same bytes: measured once)."""
+    serving them, in the order of every row (`_measure`): this machine's ceiling for any Python
+    app under stock uvicorn."""
     popular = next((e for e in found if e.name == "essay (one popular)" and e.static_url), None)
     if popular is None:
         return None
     name = httpx.URL(popular.static_url).path.lstrip("/")
     bare = load.serve_bare(nginx.dir / name, nginx.files[name], args.workers, work / "bare.log")
+    bares: list[load.Result] = []
+    peers: list[load.Result] = []
     try:
-        load.wrk(bare.url + "/", 1)  # warm-up, discarded
-        result = load.wrk(bare.url + "/", args.seconds)
+        load.wrk(bare.url + "/", 1)  # warm-ups, discarded
+        load.wrk(popular.static_url, 1)
+        for _ in range(2):
+            bares.append(load.wrk(bare.url + "/", args.seconds))
+            peers.append(load.wrk(popular.static_url, args.seconds))
     finally:
         bare.stop()
-    load.wrk(popular.static_url, 1)
-    peer = load.wrk(popular.static_url, args.seconds)
-    static[popular.name] = peer
+    result, peer = load.mean(bares), load.mean(peers)
     print(
         f"  calibration: bare ASGI callable {result.rps:8.0f} req/s, nginx {peer.rps:.0f}: "
         f"ratio {result.rps / peer.rps:.3f}",
@@ -148,8 +150,6 @@ def _calibrate(
 def _measure(
     args: argparse.Namespace,
     server: load.Server,
-    nginx: load.Nginx,
-    static: dict[str, load.Result],
     e: endpoints.Endpoint,
     size: int,
     cache: bool,
@@ -164,29 +164,32 @@ def _measure(
         print(f"  {e.name}: {e.absent}", file=sys.stderr)
         return {**row, "absent": e.absent}
     url = endpoints.target_url(server.url, e.path)
-    load.wrk(url, 1, e.script, headers=e.headers)  # warm-up, discarded
+    static_headers = {}
+    if e.status == 304:  # nginx answers 304 to its own ETag: the same work, statically
+        etag = httpx.get(e.static_url).headers["etag"]
+        static_headers = {"If-None-Match": etag}
+    static_script = None
+    if e.script is not None:  # the same client work per request: a Lua script picks a path
+        static_script = endpoints.random_essays_script(
+            [httpx.URL(e.static_url).path], e.script.with_suffix(".static.lua")
+        )
+    load.wrk(url, 1, e.script, headers=e.headers)  # warm-ups, discarded
+    load.wrk(e.static_url, 1, static_script, headers=static_headers)
     server.peak_total = server.peak_worker = 0
-    server.sample()
-    result = load.wrk(url, args.seconds, e.script, headers=e.headers)
-    server.sample()
-    if e.name not in static:
-        static_headers = {}
-        if e.status == 304:  # nginx answers 304 to its own ETag: the same work, statically
-            etag = httpx.get(e.static_url).headers["etag"]
-            static_headers = {"If-None-Match": etag}
-        static_script = None
-        if e.script is not None:  # the same client work per request: a Lua script picks a path
-            static_script = endpoints.random_essays_script(
-                [httpx.URL(e.static_url).path], e.script.with_suffix(".static.lua")
-            )
-        load.wrk(e.static_url, 1, static_script, headers=static_headers)
-        static[e.name] = load.wrk(e.static_url, args.seconds, static_script, headers=static_headers)
-        if e.status == 304:  # and as `peer.sh URL` measures it: nginx serving the page itself
-            static[e.name + " (page)"] = load.wrk(e.static_url, args.seconds)
-    peer = static[e.name]
-    page = static.get(e.name + " (page)")
-    if page is not None and page.rps:
-        row.update(page_static_rps=page.rps, page_ratio=result.rps / page.rps)
+    # As `peer.sh` does: app, nginx, app, nginx; the ratio of the means. One app run and one
+    # nginx run after it moved a ratio by a tenth when the machine drifted between the two.
+    apps: list[load.Result] = []
+    statics: list[load.Result] = []
+    for _ in range(2):
+        server.sample()
+        apps.append(load.wrk(url, args.seconds, e.script, headers=e.headers))
+        server.sample()
+        statics.append(load.wrk(e.static_url, args.seconds, static_script, headers=static_headers))
+    result, peer = load.mean(apps), load.mean(statics)
+    if e.status == 304:  # and as `peer.sh URL` measures it: nginx serving the page itself
+        page = load.wrk(e.static_url, args.seconds)
+        if page.rps:
+            row.update(page_static_rps=page.rps, page_ratio=result.rps / page.rps)
     row.update(
         rps=result.rps,
         p50_ms=result.p50_ms,

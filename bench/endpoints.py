@@ -45,6 +45,14 @@ def _lua_list(paths: list[str]) -> str:
     return "{\n" + ",\n".join(json.dumps(p) for p in paths) + "\n}"
 
 
+def chosen(name: str, wanted: list[str]) -> bool:
+    """Whether `--endpoints` chose this endpoint: every one when empty; else one whose name
+    contains a part, or is a part written `=name` (`=/` is the front page alone)."""
+    if not wanted:
+        return True
+    return any(name == w[1:] if w.startswith("=") else w in name for w in wanted)
+
+
 def random_essays_script(paths: list[str], out: Path) -> Path:
     out.write_text(f"""-- GET a random essay of the archive on every request
 local paths = {_lua_list(paths)}

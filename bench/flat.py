@@ -36,9 +36,7 @@ def measure(
             folder.mkdir(exist_ok=True)
             listed = endpoints.discover(server.url, archive.url, folder)
             found[size] = {
-                e.name: e
-                for e in listed
-                if not e.absent and (not wanted or any(w in e.name for w in wanted))
+                e.name: e for e in listed if not e.absent and endpoints.chosen(e.name, wanted)
             }
         both = [name for name in found[small] if name in found[large]]
         rows = [_endpoint(args, servers, found, name, small, large, cache) for name in both]

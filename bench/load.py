@@ -81,6 +81,18 @@ def parse(out: str) -> Result:
     return Result(rps, p50, p99, total, errors)
 
 
+def mean(results: list[Result]) -> Result:
+    """Runs of one measurement as one: the mean requests/s, p50 and p99."""
+    n = len(results)
+    return Result(
+        sum(r.rps for r in results) / n,
+        sum(r.p50_ms for r in results) / n,
+        sum(r.p99_ms for r in results) / n,
+        sum(r.requests for r in results),
+        "; ".join(r.errors for r in results if r.errors),
+    )
+
+
 # --- the server -------------------------------------------------------------------------------
 
 
