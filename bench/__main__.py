@@ -176,8 +176,8 @@ def _measure(
     load.wrk(url, 1, e.script, headers=e.headers)  # warm-ups, discarded
     load.wrk(e.static_url, 1, static_script, headers=static_headers)
     server.peak_total = server.peak_worker = 0
-    # As `peer.sh` does: app, nginx, app, nginx; the ratio of the means. One app run and one
-    # nginx run after it moved a ratio by a tenth when the machine drifted between the two.
+    # As `peer.sh` does: app, nginx, app, nginx; the ratio of the means. (nginx alone ran at
+    # 97-119k requests/s within one night's run: one run of each tied a ratio to one moment.)
     apps: list[load.Result] = []
     statics: list[load.Result] = []
     for _ in range(2):
