@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, case, delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from app import tokens
 from app.config import Settings
@@ -124,8 +124,8 @@ def record_failure(engine: Engine, settings: Settings, client: str) -> None:
 def _touch_if_stale(engine: Engine, token_id: int) -> None:
     with Session(engine) as session:
         last = session.execute(
-            select(ApiToken.last_used_at).where(ApiToken.id == token_id)
-        ).scalar()  # type: ignore[arg-type]
+            select(col(ApiToken.last_used_at)).where(col(ApiToken.id) == token_id)
+        ).scalar()
     if last is not None and utcnow() - last < TOUCH_INTERVAL:
         return
     with write_session(engine) as session:

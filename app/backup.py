@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import case, make_url, update
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from app.config import Settings
 from app.db import make_engine, normalize_url, write_session
@@ -62,7 +62,9 @@ def restore(settings: Settings, source: Path) -> None:
             session.execute(
                 update(SiteState)
                 .where(SiteState.name == CONTENT_VERSION)  # type: ignore[arg-type]
-                .values(value=case((SiteState.value > before, SiteState.value), else_=before) + 1)
+                .values(
+                    value=case((col(SiteState.value) > before, SiteState.value), else_=before) + 1
+                )
             )
             session.commit()
     finally:

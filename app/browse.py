@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, func, literal, select, tuple_, union_all
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from app.errors import BadCursor, PageNotFound
 from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
@@ -23,16 +23,22 @@ from app.slugs import is_slug
 
 # The columns a list entry shows; the body and its HTML stay in the database.
 ENTRY_COLUMNS = (
-    Post.id,
-    Post.slug,
-    Post.title,
-    Post.published_at,
-    Post.cycle,
-    Post.debate_outcome,
-    Post.debate_conviction,
-    Post.excerpt,
+    col(Post.id),
+    col(Post.slug),
+    col(Post.title),
+    col(Post.published_at),
+    col(Post.cycle),
+    col(Post.debate_outcome),
+    col(Post.debate_conviction),
+    col(Post.excerpt),
 )
-ARCHIVE_COLUMNS = (Post.id, Post.slug, Post.title, Post.published_at, Post.cycle)
+ARCHIVE_COLUMNS = (
+    col(Post.id),
+    col(Post.slug),
+    col(Post.title),
+    col(Post.published_at),
+    col(Post.cycle),
+)
 MAX_POST_ID = 2**31 - 1  # ids and cycles are 32-bit integers in the schema
 MONTH_PAGE_SIZE = 100  # essays per archive month page (a compact list: date, cycle, title)
 
@@ -102,7 +108,7 @@ def decode_cursor(token: str) -> tuple[datetime, int]:
 
 def _page(
     session: Session,
-    query: Select[Any],
+    query: "Select[*tuple[Any, ...]]",  # quoted: SQLAlchemy 2.0 cannot subscript it so
     at_col: Any,
     id_col: Any,
     limit: int,
@@ -148,7 +154,7 @@ def _entry(row: Any) -> Entry:
     return Entry(*row)
 
 
-_published = Post.status == STATUS_PUBLISHED
+_published = col(Post.status) == STATUS_PUBLISHED
 
 
 def newest(
@@ -196,7 +202,7 @@ def story_timeline(
 ) -> Page:
     """The story's status at each essay that followed it, newest first."""
     query = (
-        select(*ENTRY_COLUMNS, PostStory.status)
+        select(*ENTRY_COLUMNS, col(PostStory.status))
         .select_from(PostStory)
         .join(Post, Post.id == PostStory.post_id)  # type: ignore[arg-type]
         .where(PostStory.story_id == story.id, _published)  # type: ignore[arg-type]
@@ -247,8 +253,8 @@ def archive_months(session: Session, tz: ZoneInfo) -> list[Month]:
         parts = [
             select(literal(y * 100 + m).label("ym"), func.count().label("n")).where(
                 _published,
-                Post.published_at >= _month_start(y, m, tz),  # type: ignore[operator]
-                Post.published_at < _month_start(*_next_month(y, m), tz),  # type: ignore[operator]
+                col(Post.published_at) >= _month_start(y, m, tz),
+                col(Post.published_at) < _month_start(*_next_month(y, m), tz),
             )
             for y, m in chunk
         ]
@@ -261,7 +267,7 @@ def archive_months(session: Session, tz: ZoneInfo) -> list[Month]:
             start = session.execute(
                 select(func.min(Post.published_at)).where(
                     _published,
-                    Post.published_at >= after,  # type: ignore[operator, arg-type]
+                    col(Post.published_at) >= after,
                 )
             ).scalar()
     return [Month(y, m, counts[(y, m)]) for y, m in reversed(months) if counts.get((y, m))]
@@ -284,10 +290,10 @@ def month_entries(
     # December 1969 (the archive lists that month, so its page must exist) or January 9999.
     if not (1 <= month <= 12 and (1969, 12) <= (year, month) <= (9999, 1)):
         raise PageNotFound(f"no archive for {year}-{month:02d}")
-    at = Post.published_at
+    at = col(Post.published_at)
     query = select(*ARCHIVE_COLUMNS).where(
         _published,
-        at >= _month_start(year, month, tz),  # type: ignore[operator]
-        at < _month_start(*_next_month(year, month), tz),  # type: ignore[operator]
+        at >= _month_start(year, month, tz),
+        at < _month_start(*_next_month(year, month), tz),
     )
     return _page(session, query, at, Post.id, limit, before, after, _entry, oldest_first=True)

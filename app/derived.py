@@ -14,8 +14,9 @@ than its version, which the next write's version replaces.
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 T = TypeVar("T")
@@ -28,7 +29,8 @@ def at_version(session: Session, key: Hashable, compute: Callable[[], T]) -> T:
     """`compute()`, or the value it gave at the current content version."""
     from app.posts import content_version  # the post service imports modules that use this
 
-    key = (str(session.get_bind().url), key)  # one process may serve several databases (tests)
+    bind = cast(Engine, session.get_bind())  # the app binds sessions to engines, never connections
+    key = (str(bind.url), key)  # one process may serve several databases (tests)
     version = content_version(session)
     found = _values.get(key)
     if found is not None and found[0] == version:

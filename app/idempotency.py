@@ -20,7 +20,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from app.config import Settings
 from app.db import write_session
@@ -79,12 +79,12 @@ def claim(
                 scope=scope, key=key, request_hash=request_hash, state=IN_FLIGHT, created_at=now
             )
             .on_conflict_do_nothing(index_elements=["scope", "key"])
-            .returning(IdempotencyKey.id)  # type: ignore[arg-type]
+            .returning(col(IdempotencyKey.id))
         ).first()
         row = session.execute(
             select(IdempotencyKey)
-            .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
-            .with_for_update()  # type: ignore[arg-type]
+            .where(col(IdempotencyKey.scope) == scope, col(IdempotencyKey.key) == key)
+            .with_for_update()
         ).scalar_one()
         expired = row.created_at <= now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
         abandoned = row.state == IN_FLIGHT and row.created_at <= now - ABANDONED_AFTER
@@ -154,8 +154,8 @@ def release(engine: Engine, claimed: Claim) -> None:
     with write_session(engine) as session:
         session.execute(
             delete(IdempotencyKey).where(
-                IdempotencyKey.id == claimed.row_id, IdempotencyKey.state == IN_FLIGHT
-            )  # type: ignore[arg-type]
+                col(IdempotencyKey.id) == claimed.row_id, col(IdempotencyKey.state) == IN_FLIGHT
+            )
         )
         session.commit()
 

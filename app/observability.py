@@ -211,9 +211,9 @@ class _Tally:
         for label, row in latency.items():
             # prometheus_client has no "observe n times": add to the child's buckets and sum.
             child = LATENCY.labels(label)
-            for bucket, n in zip(child._buckets, row[:-1], strict=True):
-                if n:
-                    bucket.inc(n)
+            for bucket, observed in zip(child._buckets, row[:-1], strict=True):
+                if observed:
+                    bucket.inc(observed)
             child._sum.inc(row[-1])
 
 

@@ -8,12 +8,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from app import beacon, essaypage, events
 from app.errors import (
@@ -144,7 +144,7 @@ def create_post(
         raise IdTaken(f"post id {post_id} already exists", post_id=post_id)
 
     now = utcnow()
-    post = Post(
+    post = Post(  # type: ignore[call-arg]
         id=post_id,
         published_at=data.published_at or now.replace(microsecond=0),
         updated_at=now,
@@ -154,8 +154,8 @@ def create_post(
         _apply(session, post, data, default_author, render, fresh=True, done=prepared)
         if post_id is not None:
             _advance_id_sequence(session)
-        created_id = post.id
-        _refresh_pages(session, render, {created_id})  # type: ignore[arg-type]
+        created_id = cast(int, post.id)
+        _refresh_pages(session, render, {created_id})
         if before_commit is not None:
             before_commit(session, post)
         _bump_content_version(session)
@@ -325,7 +325,7 @@ def restore_revision(
 
 
 def _by_cycle(session: Session, cycle: int) -> Post | None:
-    return session.exec(select(Post).where(Post.cycle == cycle)).scalars().first()  # type: ignore[call-overload]
+    return session.exec(select(Post).where(col(Post.cycle) == cycle)).scalars().first()  # type: ignore[call-overload]
 
 
 def _retry_or_conflict(existing: Post, data: PostIn, digest: str) -> SaveResult:
@@ -341,7 +341,11 @@ def _retry_or_conflict(existing: Post, data: PostIn, digest: str) -> SaveResult:
 def _locked_post(session: Session, post_id: int) -> Post:
     # FOR UPDATE on PostgreSQL serialises concurrent edits of one post (If-Match stays honest);
     # SQLite write sessions already hold the database lock.
-    post = session.exec(select(Post).where(Post.id == post_id).with_for_update()).scalars().first()  # type: ignore[call-overload]
+    post = (
+        session.exec(select(Post).where(col(Post.id) == post_id).with_for_update())  # type: ignore[call-overload]
+        .scalars()
+        .first()
+    )
     if post is None:
         session.rollback()
         raise PostNotFound(f"no post with id {post_id}")
@@ -408,7 +412,7 @@ def _apply(
     assert post.id is not None
 
     for table in () if fresh else (Mind, PostTag, PostStory):
-        session.execute(delete(table).where(table.post_id == post.id))  # type: ignore[attr-defined]
+        session.execute(delete(table).where(col(table.post_id) == post.id))
     view = PostView(post)
     for position, mind in enumerate(data.debate.minds if data.debate else []):
         view.minds.append(
@@ -491,9 +495,9 @@ def serialize_writers(session: Session) -> None:
 def _bump_content_version(session: Session) -> None:
     version = session.execute(
         update(SiteState)
-        .where(SiteState.name == CONTENT_VERSION)  # type: ignore[arg-type]
+        .where(col(SiteState.name) == CONTENT_VERSION)
         .values(value=SiteState.value + 1)
-        .returning(SiteState.value)
+        .returning(col(SiteState.value))
     ).scalar_one()
     beacon.note_version(session, version)  # published to the other processes after the commit
     # The change time feeds Last-Modified. It moves forward at least one second per write, so a
@@ -502,11 +506,11 @@ def _bump_content_version(session: Session) -> None:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(SiteState).values(name=CONTENT_CHANGED_AT, value=now)
-    current = SiteState.value
+    current = col(SiteState.value)
     session.execute(
         stmt.on_conflict_do_update(
             index_elements=["name"],
-            set_={"value": case((current + 1 > now, current + 1), else_=now)},  # type: ignore[operator]
+            set_={"value": case((current + 1 > now, current + 1), else_=now)},
         )
     )
 
@@ -515,7 +519,7 @@ def _bump_content_version(session: Session) -> None:
 
 
 # Built once: every page asks for it, and building a statement costs more than running it.
-_CONTENT_VERSION = select(SiteState.value).where(SiteState.name == CONTENT_VERSION)  # type: ignore[arg-type]
+_CONTENT_VERSION = select(col(SiteState.value)).where(col(SiteState.name) == CONTENT_VERSION)
 _WRITERS_LOCK = _CONTENT_VERSION.with_for_update()
 
 
@@ -535,7 +539,7 @@ def get_post(session: Session, post_id: int, *, include_deleted: bool = False) -
 
 def post_id_for_cycle(session: Session, cycle: int) -> int:
     post_id = session.execute(
-        select(Post.id).where(Post.cycle == cycle, Post.status == STATUS_PUBLISHED)  # type: ignore[arg-type]
+        select(col(Post.id)).where(col(Post.cycle) == cycle, col(Post.status) == STATUS_PUBLISHED)
     ).scalar()
     if post_id is None:
         raise PostNotFound(f"no essay for cycle {cycle}")
@@ -596,21 +600,23 @@ def load_views(session: Session, posts: list[Post]) -> list[PostView]:
         return []
     ids = list(views)
     for mind in session.execute(
-        select(Mind).where(Mind.post_id.in_(ids)).order_by(Mind.post_id, Mind.position)  # type: ignore[attr-defined]
+        select(Mind)
+        .where(col(Mind.post_id).in_(ids))
+        .order_by(col(Mind.post_id), col(Mind.position))
     ).scalars():
         views[mind.post_id].minds.append(mind)
     for post_id, tag in session.execute(
-        select(PostTag.post_id, Tag)
-        .join(Tag, Tag.id == PostTag.tag_id)  # type: ignore[arg-type]
-        .where(PostTag.post_id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(PostTag.post_id, PostTag.position)
+        select(col(PostTag.post_id), Tag)
+        .join(Tag, col(Tag.id) == PostTag.tag_id)
+        .where(col(PostTag.post_id).in_(ids))
+        .order_by(col(PostTag.post_id), col(PostTag.position))
     ):
         views[post_id].tags.append(tag)
     for post_id, story, status in session.execute(
-        select(PostStory.post_id, Story, PostStory.status)
-        .join(Story, Story.id == PostStory.story_id)  # type: ignore[arg-type]
-        .where(PostStory.post_id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(PostStory.post_id, PostStory.position)
+        select(col(PostStory.post_id), Story, col(PostStory.status))
+        .join(Story, col(Story.id) == PostStory.story_id)
+        .where(col(PostStory.post_id).in_(ids))
+        .order_by(col(PostStory.post_id), col(PostStory.position))
     ):
         views[post_id].stories.append((story, status))
     return [views[p.id] for p in posts]
@@ -627,4 +633,4 @@ def revisions(session: Session, post_id: int) -> list[Revision]:
 
 def iter_all_ids(session: Session, batch: int = 500) -> "list[int]":
     """Every post id (published or not), ascending; used by export and backups."""
-    return list(session.execute(select(Post.id).order_by(Post.id)).scalars())  # type: ignore[arg-type]
+    return list(session.execute(select(col(Post.id)).order_by(col(Post.id))).scalars())

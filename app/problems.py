@@ -1,6 +1,7 @@
 """RFC 9457 problem responses: one place that maps errors to HTTP answers."""
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ log = logging.getLogger("workshop.errors")
 
 
 def problem(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    status: int, title: str, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
@@ -51,7 +52,9 @@ def install(app: FastAPI) -> None:
             from app.routes.reader import error_page
 
             return error_page(request, exc.status, exc.title, exc.detail)
-        extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float)}
+        extra: dict[str, Any] = {
+            k: v for k, v in exc.extra.items() if isinstance(v, str | int | float)
+        }
         headers = dict(exc.headers)
         if "etag" in exc.extra:
             headers["ETag"] = str(exc.extra["etag"])

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import Engine, func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from app import exportfmt, posts
 from app.config import Settings
@@ -57,9 +57,9 @@ def _store(
     if parsed.post_id is None and parsed.post.cycle is None:
         # Nothing identifies the essay but its title and time: re-importing must not duplicate it.
         parsed.post_id = session.execute(
-            select(Post.id).where(
-                Post.title == parsed.post.title,
-                Post.published_at == parsed.post.published_at,  # type: ignore[arg-type]
+            select(col(Post.id)).where(
+                col(Post.title) == parsed.post.title,
+                col(Post.published_at) == parsed.post.published_at,
             )
         ).scalar()
     if parsed.post_id is not None and session.get(Post, parsed.post_id) is not None:

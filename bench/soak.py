@@ -150,7 +150,7 @@ def poller(topo: Topology, tally: Tally, interval: float, stop: threading.Event)
 def sampler(topo: Topology, tally: Tally, every: float, stop: threading.Event) -> None:
     start = time.monotonic()
     while True:
-        pids = []
+        pids: list[int] = []
         for host in topo.hosts:
             pids.extend(worker_pids(host.process.pid) or [host.process.pid])
         with tally.lock:
@@ -167,7 +167,8 @@ def find_lost(topo: Topology, tally: Tally) -> list[int]:
             reply = client.get(f"{topo.hosts[cycle % 2].url}/api/v1/posts/{post_id}")
             if reply.status_code != 200 or reply.json().get("cycle") != cycle:
                 lost.append(cycle)
-        listed, url = [], f"{topo.hosts[0].url}/api/v1/posts?limit=100"
+        listed: list[int | None] = []
+        url = f"{topo.hosts[0].url}/api/v1/posts?limit=100"
         while url:
             page = client.get(url).json()
             listed.extend(p["cycle"] for p in page["items"])
