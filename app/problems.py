@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Mount
 
 from app.errors import WorkshopError
 
@@ -103,8 +104,34 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        title, detail, headers = str(exc.detail), str(exc.detail), exc.headers
+        if exc.status_code == 405:
+            allowed = allowed_methods(request, (headers or {}).get("Allow", ""))
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
         if wants_html(request):
             from app.routes.reader import error_page
 
-            return error_page(request, exc.status_code, str(exc.detail), "")
-        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=exc.headers)
+            response = error_page(request, exc.status_code, title, detail)
+            response.headers.update(headers or {})
+            return response
+        return problem(exc.status_code, title, detail, headers=headers)
+
+
+def allowed_methods(request: Request, fallback: str = "") -> list[str]:
+    """Every method some route answers at this request's path (RFC 9110 section 15.5.6: a 405
+    names them all). Starlette's own Allow named only the first route's: `POST` for
+    /api/v1/posts, where GET lists the essays. Each method is tried on the routes as the router
+    would (FastAPI nests included routers; mounts answer their own methods, and keep theirs)."""
+    methods = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(
+            not isinstance(route, Mount) and route.matches(scope)[0] == Match.FULL
+            for route in request.app.router.routes
+        ):
+            methods.append(method)
+    return methods or [m.strip() for m in fallback.split(",") if m.strip()]
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

@@ -45,6 +45,30 @@ def test_unknown_methods_share_one_metric_label(client) -> None:
     assert "FOOBAR" not in body and "X" * 200 not in body and "PROPFIND" not in body
 
 
+def test_a_refused_method_is_named_with_every_method_the_path_answers(client) -> None:
+    # Starlette named only the first route's methods: `Allow: POST` on /api/v1/posts, which
+    # also lists the essays on GET.
+    cases = {
+        "/api/v1/posts": "GET, POST",
+        "/api/v1/posts/1": "GET, PUT, DELETE",
+        "/": "GET, HEAD",
+        "/feed.xml": "GET, HEAD",
+        "/static/app.css": "GET, HEAD",
+    }
+    for path, allowed in cases.items():
+        for method in ("OPTIONS", "PATCH"):
+            refused = client.request(method, path)
+            assert refused.status_code == 405, (method, path)
+            assert refused.headers["allow"] == allowed, (method, path)
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["detail"] == f"{method} is not allowed here; allowed: {allowed}"
+    page = client.request("PUT", "/archive", headers={"Accept": "text/html"})
+    assert page.status_code == 405
+    assert page.headers["allow"] == "GET, HEAD"
+    assert page.headers["content-type"].startswith("text/html")
+    assert "PUT is not allowed here; allowed: GET, HEAD" in page.text
+
+
 def test_metrics_and_logs_from_a_real_server(engine, live_server) -> None:
     import json
 
