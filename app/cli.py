@@ -237,7 +237,7 @@ def _when(instant: object) -> str:
     return instant.strftime("%Y-%m-%d %H:%M:%S") if instant else "-"  # type: ignore[attr-defined]
 
 
-def _run(action):  # type: ignore[no-untyped-def]
+def _run(action):
     try:
         return action()
     except WorkshopError as exc:

@@ -187,7 +187,7 @@ class _SqliteWriteSession(Session):
 
     def __exit__(self, *exc: object) -> None:
         try:
-            super().__exit__(*exc)  # type: ignore[arg-type]
+            super().__exit__(*exc)
         finally:
             if self._held:
                 self._held = False

@@ -34,7 +34,7 @@ def at_version(session: Session, key: Hashable, compute: Callable[[], T]) -> T:
     version = content_version(session)
     found = _values.get(key)
     if found is not None and found[0] == version:
-        return found[1]  # type: ignore[no-any-return]
+        return found[1]
     value = compute()
     with _lock:
         kept = _values.get(key)

@@ -274,7 +274,7 @@ def _generator(
             fg.link(href=hub, rel="hub")
     else:
         fg.register_extension("websub", _HubLinks, None, atom=False, rss=True)
-        fg.websub.hubs = hubs  # type: ignore[attr-defined]
+        fg.websub.hubs = hubs
     # Last, because feedgen takes the RSS channel <link> from the last link added.
     fg.link(href=page, rel="alternate", type="text/html")
 

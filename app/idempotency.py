@@ -93,7 +93,7 @@ def claim(
             row.response_status = row.response_body = row.response_location = None
             session.add(row)
             session.commit()
-            return Claim(row.id)  # type: ignore[arg-type]
+            return Claim(row.id)
         if row.request_hash != request_hash:
             raise IdempotencyKeyReused(
                 f"Idempotency-Key {key!r} was first used for a different request; "

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from bisect import bisect_left
-from json.encoder import encode_basestring as _json_string  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 from prometheus_client import (
@@ -350,7 +350,7 @@ async def metrics_response(_: Request) -> Response:
     _tally.flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry)
         body = generate_latest(registry)
     else:
         body = generate_latest()

@@ -461,7 +461,7 @@ def _get_or_create(
     stmt = insert(table).values(slug=slug, **values).on_conflict_do_nothing(index_elements=["slug"])
     session.execute(stmt)
     label = Tag.name if table is Tag else Story.title
-    row = session.execute(select(table.id, label).where(table.slug == slug)).one()  # type: ignore[arg-type, call-overload]
+    row = session.execute(select(table.id, label).where(table.slug == slug)).one()  # type: ignore[call-overload]
     found = int(row[0]), str(row[1])
     if known is not None:
         known[(table.__name__, slug)] = found
@@ -551,7 +551,7 @@ Cursor = tuple[datetime, int]
 
 def _key() -> Any:
     """The (published_at, id) order key of lists and neighbours, as one SQL row value."""
-    return tuple_(Post.published_at, Post.id)  # type: ignore[arg-type]
+    return tuple_(Post.published_at, Post.id)
 
 
 def list_published(session: Session, limit: int, before: Cursor | None = None) -> list[Post]:

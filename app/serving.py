@@ -355,7 +355,7 @@ def _front_door_of(app: Any) -> FrontDoor | None:
     for _ in range(4):
         front = getattr(type(app), "front_door", None)
         if front is not None:
-            return front.__get__(app)  # type: ignore[no-any-return]
+            return front.__get__(app)
         app = getattr(app, "app", None)
         if app is None:
             return None

@@ -76,7 +76,7 @@ class StaticAssets(StaticFiles):
             query = scope.get("query_string", b"").decode("latin-1")
             current = None
             try:
-                current = _digest(Path(self.directory or "") / path)  # type: ignore[arg-type]
+                current = _digest(Path(self.directory or "") / path)
             except OSError:
                 pass
             fresh = current is not None and f"v={current}" in query.split("&")

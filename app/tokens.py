@@ -51,7 +51,7 @@ def create_token(engine: Engine, name: str) -> str:
 
 def list_tokens(engine: Engine) -> list[ApiToken]:
     with Session(engine) as session:
-        return list(session.execute(select(ApiToken).order_by(ApiToken.name)).scalars())  # type: ignore[arg-type]
+        return list(session.execute(select(ApiToken).order_by(ApiToken.name)).scalars())
 
 
 def revoke_token(engine: Engine, name: str) -> None:
@@ -79,7 +79,7 @@ def verify(session: Session, presented: str) -> Authenticated | None:
         return None
     if not hmac.compare_digest(token.token_hash, digest):
         return None
-    return Authenticated(token.id, token.name)  # type: ignore[arg-type]
+    return Authenticated(token.id, token.name)
 
 
 def touch(session: Session, token_id: int) -> None:

@@ -109,7 +109,7 @@ def iter_published(engine: Engine, batch: int = 500) -> Iterator[posts.PostView]
             if not rows:
                 return
             yield from posts.load_views(session, rows)
-            last_id = rows[-1].id  # type: ignore[assignment]
+            last_id = rows[-1].id
 
 
 def export_all(engine: Engine, settings: Settings, directory: Path) -> Iterator[Path]:

@@ -124,11 +124,7 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
             # `next` to the end would reach it).
             last_key = session.execute(oldest_first.offset(PAGE_SIZE).limit(1)).scalars().first()
             deep_key = session.execute(oldest_first.offset(API_LIMIT).limit(1)).scalars().first()
-            last_page = (
-                "/?before=" + browse.encode_cursor(last_key)  # type: ignore[arg-type]
-                if last_key is not None
-                else ""
-            )
+            last_page = "/?before=" + browse.encode_cursor(last_key) if last_key is not None else ""
             deep_api = (
                 f"/api/v1/posts?limit={API_LIMIT}&cursor={api_cursor(deep_key)}"
                 if deep_key is not None
@@ -142,8 +138,8 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
             ).scalar()
             story = session.execute(
                 select(Story.slug)  # type: ignore[call-overload]
-                .join(PostStory, PostStory.story_id == Story.id)  # type: ignore[arg-type]
-                .where(PostStory.post_id == middle.id)  # type: ignore[arg-type]
+                .join(PostStory, PostStory.story_id == Story.id)
+                .where(PostStory.post_id == middle.id)
             ).scalar()
     finally:
         engine.dispose()
