@@ -104,7 +104,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        title, detail, headers = str(exc.detail), str(exc.detail), exc.headers
+        title, detail, headers = str(exc.detail), "", exc.headers
         if exc.status_code == 405:
             allowed = allowed_methods(request, (headers or {}).get("Allow", ""))
             headers = {**(headers or {}), "Allow": ", ".join(allowed)}
@@ -115,7 +115,7 @@ def install(app: FastAPI) -> None:
             response = error_page(request, exc.status_code, title, detail)
             response.headers.update(headers or {})
             return response
-        return problem(exc.status_code, title, detail, headers=headers)
+        return problem(exc.status_code, title, detail or title, headers=headers)
 
 
 def allowed_methods(request: Request, fallback: str = "") -> list[str]:
