@@ -32,13 +32,7 @@ ENTRY_COLUMNS = (
     col(Post.debate_conviction),
     col(Post.excerpt),
 )
-ARCHIVE_COLUMNS = (
-    col(Post.id),
-    col(Post.slug),
-    col(Post.title),
-    col(Post.published_at),
-    col(Post.cycle),
-)
+ARCHIVE_COLUMNS = ENTRY_COLUMNS[:5]  # id, slug, title, date, cycle: a month page's compact list
 MAX_POST_ID = 2**31 - 1  # ids and cycles are 32-bit integers in the schema
 MONTH_PAGE_SIZE = 100  # essays per archive month page (a compact list: date, cycle, title)
 
