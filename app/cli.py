@@ -113,8 +113,8 @@ def import_(files: tuple[Path, ...]) -> None:
     """Import essays in the blog's export format; one line per file.
 
     A directory stands for every *.txt file in it (so 100,000 files need no argument list).
-    Lines are printed as each file is done (constant memory); a progress bar and the
-    essays/second go to stderr.
+    Files are written 100 to a transaction; each one's line is printed once its transaction
+    has committed (constant memory); a progress bar and the essays/second go to stderr.
     """
     settings = _settings()
     if settings.is_sqlite:
@@ -124,12 +124,12 @@ def import_(files: tuple[Path, ...]) -> None:
     counts: dict[str, int] = {}
     started = time.monotonic()
     with click.progressbar(
-        paths, label="importing", file=sys.stderr, show_pos=True, show_percent=True
+        length=len(paths), label="importing", file=sys.stderr, show_pos=True, show_percent=True
     ) as bar:
-        for path in bar:
-            result = transfer.import_file(engine, settings, path)
+        for result in transfer.import_files(engine, settings, paths):
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
             click.echo(result.line())
+            bar.update(1)
     _rate("imported", len(paths), time.monotonic() - started, counts)
     if counts.get("refused"):
         raise SystemExit(1)

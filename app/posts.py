@@ -3,9 +3,10 @@
 Used by the ingest API, the reader pages, the feeds and the CLI alike; every write commits here.
 """
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -49,11 +50,52 @@ CONTENT_CHANGED_AT = "content_changed_at"
 CHANGED_AT_EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z
 
 
+Prepared = tuple[str, str]  # (body_html, excerpt): the Markdown work of one post
+
+
 @dataclass
 class SaveResult:
     post: Post
     created: bool = False
     changed: bool = False
+
+
+@dataclass
+class Batch:
+    """Writes made in one transaction (`workshop import`), each in a savepoint of its own
+    (`item`): the essay pages they touch, the content version and the commit are done once, by
+    `commit_batch`, not once for each write. Nothing of the batch is stored before that commit.
+    A write that fails undoes only itself."""
+
+    render: Render | None
+    known: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # tag, story ids
+    changed: set[int] = field(default_factory=set)  # posts created or edited
+    before: set[int] = field(default_factory=set)  # their neighbours before the edits
+
+    @contextlib.contextmanager
+    def item(self, session: Session) -> Iterator[None]:
+        """One write of the batch: on an exception it is undone (its savepoint rolled back, and
+        the tags, stories and posts it noted forgotten) and the exception goes on."""
+        known, changed, before = dict(self.known), set(self.changed), set(self.before)
+        savepoint = session.begin_nested()
+        try:
+            yield
+        except BaseException:
+            savepoint.rollback()
+            self.known, self.changed, self.before = known, changed, before
+            raise
+        savepoint.commit()
+
+
+def commit_batch(session: Session, batch: Batch) -> None:
+    """Store the pages the batch's writes touched, bump the content version once and commit;
+    then tell the subscribers of each post written (as each write would have)."""
+    if batch.changed:
+        _refresh_pages(session, batch.render, batch.changed, batch.before)
+        _bump_content_version(session)
+    session.commit()
+    for post_id in sorted(batch.changed):
+        events.content_changed(session, post_id)
 
 
 @dataclass
@@ -125,15 +167,19 @@ def create_post(
     post_id: int | None = None,
     before_commit: BeforeCommit | None = None,
     render: Render | None = None,
+    batch: Batch | None = None,
+    prepared: Prepared | None = None,
 ) -> SaveResult:
     """Create a post, or return the existing one when this is a retry of the same cycle.
 
     The same cycle with other content raises CycleConflict; a concurrent duplicate that wins
-    the race is caught by the unique index on cycle and answered like a retry.
+    the race is caught by the unique index on cycle and answered like a retry. In a `batch`
+    nothing is committed here (see `Batch`; its `render` is used). `prepared`: its Markdown,
+    rendered beforehand (`prepare`).
     """
     # Markdown is rendered before the first statement opens the transaction, so a slow render
     # never holds SQLite's write lock (or a PostgreSQL row lock) while other writers wait.
-    prepared = render_with_excerpt(data.body)
+    prepared = prepared or render_with_excerpt(data.body)
     digest = content_hash(data, default_author)
     serialize_writers(session)
     if data.cycle is not None:
@@ -150,11 +196,17 @@ def create_post(
         updated_at=now,
         content_hash=digest,
     )
+    if batch is not None:
+        render = batch.render
     try:
-        _apply(session, post, data, default_author, render, fresh=True, done=prepared)
+        known = batch.known if batch is not None else None
+        _apply(session, post, data, default_author, render, fresh=True, known=known, done=prepared)
         if post_id is not None:
             _advance_id_sequence(session)
         created_id = cast(int, post.id)
+        if batch is not None:
+            batch.changed.add(created_id)
+            return SaveResult(post, created=True, changed=True)
         _refresh_pages(session, render, {created_id})
         if before_commit is not None:
             before_commit(session, post)
@@ -162,6 +214,8 @@ def create_post(
         session.commit()
         events.content_changed(session, created_id)
     except IntegrityError:
+        if batch is not None:  # its savepoint is undone by `Batch.item`; the batch goes on
+            raise
         session.rollback()
         existing = _by_cycle(session, data.cycle) if data.cycle is not None else None
         if existing is None:
@@ -171,9 +225,6 @@ def create_post(
         return _retry_or_conflict(existing, data, digest)
     session.refresh(post)
     return SaveResult(post, created=True, changed=True)
-
-
-Prepared = tuple[str, str]  # (body_html, excerpt): the Markdown work of one post
 
 
 def prepare(items: list[PostIn]) -> list[Prepared]:
@@ -226,21 +277,28 @@ def update_post(
     reason: Literal["update", "restore", "import"] = "update",
     before_commit: BeforeCommit | None = None,
     render: Render | None = None,
+    batch: Batch | None = None,
+    prepared: Prepared | None = None,
 ) -> SaveResult:
     """Replace a post's content, keeping the previous version as a revision.
 
     An omitted published_at keeps the current one. An identical replacement changes nothing.
     A deleted post is published again (that is how a revision is restored after a delete).
+    In a `batch` nothing is committed here (see `Batch`; its `render` is used). `prepared`: its
+    Markdown, rendered beforehand (`prepare`).
     """
-    prepared = render_with_excerpt(data.body)  # outside the lock, as in create_post
+    prepared = prepared or render_with_excerpt(data.body)  # outside the lock, as in create_post
+    if batch is not None:
+        render = batch.render
     serialize_writers(session)
-    post = _locked_post(session, post_id)
+    post = _locked_post(session, post_id, in_batch=batch is not None)
     _check_if_match(post, if_match)
     if data.published_at is None:
         data = data.model_copy(update={"published_at": post.published_at})
     digest = content_hash(data, default_author)
     if _matches(post, data, digest) and post.status == STATUS_PUBLISHED:
-        session.rollback()
+        if batch is None:
+            session.rollback()
         return SaveResult(post)
     if data.cycle is not None and data.cycle != post.cycle:
         other = _by_cycle(session, data.cycle)
@@ -254,7 +312,12 @@ def update_post(
     post.content_hash = digest
     post.version += 1
     post.updated_at = utcnow()
-    _apply(session, post, data, default_author, render, done=prepared)
+    known = batch.known if batch is not None else None
+    _apply(session, post, data, default_author, render, known=known, done=prepared)
+    if batch is not None:
+        batch.changed.add(post_id)
+        batch.before |= around_before
+        return SaveResult(post, changed=True)
     _refresh_pages(session, render, {post_id}, around_before)
     return _commit_change(session, post, before_commit)
 
@@ -338,7 +401,7 @@ def _retry_or_conflict(existing: Post, data: PostIn, digest: str) -> SaveResult:
     )
 
 
-def _locked_post(session: Session, post_id: int) -> Post:
+def _locked_post(session: Session, post_id: int, in_batch: bool = False) -> Post:
     # FOR UPDATE on PostgreSQL serialises concurrent edits of one post (If-Match stays honest);
     # SQLite write sessions already hold the database lock.
     post = (
@@ -347,7 +410,8 @@ def _locked_post(session: Session, post_id: int) -> Post:
         .first()
     )
     if post is None:
-        session.rollback()
+        if not in_batch:  # a batch's write is undone by its savepoint (`Batch.item`)
+            session.rollback()
         raise PostNotFound(f"no post with id {post_id}")
     return post
 

@@ -1,6 +1,9 @@
 """`workshop import` and `workshop export`: moving essays in the blog's export format."""
 
-from collections.abc import Iterator
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +20,8 @@ from app.models import STATUS_PUBLISHED, Post
 from app.urls import permalink
 
 Outcome = Literal["imported", "updated", "unchanged", "refused"]
+IMPORT_BATCH = 100  # files written in one transaction by `import_files`
+READ_AHEAD = 2  # batches read ahead of the one being written
 
 
 @dataclass
@@ -34,26 +39,84 @@ class ImportResult:
 
 def import_file(engine: Engine, settings: Settings, path: Path) -> ImportResult:
     """Import one file through the same service functions the ingest API uses."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return ImportResult(path, "refused", message=f"cannot read the file ({exc})")
-    try:
-        parsed = exportfmt.parse(text)
-    except exportfmt.FormatError as exc:
-        return ImportResult(path, "refused", message=str(exc))
-    with write_session(engine) as session:
+    return next(import_files(engine, settings, [path]))
+
+
+def import_files(
+    engine: Engine, settings: Settings, paths: Sequence[Path], batch_size: int = IMPORT_BATCH
+) -> Iterator[ImportResult]:
+    """Import files through the same service functions the ingest API uses, `batch_size` of
+    them in one transaction (`posts.Batch`: the essay pages they touch are stored and the
+    content version bumped once for all of them, not once for each). A file that is refused
+    undoes only its own writes. Results come in the files' order once their batch has
+    committed: a file reported imported is stored.
+
+    Reading, parsing and the Markdown work (`_read_batch`) need no database: with more than one
+    batch, a worker process does them for the next batches while this one writes (at most
+    `READ_AHEAD` batches ahead, so memory stays bounded)."""
+    chunks = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
+    if len(chunks) < 2:
+        for chunk in chunks:
+            yield from _write_batch(engine, settings, _read_batch(chunk))
+        return
+    spawn = multiprocessing.get_context("spawn")  # a fresh process: none of this one's connections
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        ahead: deque[Future[list[Read]]] = deque()
+        for chunk in chunks:
+            ahead.append(pool.submit(_read_batch, chunk))
+            if len(ahead) > READ_AHEAD:
+                yield from _write_batch(engine, settings, ahead.popleft().result())
+        while ahead:
+            yield from _write_batch(engine, settings, ahead.popleft().result())
+
+
+# A file read for import: refused already, or parsed with its Markdown rendered.
+Read = ImportResult | tuple[Path, exportfmt.ExportedPost, posts.Prepared]
+
+
+def _read_batch(paths: Sequence[Path]) -> list[Read]:
+    """The database-free part of importing these files (see `import_files`)."""
+    read: list[Read] = []
+    for path in paths:
         try:
-            return _store(session, settings, path, parsed)
-        except WorkshopError as exc:
-            return ImportResult(path, "refused", message=exc.detail)
+            parsed = exportfmt.parse(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            read.append(ImportResult(path, "refused", message=f"cannot read the file ({exc})"))
+        except exportfmt.FormatError as exc:
+            read.append(ImportResult(path, "refused", message=str(exc)))
+        else:
+            read.append((path, parsed, posts.prepare([parsed.post])[0]))
+    return read
+
+
+def _write_batch(engine: Engine, settings: Settings, read: list[Read]) -> list[ImportResult]:
+    """Store the files read, in one transaction; their results in the same order."""
+    results = [r if isinstance(r, ImportResult) else None for r in read]
+    if None in results:
+        with write_session(engine) as session:
+            batch = posts.Batch(Renderer.for_settings(settings))
+            for i, item in enumerate(read):
+                if isinstance(item, ImportResult):
+                    continue
+                path, parsed, prepared = item
+                try:
+                    with batch.item(session):
+                        results[i] = _store(session, settings, path, parsed, batch, prepared)
+                except WorkshopError as exc:
+                    results[i] = ImportResult(path, "refused", message=exc.detail)
+            posts.commit_batch(session, batch)
+    return [r for r in results if r is not None]
 
 
 def _store(
-    session: Session, settings: Settings, path: Path, parsed: exportfmt.ExportedPost
+    session: Session,
+    settings: Settings,
+    path: Path,
+    parsed: exportfmt.ExportedPost,
+    batch: posts.Batch,
+    prepared: posts.Prepared,
 ) -> ImportResult:
     author = settings.author
-    render = Renderer.for_settings(settings)
     if parsed.post_id is None and parsed.post.cycle is None:
         # Nothing identifies the essay but its title and time: re-importing must not duplicate it.
         parsed.post_id = session.execute(
@@ -64,10 +127,18 @@ def _store(
         ).scalar()
     if parsed.post_id is not None and session.get(Post, parsed.post_id) is not None:
         result = posts.update_post(
-            session, parsed.post_id, parsed.post, author, reason="import", render=render
+            session,
+            parsed.post_id,
+            parsed.post,
+            author,
+            reason="import",
+            batch=batch,
+            prepared=prepared,
         )
         return ImportResult(path, "updated" if result.changed else "unchanged", result.post.id)
-    result = posts.create_post(session, parsed.post, author, post_id=parsed.post_id, render=render)
+    result = posts.create_post(
+        session, parsed.post, author, post_id=parsed.post_id, batch=batch, prepared=prepared
+    )
     return ImportResult(path, "imported" if result.created else "unchanged", result.post.id)
 
 

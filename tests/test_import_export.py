@@ -150,6 +150,92 @@ def test_new_posts_after_import_do_not_collide_with_imported_ids(
     assert post.id is not None and post.id > 4242
 
 
+def _essay(cycle: int, title: str, day: int, tags: str = "QQQ, breadth") -> str:
+    return (
+        ESSAY.replace("Breadth Is Thinning Under a Calm Index", title)
+        .replace("2026-04-05", f"2026-04-{day:02d}")
+        .replace("Cycle 900", f"Cycle {cycle}")
+        .replace("*Tags: QQQ, breadth*", f"*Tags: {tags}*")
+        .replace(
+            "Permanent link: https://old.example/read/4242/breadth-is-thinning-under-a-calm-index",
+            "",
+        )
+    )
+
+
+def _stored_pages(engine) -> dict[int, str]:
+    from sqlalchemy import text
+
+    with Session(engine) as session:
+        rows = session.execute(text("SELECT post_id, html FROM essay_pages")).all()
+    return {int(post_id): str(html) for post_id, html in rows}
+
+
+def test_import_in_batches_reports_in_order_and_a_refused_file_undoes_only_itself(
+    tmp_path: Path, engine, settings: Settings
+) -> None:
+    from app import essaypage
+    from app.fragments import Renderer
+
+    files = [
+        write(tmp_path, "1.txt", _essay(901, "One", 1)),
+        write(tmp_path, "2.txt", _essay(902, "Two", 2)),
+        write(tmp_path, "3.txt", "# Title\n\nno author line\n"),
+        write(tmp_path, "4.txt", _essay(902, "Two, Told Again", 4)),  # cycle 902 is taken
+        write(tmp_path, "5.txt", _essay(905, "Five", 5, tags="rates")),
+        write(tmp_path, "6.txt", _essay(902, "Two", 2)),  # the same essay again
+    ]
+    with Session(engine) as session:
+        version = posts.content_version(session)
+    results = list(transfer.import_files(engine, settings, files, batch_size=2))
+    assert [r.path for r in results] == files
+    assert [r.outcome for r in results] == [
+        "imported",
+        "imported",
+        "refused",
+        "refused",
+        "imported",
+        "unchanged",
+    ]
+    assert "cycle 902" in results[3].message
+    assert results[5].post_id == results[1].post_id
+    with Session(engine) as session:
+        titles = [p.title for p in posts.list_published(session, 10)]
+        assert titles == ["Five", "Two", "One"]
+        # Bumped once by each batch that wrote: (1, 2) and (5, 6), not (3, 4).
+        assert posts.content_version(session) == version + 2
+    # Every page stored at import links its neighbours as a fresh render does, across batches.
+    stored = _stored_pages(engine)
+    assert sorted(stored) == sorted(r.post_id for r in results if r.outcome == "imported")
+    assert sum(essaypage.refresh_all(engine, Renderer.for_settings(settings), everything=True))
+    assert _stored_pages(engine) == stored
+
+
+def test_a_write_undone_in_a_batch_forgets_the_tags_it_made(engine, settings: Settings) -> None:
+    from app import db
+    from app.fragments import Renderer
+    from app.models import PostIn
+
+    def essay(cycle: int) -> PostIn:
+        return PostIn.model_validate(
+            {"title": f"Cycle {cycle}", "body": "Flow and Macro.", "cycle": cycle, "tags": ["zeta"]}
+        )
+
+    with db.write_session(engine) as session:
+        batch = posts.Batch(Renderer.for_settings(settings))
+        with pytest.raises(RuntimeError):
+            with batch.item(session):
+                posts.create_post(session, essay(1), "Workshop", batch=batch)
+                raise RuntimeError("refused after its tag was made")
+        with batch.item(session):
+            kept = posts.create_post(session, essay(2), "Workshop", batch=batch).post.id
+        posts.commit_batch(session, batch)
+    with Session(engine) as session:
+        views = posts.load_views(session, posts.list_published(session, 10))
+        assert [(v.post.id, [t.slug for t in v.tags]) for v in views] == [(kept, ["zeta"])]
+    assert sorted(_stored_pages(engine)) == [kept]
+
+
 def test_cli_import_reports_each_file_and_goes_on(tmp_path: Path, database_url: str) -> None:
     bad = write(tmp_path, "bad.txt", "# Title\n\nno author line\n")
     good = write(tmp_path, "good.txt", ESSAY)
