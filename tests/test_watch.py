@@ -287,6 +287,23 @@ def test_two_hosts_serve_every_edit_at_once(settings, engine, tmp_path) -> None:
     assert not any(live for _, live in _watchers(engine).values())  # they left
 
 
+def test_each_worker_takes_its_lease_at_start_before_any_page_is_asked_for(
+    settings, engine, tmp_path
+) -> None:
+    """The first readers after a restart find the watchers trusted already: each worker
+    starts its own when the server starts, not at its first request."""
+    _postgresql(engine)
+    server = start_server(settings, tmp_path, workers=2)  # asks /healthz only, not a page
+    try:
+        deadline = time.monotonic() + 30
+        while sum(live for _, live in _watchers(engine).values()) < 2:
+            assert time.monotonic() < deadline, _watchers(engine)
+            time.sleep(0.05)
+    finally:
+        stop_server(server)
+    assert not any(live for _, live in _watchers(engine).values())  # they left
+
+
 def test_serve_gives_its_workers_one_copy_and_removes_it_at_exit(
     settings, engine, tmp_path
 ) -> None:
@@ -306,7 +323,9 @@ def test_serve_gives_its_workers_one_copy_and_removes_it_at_exit(
         deadline = time.monotonic() + 30
         while sum(live for _, live in _watchers(engine).values()) < 2:  # each worker's watcher
             assert time.monotonic() < deadline, _watchers(engine)
-            assert httpx.get(server.url + path).status_code == 200  # a connection each
+            time.sleep(0.05)
+        for _ in range(4):  # a connection each: a trusted worker keeps the page it read
+            assert httpx.get(server.url + path).status_code == 200
         with sqlite3.connect(copy) as kept:
             assert kept.execute("SELECT post_id FROM pages").fetchall() == [(post.id,)]
     finally:
