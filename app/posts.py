@@ -197,6 +197,7 @@ def create_post(
         content_hash=digest,
     )
     if batch is not None:
+        assert before_commit is None, "a batch commits once, for all its writes"
         render = batch.render
     try:
         known = batch.known if batch is not None else None
@@ -289,6 +290,7 @@ def update_post(
     """
     prepared = prepared or render_with_excerpt(data.body)  # outside the lock, as in create_post
     if batch is not None:
+        assert before_commit is None, "a batch commits once, for all its writes"
         render = batch.render
     serialize_writers(session)
     post = _locked_post(session, post_id, in_batch=batch is not None)
