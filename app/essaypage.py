@@ -341,7 +341,10 @@ class StoredPages:
                 assert raw_id is not None and slug is not None and status is not None
                 post_id = int.from_bytes(raw_id, "big", signed=True)
                 if key != key_bytes:  # no page, or one from another build or site
-                    found[post_id] = Stored(post_id, slug.decode(), status.decode(), None, None)
+                    none = Stored(post_id, slug.decode(), status.decode(), None, None)
+                    found[post_id] = none
+                    if self._memo_on and self._memo_version == version:
+                        self._keep(none, bool(gzip))  # as SQLite keeps it: no query each time
                     continue
                 if page is None:  # unchanged: the bytes this worker kept
                     page = kept[post_id].page  # type: ignore[union-attr]

@@ -200,6 +200,29 @@ def test_a_trusted_worker_answers_kept_pages_without_a_query(engine, settings) -
     assert queries == [[post.id], [post.id]]  # the first read, and the one after the write
 
 
+def test_a_trusted_worker_keeps_knowing_a_page_is_not_current_without_a_query(
+    engine, settings
+) -> None:
+    """A page stored for another build or site (after a deploy, until `workshop pages
+    refresh`) is kept as "none current" like a page, as on SQLite: a popular essay then costs
+    no query per request."""
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    post = _stored_post(engine, renderer)
+    pages = StoredPages(engine, "another build's key")
+    queries = _count_queries(pages)
+
+    async def scenario() -> list[bytes | None]:
+        try:
+            await _trusted(watch.for_engine(engine))
+            return [(await pages.get(post.id)).page for _ in range(5)]  # type: ignore[arg-type]
+        finally:
+            await pages.close()
+
+    assert asyncio.run(scenario()) == [None] * 5
+    assert queries == [[post.id]]
+
+
 def test_workers_share_the_pages_they_read_and_never_a_stale_one(
     engine, settings, tmp_path
 ) -> None:
