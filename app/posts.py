@@ -247,24 +247,23 @@ def create_many(
     exists fails the whole batch with IntegrityError, and nothing of it is stored.
     """
     now = utcnow()
-    known: dict[tuple[str, str], tuple[int, str]] = {}  # tag and story ids seen in this batch
+    batch = Batch(render)  # its tag and story ids, its posts, and its commit (no savepoints)
     # Markdown first, before the first statement begins the transaction (and on SQLite takes
     # the write lock), so concurrent bulk writers only queue for the database part.
     if prepared is None or len(prepared) != len(items):
         prepared = prepare(items)
     serialize_writers(session)
-    created: set[int] = set()
     for data, done in zip(items, prepared, strict=True):
         post = Post(  # type: ignore[call-arg]
             published_at=data.published_at or now.replace(microsecond=0),
             updated_at=now,
             content_hash=content_hash(data, default_author),
         )
-        _apply(session, post, data, default_author, render, fresh=True, known=known, done=done)
-        created.add(post.id)  # type: ignore[arg-type]
-    _refresh_pages(session, render, created)
-    _bump_content_version(session)
-    session.commit()
+        _apply(
+            session, post, data, default_author, render, fresh=True, known=batch.known, done=done
+        )
+        batch.changed.add(post.id)  # type: ignore[arg-type]
+    commit_batch(session, batch)
     return len(items)
 
 

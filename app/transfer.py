@@ -92,7 +92,7 @@ def _read_batch(paths: Sequence[Path]) -> list[Read]:
 def _write_batch(engine: Engine, settings: Settings, read: list[Read]) -> list[ImportResult]:
     """Store the files read, in one transaction; their results in the same order."""
     results = [r if isinstance(r, ImportResult) else None for r in read]
-    if None in results:
+    if any(result is None for result in results):
         with write_session(engine) as session:
             batch = posts.Batch(Renderer.for_settings(settings))
             for i, item in enumerate(read):
