@@ -40,11 +40,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from app import db, watch
+from app import db, pagepack, watch
 from app.errors import PostNotFound
 from app.fragments import Renderer
 from app.heldreads import HeldReads
-from app.models import STATUS_PUBLISHED, EssayPage, Mind, Post
+from app.models import STATUS_PUBLISHED, EssayPack, EssayPage, Mind, Post
 from app.pagestore import Kept, LocalPages
 from app.pgshared import Fetch, SharedReads, Wire
 from app.urls import post_path
@@ -183,6 +183,7 @@ def context(session: Session, post: PageRow) -> Context:
 # --- the stored page ---------------------------------------------------------------------------
 
 E: Any = EssayPage
+K: Any = EssayPack
 # Plain SQL, one statement per encoding (only the blob served is read); the page comes as
 # bytes, ready to send (CAST: no decoding into a str).
 # SQLite: the one row of `essay_pages`, whose small columns come first (migration 0007).
@@ -257,6 +258,8 @@ class StoredPages:
         self._local = local if self._watched else None  # the machine's copy (app/pagestore.py)
         self._versions = VersionReader(engine) if sqlite and memo else None
         self._held = HeldReads(lambda: db.sqlite_loop_connection(engine))
+        where = pagepack.folder(engine)
+        self._packs = pagepack.PackReader(where) if where is not None else None
         self._memo: dict[tuple[int, bool], Stored] = {}
         self._memo_version = -1
         self._memo_bytes = 0
@@ -361,17 +364,21 @@ class StoredPages:
 
     def _read(self, post_id: int, gzip: bool, version: int | None = None) -> Stored:
         """SQLite: the stored page as of now, or (with the content version just read) in the
-        read transaction held for that version (`app/heldreads.py`)."""
-        sql = STORED_GZIP_SQL if gzip else STORED_SQL
-        try:
-            if version is None:
-                row = db.sqlite_reader(self.engine).execute(sql, (post_id,)).fetchone()
-            else:
-                row = self._held.fetchone(sql, (post_id,), version)
-        except sqlite3.Error as exc:
-            db.forget_sqlite_reader(self.engine)
-            self._held.close()
-            raise OperationalError(sql, (post_id,), exc) from exc  # answered 503 like any
+        read transaction held for that version (`app/heldreads.py`): its bytes from the pack
+        file where they are packed (`app/pagepack.py`), else from its `essay_pages` row."""
+        if self._packs is not None:
+            packed = self._fetchone(pagepack.PACKED_SQL, post_id, version)
+            if packed is not None:
+                key, slug, etag, name, at, html_len, gzip_len = packed
+                if key != self.page_key:
+                    return Stored(post_id, slug, STATUS_PUBLISHED, None, None)
+                if gzip:
+                    page = self._packs.read(name, at + html_len, gzip_len)
+                else:
+                    page = self._packs.read(name, at, html_len)
+                if page is not None:
+                    return Stored(post_id, slug, STATUS_PUBLISHED, page, etag.encode())
+        row = self._fetchone(STORED_GZIP_SQL if gzip else STORED_SQL, post_id, version)
         if row is None:  # no stored page (unknown, withdrawn, not stored yet): the route says
             return Stored(post_id, "", "", None, None)
         key, slug, etag, page = row  # a row is a published post's (`EssayPage`)
@@ -379,7 +386,19 @@ class StoredPages:
             return Stored(post_id, slug, STATUS_PUBLISHED, None, None)
         return Stored(post_id, slug, STATUS_PUBLISHED, page, etag.encode())
 
+    def _fetchone(self, sql: str, post_id: int, version: int | None) -> Any:
+        try:
+            if version is None:
+                return db.sqlite_reader(self.engine).execute(sql, (post_id,)).fetchone()
+            return self._held.fetchone(sql, (post_id,), version)
+        except sqlite3.Error as exc:
+            db.forget_sqlite_reader(self.engine)
+            self._held.close()
+            raise OperationalError(sql, (post_id,), exc) from exc  # answered 503 like any
+
     async def close(self) -> None:
+        if self._packs is not None:
+            self._packs.close()
         for reader in self._pg or ():
             await reader.close()
         if self._watched:
@@ -437,8 +456,9 @@ def neighbours(session: Session, post_ids: set[int]) -> set[int]:
 
 
 def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> None:
-    """Render and store the pages of these posts (in the caller's transaction); a post that is
-    not published loses its stored page."""
+    """Render and store the pages of these posts (in the caller's transaction), and on SQLite
+    pack them (`app/pagepack.py`); a post that is not published loses its stored page."""
+    packed: list[pagepack.Page] = []
     for post_id in sorted(post_ids):
         try:
             post = page_row(session, post_id)
@@ -465,40 +485,65 @@ def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> Non
                 html=html,
             )
         )
+        packed.append(pagepack.Page(post_id, renderer.page_key, post.slug, etag, body, gzipped))
+    pagepack.store(session, sorted(post_ids), packed)
 
 
 def drop_pages(session: Session, post_ids: set[int]) -> None:
     session.execute(delete(EssayPage).where(E.post_id.in_(list(post_ids))))
+    pagepack.drop(session, sorted(post_ids))
 
 
 def refresh_all(
     engine: Engine, renderer: Renderer, *, everything: bool = False, batch: int = 200
 ) -> Iterator[int]:
-    """Store the page of every published essay that has none from this build (or of every one,
-    with `everything`), a batch per write transaction, so writers queue for moments, never
-    minutes. Yields the number stored after each batch."""
+    """Store the page of every published essay that has none from this build (or, on SQLite,
+    is not packed: `app/pagepack.py`), or of every one with `everything`, a batch per write
+    transaction, so writers queue for moments, never minutes. Yields the number stored after
+    each batch. On SQLite, `everything` writes the pages into a new pack file and then removes
+    the files no page is in any more (what pages stored again left behind)."""
     from app import posts  # the post service imports this module
     from app.db import write_session
 
+    where = pagepack.folder(engine)
     current = E.key == renderer.page_key
+    unpacked = K.post_id.is_(None) if where is not None else literal(False)
     after = 0
+    if where is not None and everything:
+        pagepack.start_file(where)
+    elif where is not None:  # pages of this build not packed: their bytes, not a render
+        while True:
+            with write_session(engine) as session:
+                posts.serialize_writers(session)
+                if after == 0:
+                    pagepack.forget_missing(session)  # a copy without its folder: pack again
+                packed = pagepack.pack_stored(session, renderer.page_key, after, batch)
+                session.commit()
+            if not packed:
+                break
+            after = packed[-1]
+            yield len(packed)
+        after = 0
     while True:
         with write_session(engine) as session:
             wanted = (
                 select(P.id)
                 .select_from(P)
                 .outerjoin(E, E.post_id == P.id)
+                .outerjoin(K, K.post_id == P.id)
                 .where(P.status == STATUS_PUBLISHED, P.id > after)
                 .order_by(P.id)
                 .limit(batch)
             )
             if not everything:
-                wanted = wanted.where(or_(E.post_id.is_(None), ~current))
+                wanted = wanted.where(or_(E.post_id.is_(None), ~current, unpacked))
             posts.serialize_writers(session)  # the API may be writing neighbouring pages
             ids = list(session.execute(wanted).scalars())
             if not ids:
-                return
+                break
             store_pages(session, renderer, set(ids))
             session.commit()
         after = ids[-1]
         yield len(ids)
+    if everything:
+        pagepack.remove_unused(engine)

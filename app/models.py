@@ -232,6 +232,27 @@ class EssayPage(SQLModel, table=True):
     html: str = SQLField(sa_column=Column(Text, nullable=False))
 
 
+class EssayPack(SQLModel, table=True):
+    """SQLite: where a stored essay page's bytes also sit in a pack file beside the database
+    (`app/pagepack.py`), with the page's key, slug and ETag again, so serving a page reads this
+    small row and the bytes, not the `essay_pages` row's overflow pages. Written with the
+    `essay_pages` row, in its transaction; no row: the page is read from `essay_pages`.
+    PostgreSQL never uses the table."""
+
+    __tablename__ = "essay_packs"
+
+    post_id: int = SQLField(
+        sa_column=Column(Integer, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True)
+    )
+    key: str = SQLField(max_length=40)
+    slug: str = SQLField(max_length=200)
+    etag: str = SQLField(max_length=64)
+    pack: str = SQLField(max_length=64)  # the file's name in the pack folder
+    at: int = SQLField(sa_column=Column(BigInteger, nullable=False))  # the page; its gzip after
+    html_len: int
+    gzip_len: int
+
+
 class SiteState(SQLModel, table=True):
     """Small shared counters, e.g. the content version every write bumps (cache keys)."""
 

@@ -112,16 +112,20 @@ def prepare(size: int, database_url: str | None, keep: bool, seed: int = 7) -> A
         if not (keep and built.exists() and _count(f"sqlite:///{built}") == size):
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{built}{suffix}").unlink(missing_ok=True)
+            shutil.rmtree(f"{built}-pages", ignore_errors=True)  # its pack files
             seconds = _fill(f"sqlite:///{built}", size, seed)
         _store_pages(f"sqlite:///{built}")
         run = DATA / f"run-{size}.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{run}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(f"{run}-pages", ignore_errors=True)
         shutil.copyfile(built, run)
+        shutil.copytree(f"{built}-pages", f"{run}-pages")  # the pack files (app/pagepack.py)
         # On disk before measuring: else the first checkpoint's fsync writes out the whole copy
         # (a 1 s stall of one ingest at 100,000 essays, which no live site has).
-        with open(run, "rb+") as copied:
-            os.fsync(copied.fileno())
+        for copied_path in [run, *Path(f"{run}-pages").iterdir()]:
+            with open(copied_path, "rb+") as copied:
+                os.fsync(copied.fileno())
         return Archive(size, f"sqlite:///{run}", seconds)
 
     built_name, run_name = f"workshop_bench_{size}_s{seed}", f"workshop_bench_run_{size}"

@@ -1,0 +1,245 @@
+"""SQLite: every stored essay page's bytes also written to an append-only pack file beside the
+database (`<database>-pages/`), and found there through a small row (`essay_packs`), so serving
+a random essay reads one small row and its bytes with one `pread`.
+
+Why: a stored page's row in `essay_pages` holds the gzip (about 5 KB) and the page (about 15 KB)
+in a chain of overflow pages, which SQLite walks and copies on every read: 9.7 us for a random
+page of a 100,000-essay archive, in a held read transaction. The small row and a `pread` of the
+same bytes: 6.5 us. Random essays, 2 workers, `peer.sh` runs alternating: 34.3-35.7k requests/s
+read from `essay_pages`, 38.8-40.7k from the pack (+13-18%; docs/performance.md). The bytes are
+read, not mapped: a worker's memory does not grow with the pages it serves.
+
+How it stays correct:
+- `essay_pages` stays the truth: it keeps every page's bytes, and backups, exports and
+  PostgreSQL never need a pack. A page with no pack row, whose file is gone or reads short, is
+  read from `essay_pages` (`StoredPages._read`).
+- A pack row is written with its `essay_pages` row, in the same transaction, and dropped with it
+  (`app/essaypage.py`). The bytes are appended and flushed to disk (`fdatasync`) before that
+  transaction commits, so a committed row never points at bytes that are not there; bytes of a
+  write that was rolled back are left where no row points at them.
+- Only a writer holding the database's write lock appends (every write transaction takes it at
+  BEGIN, `app/db.py`), so there is one appender at a time.
+- A file is never rewritten, only appended to, and its name has a random part: a name in a row
+  means the same bytes in every copy of the database and its folder.
+- Left-behind bytes (a page stored again leaves its old copy) are dropped by `workshop pages
+  refresh --all`, which writes every page into a new file (`start_file`) and then removes the
+  files no row points at (`remove_unused`). A reader that has a removed file open keeps reading
+  it; one that has not reads the page from `essay_pages`.
+"""
+
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlmodel import Session
+
+from app.models import EssayPack
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".pack"
+HEADER = b"workshop essay pages, append-only (app/pagepack.py)\n"
+PACKED_SQL = (
+    "SELECT key, slug, etag, pack, at, html_len, gzip_len FROM essay_packs WHERE post_id = ?"
+)
+K: Any = EssayPack
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A stored page as `store` packs it."""
+
+    post_id: int
+    key: str
+    slug: str
+    etag: str
+    html: bytes
+    gzip: bytes
+
+
+def folder(engine: Engine) -> Path | None:
+    """The pack folder of an SQLite database file; None for PostgreSQL or a database in memory."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(f"{database}-pages")
+
+
+def store(session: Session, post_ids: Sequence[int], pages: Sequence[Page]) -> None:
+    """After `essay_pages` was written for these posts, in the caller's write transaction (which
+    holds the write lock: see the module): drop their pack rows, append the pages stored to the
+    newest pack file and write theirs. A file that cannot be written leaves the rows out: those
+    pages are read from `essay_pages`."""
+    where = folder(session.get_bind())  # type: ignore[arg-type]
+    if where is None:
+        return
+    drop(session, post_ids)
+    if not pages:
+        return
+    try:
+        name = newest(where) or start_file(where)
+        at = _append(where / name, [p.html + p.gzip for p in pages])
+    except OSError as exc:
+        log.warning("essay pages not packed (%s): they are read from the database", exc)
+        return
+    rows = []
+    for page, start in zip(pages, at, strict=True):
+        rows.append(
+            {
+                "post_id": page.post_id,
+                "key": page.key,
+                "slug": page.slug,
+                "etag": page.etag,
+                "pack": name,
+                "at": start,
+                "html_len": len(page.html),
+                "gzip_len": len(page.gzip),
+            }
+        )
+    session.execute(insert(EssayPack), rows)
+
+
+def drop(session: Session, post_ids: Sequence[int]) -> None:
+    """Drop these posts' pack rows (their bytes stay, pointed at by nothing)."""
+    if folder(session.get_bind()) is not None:  # type: ignore[arg-type]
+        session.execute(delete(EssayPack).where(K.post_id.in_(list(post_ids))))
+
+
+def newest(where: Path) -> str | None:
+    """The pack file written to now: the newest started (see `start_file`)."""
+    try:
+        names = [n for n in os.listdir(where) if n.endswith(SUFFIX)]
+    except FileNotFoundError:
+        return None
+    return max(names, default=None)
+
+
+def start_file(where: Path) -> str:
+    """A new, empty pack file, newer than every file in the folder; its name: a sequence number
+    (the newest sorts last) and a random part (never the name of another file, ever)."""
+    where.mkdir(exist_ok=True)
+    last = newest(where)
+    number = int(last.split("-", 1)[0]) + 1 if last else 1
+    name = f"{number:08d}-{secrets.token_hex(8)}{SUFFIX}"
+    fd = os.open(where / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _write_all(fd, HEADER)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return name
+
+
+def remove_unused(engine: Engine) -> int:
+    """Remove the pack files no row points at, except the newest; the number removed. Under the
+    write lock, so no write is between choosing its file and committing its rows."""
+    from app.db import write_session  # the database module imports the models, as this one
+
+    where = folder(engine)
+    if where is None:
+        return 0
+    removed = 0
+    with write_session(engine) as session:
+        session.connection()  # BEGIN IMMEDIATE: the lock
+        used = set(session.execute(select(K.pack).distinct()).scalars())
+        keep = newest(where)
+        for name in os.listdir(where):
+            if name.endswith(SUFFIX) and name not in used and name != keep:
+                (where / name).unlink(missing_ok=True)
+                removed += 1
+        session.rollback()
+    return removed
+
+
+def forget_missing(session: Session) -> None:
+    """Drop the rows whose pack file is not in the folder (a database copied or restored without
+    it), so `workshop pages refresh` packs those pages again."""
+    where = folder(session.get_bind())  # type: ignore[arg-type]
+    if where is None:
+        return
+    present = set(os.listdir(where)) if where.is_dir() else set()
+    named = set(session.execute(select(K.pack).distinct()).scalars())
+    missing = sorted(named - present)
+    if missing:
+        session.execute(delete(EssayPack).where(K.pack.in_(missing)))
+
+
+UNPACKED_SQL = (
+    "SELECT e.post_id, e.key, e.slug, e.etag, CAST(e.html AS BLOB), e.gzip FROM essay_pages AS e"
+    " LEFT JOIN essay_packs AS k ON k.post_id = e.post_id"
+    " WHERE k.post_id IS NULL AND e.key = ? AND e.post_id > ? ORDER BY e.post_id LIMIT ?"
+)
+
+
+def pack_stored(session: Session, page_key: str, after: int, batch: int) -> list[int]:
+    """Pack the next `batch` stored pages of this build that have no pack row, ids after `after`,
+    from their `essay_pages` bytes (no render); the ids packed."""
+    found = session.connection().exec_driver_sql(UNPACKED_SQL, (page_key, after, batch)).all()
+    pages = [Page(row[0], row[1], row[2], row[3], bytes(row[4]), bytes(row[5])) for row in found]
+    store(session, [p.post_id for p in pages], pages)
+    return [p.post_id for p in pages]
+
+
+def _append(path: Path, blobs: list[bytes]) -> list[int]:
+    """Append the blobs to the file and flush them to disk; where each starts."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        start = os.fstat(fd).st_size
+        _write_all(fd, b"".join(blobs))
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    at = []
+    for blob in blobs:
+        at.append(start)
+        start += len(blob)
+    return at
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class PackReader:
+    """This process's open pack files of one database, by name (opened at their first read)."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        self._files: dict[str, int] = {}  # name -> fd, or -1: not there (read the database)
+
+    def read(self, name: str, at: int, length: int) -> bytes | None:
+        """The bytes, or None: no such file, or it reads short (read `essay_pages` instead)."""
+        fd = self._files.get(name)
+        if fd is None:
+            fd = self._files[name] = self._open(name)
+        if fd < 0:
+            return None
+        try:
+            data = os.pread(fd, length, at)
+        except OSError:
+            return None
+        return data if len(data) == length else None
+
+    def _open(self, name: str) -> int:
+        try:
+            return os.open(self.where / name, os.O_RDONLY)
+        except OSError as exc:
+            log.warning(
+                "pack file %s unreadable (%s): its pages are read from the database", name, exc
+            )
+            return -1
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            if fd >= 0:
+                os.close(fd)
+        self._files = {}

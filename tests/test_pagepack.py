@@ -1,0 +1,195 @@
+"""SQLite's pack files (app/pagepack.py): a stored essay page is served from the pack file beside
+the database, the same bytes as its `essay_pages` row; a missing or short file, or a write rolled
+back, never changes what a reader gets; `workshop pages refresh --all` leaves one file. PostgreSQL
+never writes the table."""
+
+import gzip
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import PG_URL, SITE_URL, post_json, sample_input, start_server, stop_server
+from conftest import test_settings as make_settings
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select, text
+from sqlmodel import Session
+
+from app import db, essaypage, pagepack, posts
+from app.db import write_session
+from app.fragments import Renderer
+from app.main import create_app
+from app.models import EssayPack
+
+sqlite_only = pytest.mark.skipif(bool(PG_URL), reason="pack files are SQLite's (see the module)")
+
+
+def _rows(engine: Engine) -> dict[int, tuple[str, int, int, int]]:
+    with Session(engine) as session:
+        found = session.execute(
+            select(
+                EssayPack.post_id,
+                EssayPack.pack,
+                EssayPack.at,
+                EssayPack.html_len,
+                EssayPack.gzip_len,
+            )  # type: ignore[call-overload]
+        ).all()
+    return {row[0]: tuple(row[1:]) for row in found}
+
+
+def _stored(engine: Engine) -> dict[int, tuple[bytes, bytes]]:
+    with Session(engine) as session:
+        found = session.execute(text("SELECT post_id, CAST(html AS BLOB), gzip FROM essay_pages"))
+        return {row[0]: (bytes(row[1]), bytes(row[2])) for row in found}
+
+
+def _create(engine: Engine, renderer: Renderer, n: int) -> posts.Post:
+    data = sample_input(
+        title=f"Essay {n} on Breadth", cycle=700 + n, published_at=f"2026-05-{n:02d}T15:04:00Z"
+    )
+    with write_session(engine) as session:
+        post = posts.create_post(session, data, "Workshop", render=renderer).post
+        session.expunge(post)
+        return post
+
+
+@pytest.fixture
+def site(database_url: str) -> Iterator[tuple[TestClient, Engine, Renderer, Path | None]]:
+    app = create_app(make_settings(database_url))
+    with TestClient(app, base_url=SITE_URL, follow_redirects=False) as client:
+        engine = app.state.engine
+        yield client, engine, app.state.renderer, pagepack.folder(engine)
+    app.state.engine.dispose()
+
+
+def _pages(client: TestClient, made: list[posts.Post]) -> dict[int, tuple[bytes, bytes]]:
+    """Each post's page as served, identity and gzip (as sent, not decoded)."""
+    found = {}
+    for post in made:
+        path = f"/read/{post.id}/{post.slug}"
+        plain = client.get(path, headers={"Accept-Encoding": "identity"})
+        with client.stream("GET", path, headers={"Accept-Encoding": "gzip"}) as zipped:
+            raw = b"".join(zipped.iter_raw())
+            assert zipped.headers["content-encoding"] == "gzip"
+        assert plain.status_code == 200 and zipped.status_code == 200
+        found[post.id] = (plain.content, raw)  # type: ignore[index]
+    return found
+
+
+@sqlite_only
+def test_a_page_is_served_from_its_pack_file_over_http(
+    settings, tmp_path: Path, auth: dict[str, str]
+) -> None:
+    """Through `workshop serve`: each published essay has a pack row, its bytes in the file are
+    its `essay_pages` row's, and what the server sends is what the file holds (bytes changed in
+    the file, the same length, are what it sends)."""
+    server = start_server(settings, tmp_path, workers=2)
+    try:
+        made = []
+        for n in (1, 2, 3):
+            body = post_json(cycle=800 + n, title=f"Packed {n}")
+            answer = httpx.post(f"{server.url}/api/v1/posts", json=body, headers=auth)
+            assert answer.status_code == 201, answer.text
+            made.append(answer.json())
+        engine = db.make_engine(settings)
+        rows, stored = _rows(engine), _stored(engine)
+        where = pagepack.folder(engine)
+        engine.dispose()
+        assert where is not None and set(rows) == {p["id"] for p in made} == set(stored)
+        for post_id, (name, at, html_len, gzip_len) in rows.items():
+            data = (where / name).read_bytes()
+            assert data[at : at + html_len] == stored[post_id][0]
+            assert data[at + html_len : at + html_len + gzip_len] == stored[post_id][1]
+        # The last essay, not yet read by any worker: mark its bytes in the file.
+        last = made[-1]
+        name, at, html_len, _ = rows[last["id"]]
+        page = stored[last["id"]][0]
+        marked = page.replace(b"Packed 3", b"PACKED 3")
+        assert marked != page and len(marked) == len(page)
+        with open(where / name, "r+b") as pack:
+            pack.seek(at)
+            pack.write(marked)
+        url = f"{server.url}/read/{last['id']}/{last['slug']}"
+        for _ in range(4):  # each worker, whichever answers
+            answer = httpx.get(url, headers={"Accept-Encoding": "identity"})
+            assert answer.status_code == 200 and answer.content == marked
+        first = made[0]
+        answer = httpx.get(f"{server.url}/read/{first['id']}/{first['slug']}")
+        assert answer.content == stored[first["id"]][0]  # httpx decodes the gzip it asked for
+    finally:
+        stop_server(server)
+
+
+@sqlite_only
+def test_without_its_pack_file_a_page_is_read_from_the_database(site, database_url) -> None:
+    """A copy of the database without its folder, or a file cut short: the same bytes, read from
+    `essay_pages`; `workshop pages refresh` packs those pages again."""
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2, 3)]
+    before = _pages(client, made)
+    assert where is not None
+    (name,) = {row[0] for row in _rows(engine).values()}
+    with open(where / name, "r+b") as pack:
+        pack.truncate(len(pagepack.HEADER) + 10)  # every page reads short
+    with TestClient(create_app(make_settings(database_url)), base_url=SITE_URL) as fresh:
+        assert _pages(fresh, made) == before  # a new app: nothing of the pages in memory
+    shutil.rmtree(where)  # the folder gone
+    with TestClient(create_app(make_settings(database_url)), base_url=SITE_URL) as fresh:
+        assert _pages(fresh, made) == before
+        fresh_engine = fresh.app.fastapi.state.engine  # type: ignore[attr-defined]
+        assert sum(essaypage.refresh_all(fresh_engine, renderer)) == len(made)
+        rows = _rows(fresh_engine)
+        assert set(rows) == {p.id for p in made}
+        assert {row[0] for row in rows.values()} == set(p.name for p in where.iterdir())
+        assert _pages(fresh, made) == before
+        assert sum(essaypage.refresh_all(fresh_engine, renderer)) == 0  # all packed now
+
+
+@sqlite_only
+def test_a_write_rolled_back_leaves_the_pack_rows_as_they_were(site) -> None:
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2)]
+    before_rows, before_pages = _rows(engine), _pages(client, made)
+    assert where is not None
+    (name,) = {row[0] for row in before_rows.values()}
+    size = (where / name).stat().st_size
+    with write_session(engine) as session:
+        essaypage.store_pages(session, renderer, {p.id for p in made})  # type: ignore[misc]
+        session.rollback()
+    assert (where / name).stat().st_size > size  # its bytes were written, and are unused
+    assert _rows(engine) == before_rows
+    assert _pages(client, made) == before_pages
+
+
+@sqlite_only
+def test_refresh_all_writes_one_new_file_and_removes_the_rest(site) -> None:
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2, 3, 4)]
+    with write_session(engine) as session:  # a left-behind copy of each
+        essaypage.store_pages(session, renderer, {p.id for p in made})  # type: ignore[misc]
+        session.commit()
+    before = _pages(client, made)
+    assert where is not None
+    (old,) = list(where.iterdir())
+    assert sum(essaypage.refresh_all(engine, renderer, everything=True)) == len(made)
+    (new,) = list(where.iterdir())
+    assert new.name > old.name
+    assert {row[0] for row in _rows(engine).values()} == {new.name}
+    live = sum(row[2] + row[3] for row in _rows(engine).values())
+    assert new.stat().st_size == len(pagepack.HEADER) + live  # nothing left behind
+    assert _pages(client, made) == before
+    for post_id, (plain, zipped) in before.items():
+        assert gzip.decompress(zipped) == plain, post_id
+
+
+def test_only_sqlite_writes_pack_rows(site) -> None:
+    """No folder on PostgreSQL: pages are read from `essay_pages`, the table stays empty."""
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2)]
+    assert _pages(client, made)
+    if PG_URL:
+        assert where is None and _rows(engine) == {}
+    else:
+        assert where is not None and set(_rows(engine)) == {p.id for p in made}
