@@ -9,6 +9,7 @@ from sqlalchemy import case, make_url, update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
+from app import pagepack
 from app.config import Settings
 from app.db import make_engine, normalize_url, write_session
 from app.errors import WorkshopError
@@ -59,6 +60,8 @@ def restore(settings: Settings, source: Path) -> None:
     try:
         with write_session(engine) as session:
             serialize_writers(session)
+            # A backup from another database: rows naming pack files not beside this one go.
+            pagepack.forget_missing(session)
             session.execute(
                 update(SiteState)
                 .where(SiteState.name == CONTENT_VERSION)  # type: ignore[arg-type]

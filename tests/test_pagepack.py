@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select, text
 from sqlmodel import Session
 
-from app import db, essaypage, pagepack, posts
+from app import backup, db, essaypage, pagepack, posts
 from app.db import write_session
 from app.fragments import Renderer
 from app.main import create_app
@@ -193,3 +193,26 @@ def test_only_sqlite_writes_pack_rows(site) -> None:
         assert where is None and _rows(engine) == {}
     else:
         assert where is not None and set(_rows(engine)) == {p.id for p in made}
+
+
+@sqlite_only
+def test_a_restore_forgets_pack_rows_whose_files_are_not_beside_it(
+    site, second_database_url, tmp_path: Path
+) -> None:
+    """A backup restored into another database: its pages are read from the database (no row
+    points at a file that is not there), until `workshop pages refresh` packs them again."""
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2)]
+    before = _pages(client, made)
+    backup.backup(client.app.fastapi.state.settings, tmp_path / "backup.db")  # type: ignore[attr-defined]
+    restored_settings = make_settings(second_database_url)
+    backup.restore(restored_settings, tmp_path / "backup.db")
+    restored_app = create_app(restored_settings)
+    with TestClient(restored_app, base_url=SITE_URL) as restored:
+        restored_engine = restored_app.state.engine
+        assert _rows(restored_engine) == {}
+        assert _pages(restored, made) == before
+        assert sum(essaypage.refresh_all(restored_engine, renderer)) == len(made)
+        assert set(_rows(restored_engine)) == {p.id for p in made}
+        assert _pages(restored, made) == before
+    restored_engine.dispose()
