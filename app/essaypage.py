@@ -203,6 +203,8 @@ _NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expan
 # Pages kept per worker (see `StoredPages`).
 MEMO_ENTRIES = 1000
 MEMO_BYTES = 8 * 1024 * 1024
+# SQLite: pack rows kept per worker, under the same rule (about 0.3 KB each).
+PLACES_ENTRIES = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,7 @@ class StoredPages:
         self._held = HeldReads(lambda: db.sqlite_loop_connection(engine))
         where = pagepack.folder(engine)
         self._packs = pagepack.PackReader(where) if where is not None else None
+        self._places: dict[int, Any] = {}  # SQLite: post id -> its pack row (see `_read`)
         self._memo: dict[tuple[int, bool], Stored] = {}
         self._memo_version = -1
         self._memo_bytes = 0
@@ -316,6 +319,7 @@ class StoredPages:
         """The kept pages hold for this content version: any other drops them all."""
         if version != self._memo_version:
             self._memo, self._memo_version, self._memo_bytes = {}, version, 0
+            self._places = {}
 
     def _keep(self, found: Stored, gzip: bool) -> None:
         size = _size(found)
@@ -367,7 +371,14 @@ class StoredPages:
         read transaction held for that version (`app/heldreads.py`): its bytes from the pack
         file where they are packed (`app/pagepack.py`), else from its `essay_pages` row."""
         if self._packs is not None:
-            packed = self._fetchone(pagepack.PACKED_SQL, post_id, version)
+            # Where its bytes are, as read under this content version (the memo's rule).
+            packed = self._places.get(post_id) if version is not None else None
+            if packed is None:
+                packed = self._fetchone(pagepack.PACKED_SQL, post_id, version)
+                if packed is not None and version is not None:
+                    if len(self._places) >= PLACES_ENTRIES:
+                        self._places = {}
+                    self._places[post_id] = packed
             if packed is not None:
                 key, slug, etag, name, at, html_len, gzip_len = packed
                 if key != self.page_key:

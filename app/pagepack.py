@@ -5,9 +5,11 @@ a random essay reads one small row and its bytes with one `pread`.
 Why: a stored page's row in `essay_pages` holds the gzip (about 5 KB) and the page (about 15 KB)
 in a chain of overflow pages, which SQLite walks and copies on every read: 9.7 us for a random
 page of a 100,000-essay archive, in a held read transaction. The small row and a `pread` of the
-same bytes: 6.5 us. Random essays, 2 workers, `peer.sh` runs alternating: 34.3-35.7k requests/s
-read from `essay_pages`, 38.8-40.7k from the pack (+13-18%; docs/performance.md). The bytes are
-read, not mapped: a worker's memory does not grow with the pages it serves.
+same bytes: 6.7 us; with the row kept by the worker while nothing is written (`StoredPages`,
+like its memo of pages), the `pread` alone. A random essay in process 25-26 -> 18 us; `peer.sh`,
+2 workers, runs alternating: 33.9-36.1k -> 43.8-51.1k requests/s over the benchmark's 5,000
+random essays (docs/performance.md). The bytes are read, not mapped: a worker's memory does not
+grow with the pages it serves.
 
 How it stays correct:
 - `essay_pages` stays the truth: it keeps every page's bytes, and backups, exports and

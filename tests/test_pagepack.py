@@ -216,3 +216,26 @@ def test_a_restore_forgets_pack_rows_whose_files_are_not_beside_it(
         assert set(_rows(restored_engine)) == {p.id for p in made}
         assert _pages(restored, made) == before
     restored_engine.dispose()
+
+
+@sqlite_only
+def test_where_a_page_is_is_kept_only_while_nothing_is_written(site) -> None:
+    """A worker keeps each page's pack row it read (`StoredPages._places`) while the content
+    version stays the same, as its memo keeps pages: an edit, and a neighbour's edit, show at
+    once."""
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2, 3)]
+    stored = client.app.fastapi.state.stored_pages  # type: ignore[attr-defined]
+    first = _pages(client, made)
+    assert set(stored._places) == {p.id for p in made}  # kept: read once per version
+    rows = _rows(engine)
+    edited = sample_input(
+        title="Essay 2 on Breadth", cycle=702, published_at="2026-05-02T15:04:00Z", body="Edited."
+    )
+    with write_session(engine) as session:
+        posts.update_post(session, made[1].id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
+    after = _pages(client, made)
+    assert b"Edited." in after[made[1].id][0] and b"Edited." not in first[made[1].id][0]
+    for post in made:  # the neighbours show its new minds and title: stored again, moved
+        assert _rows(engine)[post.id][1] != rows[post.id][1]  # type: ignore[index]
+        assert after[post.id] == _stored(engine)[post.id]  # type: ignore[index]
