@@ -227,6 +227,9 @@ class StoredPages:
     microsecond whether anything was written since, so a popular essay costs no read at all,
     and a write is seen at once, as by the response cache. Bounded (`MEMO_ENTRIES`,
     `MEMO_BYTES`): when full it starts again, so a stream of random essays costs no bookkeeping.
+    A page's bytes come from its pack file (`app/pagepack.py`), and the small row saying where
+    they are is kept under the same rule, far more of them (`PLACES_ENTRIES`, about 0.5 KB
+    each): a page read again before the next write costs one `pread`.
     On PostgreSQL the read runs on the event loop, shared with the requests waiting at the same
     time (`app/pgshared.py`): one statement per round trip reads every post they asked for, as
     fresh as a query of each request's own. With the response cache on, the pages read are kept
