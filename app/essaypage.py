@@ -229,7 +229,8 @@ class StoredPages:
     `MEMO_BYTES`): when full it starts again, so a stream of random essays costs no bookkeeping.
     A page's bytes come from its pack file (`app/pagepack.py`), and the small row saying where
     they are is kept under the same rule, far more of them (`PLACES_ENTRIES`, about 0.5 KB
-    each): a page read again before the next write costs one `pread`.
+    each): a page read again before the next write costs one `pread`. (On PostgreSQL the same
+    for the machine's copy, below.)
     On PostgreSQL the read runs on the event loop, shared with the requests waiting at the same
     time (`app/pgshared.py`): one statement per round trip reads every post they asked for, as
     fresh as a query of each request's own. With the response cache on, the pages read are kept
@@ -265,7 +266,9 @@ class StoredPages:
         self._held = HeldReads(lambda: db.sqlite_loop_connection(engine))
         where = pagepack.folder(engine)
         self._packs = pagepack.PackReader(where) if where is not None else None
-        self._places: dict[int, Any] = {}  # SQLite: post id -> its pack row (see `_read`)
+        # Where pages are, kept per content version (see the class): on SQLite post id -> its
+        # pack row (`_read`); on PostgreSQL (post id, gzip) -> its place in the machine's copy.
+        self._places: dict[Any, Any] = {}
         self._memo: dict[tuple[int, bool], Stored] = {}
         self._memo_version = -1
         self._memo_bytes = 0
@@ -312,9 +315,20 @@ class StoredPages:
         return found
 
     def _from_local(self, post_id: int, gzip: bool, version: int) -> Stored | None:
+        """The page from the machine's copy; where it is there is kept under this version, as
+        SQLite keeps its pack rows (see the class)."""
         assert self._local is not None
-        kept = self._local.get(post_id, gzip, version)
-        if kept is None:
+        place = self._places.get((post_id, gzip))
+        if place is None:
+            place = self._local.locate(post_id, gzip, version)
+            if place is None:
+                return None
+            if len(self._places) >= PLACES_ENTRIES:
+                self._places = {}
+            self._places[post_id, gzip] = place
+        kept = self._local.read(place)
+        if kept is None:  # its file was removed since: look again next time
+            self._places.pop((post_id, gzip), None)
             return None
         return Stored(post_id, kept.slug, kept.status, kept.page, kept.etag)
 

@@ -10,9 +10,14 @@ machine's copy: a local read (about 10 us, no lock: WAL readers never wait) that
 fills, kept out of the workers' memory (the file is read, not mapped), so a worker's memory does
 not grow with the archive. Random essays of a 10,000-essay archive (5,000 paths), 2 workers,
 `wrk -t2 -c32`, runs alternating: 13.7-15.4k requests/s without the copy, 30.0-30.7k with it,
-where SQLite served the same archive at 30.4-32.9k in the same minutes. 16 KiB database pages:
-a stored page (about 15 KB, 5 KB gzipped) spans one or two, where 64 KiB pages made each read
-and write copy four times the bytes (13 against 10 us a read, 76 against 38 us a write).
+where SQLite served the same archive at 30.4-32.9k in the same minutes.
+
+Small rows, bytes in files: a row holds a page's slug, status and ETag and where its bytes are,
+in `bytes-<n>.bin` beside the SQLite file (both workers append to the newest; `O_APPEND` places
+each write whole at its end). A worker keeps the rows it read while its content version stays
+the same (`StoredPages._places`, the memo's rule), so a page read again before the next write is
+one `pread`. The bytes stay within two files: when the newest is full the next starts and the
+one before it is removed, its rows becoming misses.
 
 Never stale: a page is kept with the content version the worker that read it held from before
 its query began until after it ended (the memo's rule), and it is answered only to a worker that
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 # Set by `workshop serve` for its workers: the file they share (no file: no shared copy).
 ENV = "WORKSHOP_PAGE_STORE_FILE"
 TRIM_EVERY = 256  # writes between two trims to the bound
+BYTES_PER_ENTRY = 24 * 1024  # a bytes file holds about this much per page of the bound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pages (
@@ -52,16 +58,20 @@ CREATE TABLE IF NOT EXISTS pages (
     slug TEXT NOT NULL,
     status TEXT NOT NULL,
     etag BLOB,
-    page BLOB,
+    file INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    length INTEGER NOT NULL,
     UNIQUE (post_id, gzip)
 )
 """
 GET_SQL = (
-    "SELECT slug, status, etag, page FROM pages WHERE post_id = ? AND gzip = ? AND version = ?"
+    "SELECT slug, status, etag, file, at, length FROM pages"
+    " WHERE post_id = ? AND gzip = ? AND version = ?"
 )
 # REPLACE deletes the row it replaces: the rowid orders the rows by when they were kept.
-PUT_SQL = "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?, ?)"
+PUT_SQL = "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 TRIM_SQL = "DELETE FROM pages WHERE rowid <= (SELECT max(rowid) FROM pages) - ?"
+NO_PAGE = -1  # `length` of a row kept without a page
 
 
 class Kept(NamedTuple):
@@ -71,46 +81,149 @@ class Kept(NamedTuple):
     page: bytes | None
 
 
+class Place(NamedTuple):
+    """Where a kept page is: its row, without the bytes."""
+
+    slug: str
+    status: str
+    etag: bytes | None
+    file: int
+    at: int
+    length: int
+
+
 class LocalPages:
-    """The shared file, opened by one worker (see the module). Bounded to `max_entries` pages:
-    the oldest kept go first."""
+    """The shared file, opened by one worker (see the module). Bounded to `max_entries` rows:
+    the oldest kept go first; the pages' bytes to two files of about `max_entries *
+    BYTES_PER_ENTRY` bytes: when the newest is full, the next starts and the one before it is
+    removed (its rows become misses)."""
 
     def __init__(self, path: str | Path, max_entries: int) -> None:
         self.path, self.max_entries = str(path), max_entries
+        self.folder = Path(path).parent
+        self.file_bytes = max(max_entries, 1) * BYTES_PER_ENTRY
         self._writes = 0
         self._warned = False  # a broken file is said once, not on every request
+        self._readers: dict[int, int] = {}  # bytes file -> fd open to read, or -1: gone
+        self._writer: tuple[int, int] | None = None  # the bytes file appended to, its fd
         self._conn = sqlite3.connect(
             self.path, timeout=5, isolation_level=None, check_same_thread=False
         )
         # Both workers start at once: the setup waits for the other's; after it, a write never
-        # waits (it is skipped instead). The page size: see the module.
-        self._conn.execute("PRAGMA page_size=16384")
+        # waits (it is skipped instead).
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=OFF")  # a copy: lost on a crash, read again
         self._conn.execute(SCHEMA)
         self._conn.execute("PRAGMA busy_timeout=0")
 
     def get(self, post_id: int, gzip: bool, version: int) -> Kept | None:
+        place = self.locate(post_id, gzip, version)
+        return None if place is None else self.read(place)
+
+    def locate(self, post_id: int, gzip: bool, version: int) -> Place | None:
+        """Where the page kept for this post, encoding and content version is, if it is."""
         try:
             row = self._conn.execute(GET_SQL, (post_id, int(gzip), version)).fetchone()
         except sqlite3.Error as exc:
-            if not self._warned:
-                log.warning("local page copy unreadable (%s): asking the database", exc)
-                self._warned = True
+            self._warn(exc)
             return None
-        return None if row is None else Kept(*row)
+        return None if row is None else Place(*row)
+
+    def read(self, place: Place) -> Kept | None:
+        """The page at `place`; None: its file was removed since (a miss)."""
+        if place.length == NO_PAGE:
+            return Kept(place.slug, place.status, place.etag, None)
+        page = self._read(place.file, place.at, place.length)
+        return None if page is None else Kept(place.slug, place.status, place.etag, page)
 
     def put(self, post_id: int, gzip: bool, version: int, kept: Kept) -> None:
         try:
-            self._conn.execute(PUT_SQL, (post_id, int(gzip), version, *kept))
+            if kept.page is None:
+                number, at, length = 0, 0, NO_PAGE
+            else:
+                number, at, length = self._append(kept.page)
+            row = (post_id, int(gzip), version, kept.slug, kept.status, kept.etag)
+            self._conn.execute(PUT_SQL, (*row, number, at, length))
             self._writes += 1
             if self._writes % TRIM_EVERY == 0:
                 self._conn.execute(TRIM_SQL, (self.max_entries,))
-        except sqlite3.Error:
-            pass  # busy (the other worker writes) or full: the next read asks the database
+        except (sqlite3.Error, OSError):
+            pass  # busy (the other worker writes), full, or cut short: the next read asks
+
+    def _read(self, number: int, at: int, length: int) -> bytes | None:
+        fd = self._readers.get(number)
+        if fd is None:
+            for older in [n for n in self._readers if n < number - 1]:  # removed: let go
+                older_fd = self._readers.pop(older)
+                if older_fd >= 0:
+                    os.close(older_fd)
+            fd = self._readers[number] = self._open(number)
+        if fd < 0:
+            return None
+        try:
+            data = os.pread(fd, length, at)
+        except OSError as exc:
+            self._warn(exc)
+            return None
+        return data if len(data) == length else None
+
+    def _append(self, page: bytes) -> tuple[int, int, int]:
+        """Append the page to the newest bytes file (the other worker may append to it too:
+        O_APPEND places each write whole at the end); the file, where the page starts, its
+        length. Starts the next file once this one is full."""
+        newest = self._newest()
+        if self._writer is None or self._writer[0] != newest:
+            if self._writer is not None:
+                os.close(self._writer[1])
+                self._writer = None
+            fd = os.open(self._bytes_path(newest), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._writer = (newest, fd)
+        number, fd = self._writer
+        if os.write(fd, page) != len(page):
+            raise OSError("short write")  # its row is not written: the bytes are unused
+        end = os.lseek(fd, 0, os.SEEK_CUR)  # this descriptor's own position: after the write
+        if end >= self.file_bytes:
+            self._start_next(number)
+        return number, end - len(page), len(page)
+
+    def _newest(self) -> int:
+        numbers = [
+            int(name[6:-4])
+            for name in os.listdir(self.folder)
+            if name.startswith("bytes-") and name.endswith(".bin")
+        ]
+        return max(numbers, default=1)
+
+    def _start_next(self, number: int) -> None:
+        """The next file (the other worker may have started it: either is fine), and the one
+        before this one removed."""
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self._bytes_path(number + 1), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._bytes_path(number - 1))
+
+    def _bytes_path(self, number: int) -> Path:
+        return self.folder / f"bytes-{number}.bin"
+
+    def _open(self, number: int) -> int:
+        try:
+            return os.open(self._bytes_path(number), os.O_RDONLY)
+        except OSError:
+            return -1  # removed: a miss
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            log.warning("local page copy unreadable (%s): asking the database", exc)
+            self._warned = True
 
     def close(self) -> None:
         self._conn.close()
+        for fd in self._readers.values():
+            if fd >= 0:
+                os.close(fd)
+        if self._writer is not None:
+            os.close(self._writer[1])
+        self._readers, self._writer = {}, None
 
 
 def wanted(settings: "Settings") -> bool:

@@ -41,6 +41,43 @@ def test_the_copy_keeps_within_its_bound_the_latest_kept(tmp_path: Path) -> None
     assert kept == list(range(pagestore.TRIM_EVERY * 2 - 99, pagestore.TRIM_EVERY * 2 + 1))
 
 
+def test_two_workers_appending_in_turn_each_read_their_own_bytes(tmp_path: Path) -> None:
+    first, second = (LocalPages(tmp_path / "pages.sqlite", 100) for _ in range(2))
+    pages = {n: PAGE._replace(page=b"<html>%d</html>" % n * (n + 1)) for n in range(1, 9)}
+    for n, kept in pages.items():  # each appends to the one file, after the other's bytes
+        (first if n % 2 else second).put(n, False, 1, kept)
+    for n, kept in pages.items():
+        assert first.get(n, False, 1) == kept == second.get(n, False, 1)
+    assert [p.name for p in tmp_path.glob("bytes-*")] == ["bytes-1.bin"]
+
+
+def test_the_bytes_stay_within_two_files_and_a_removed_one_is_a_miss(tmp_path: Path) -> None:
+    pages = LocalPages(tmp_path / "pages.sqlite", 4)
+    big = PAGE._replace(page=b"x" * 20_000)  # a file holds about five (4 * BYTES_PER_ENTRY)
+    for post_id in range(1, 31):
+        pages.put(post_id, False, 1, big._replace(slug=f"s{post_id}"))
+        assert len(list(tmp_path.glob("bytes-*.bin"))) <= 2
+    assert pages.get(1, False, 1) is None  # its file was removed
+    assert pages.get(30, False, 1) == big._replace(slug="s30")
+    nothing = Kept("s31", "published", None, None)  # a post with no current page
+    pages.put(31, False, 1, nothing)
+    assert pages.get(31, False, 1) == nothing
+
+
+def test_a_place_read_after_its_file_was_removed_is_a_miss(tmp_path: Path) -> None:
+    pages = LocalPages(tmp_path / "pages.sqlite", 1)  # a file holds about one page
+    big = PAGE._replace(page=b"y" * 30_000)
+    pages.put(1, False, 1, big)
+    place = pages.locate(1, False, 1)
+    assert place is not None and pages.read(place) == big
+    reader = LocalPages(tmp_path / "pages.sqlite", 1)  # another worker, nothing open yet
+    for post_id in (2, 3):  # the next files start; the one holding post 1 is removed
+        pages.put(post_id, False, 1, big)
+    assert not (tmp_path / f"bytes-{place.file}.bin").exists()
+    assert reader.read(place) is None and reader.get(1, False, 1) is None
+    assert reader.get(3, False, 1) == big
+
+
 def test_a_broken_copy_is_only_a_miss(tmp_path: Path, caplog) -> None:
     pages = LocalPages(tmp_path / "pages.sqlite", 100)
     pages.put(1, False, 1, PAGE)

@@ -240,13 +240,13 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
     file_reads: list[int] = []
     local = second._local
     assert local is not None
-    local_get = local.get
+    local_locate = local.locate
 
-    def counted_get(post_id: int, gzip: bool, version: int) -> Any:
+    def counted_locate(post_id: int, gzip: bool, version: int) -> Any:
         file_reads.append(post_id)
-        return local_get(post_id, gzip, version)
+        return local_locate(post_id, gzip, version)
 
-    local.get = counted_get  # type: ignore[method-assign]
+    local.locate = counted_locate  # type: ignore[method-assign]
 
     def edit() -> None:
         with write_session(engine) as session:
