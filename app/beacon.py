@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
-from app import watch
+from app import db, watch
 
 log = logging.getLogger(__name__)
 RECHECK_SECONDS = 1.0
@@ -102,12 +102,8 @@ _beacons_lock = threading.Lock()
 
 def path_for(engine: Engine) -> Path | None:
     """Where the beacon of this engine's database lives; None unless it is an SQLite file."""
-    if engine.dialect.name != "sqlite":
-        return None
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database).resolve().with_name(Path(database).name + "-version")
+    found = db.sqlite_file(engine)
+    return None if found is None else found.with_name(found.name + "-version")
 
 
 def for_engine(engine: Engine) -> Beacon | None:

@@ -8,6 +8,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from importlib.resources import files
+from pathlib import Path
 from typing import Annotated, Any
 
 from alembic import command
@@ -149,6 +150,17 @@ def forget_sqlite_reader(engine: Engine) -> None:
     if found is not None and found[0] == forks:
         with contextlib.suppress(Exception):
             found[1].close()
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The database file of an SQLite engine, absolute (what lives beside it is named after it:
+    the beacon, the pack folder); None for PostgreSQL or a database in memory."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).resolve()
 
 
 def write_session(engine: Engine) -> Session:

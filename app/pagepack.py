@@ -40,6 +40,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select
 from sqlmodel import Session
 
+from app import db
 from app.models import EssayPack
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,8 @@ class Page:
 
 def folder(engine: Engine) -> Path | None:
     """The pack folder of an SQLite database file; None for PostgreSQL or a database in memory."""
-    if engine.dialect.name != "sqlite":
-        return None
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(f"{database}-pages")
+    found = db.sqlite_file(engine)
+    return None if found is None else found.with_name(found.name + "-pages")
 
 
 def store(session: Session, post_ids: Sequence[int], pages: Sequence[Page]) -> None:
@@ -142,13 +139,11 @@ def start_file(where: Path) -> str:
 def remove_unused(engine: Engine) -> int:
     """Remove the pack files no row points at, except the newest; the number removed. Under the
     write lock, so no write is between choosing its file and committing its rows."""
-    from app.db import write_session  # the database module imports the models, as this one
-
     where = folder(engine)
     if where is None:
         return 0
     removed = 0
-    with write_session(engine) as session:
+    with db.write_session(engine) as session:
         session.connection()  # BEGIN IMMEDIATE: the lock
         used = set(session.execute(select(K.pack).distinct()).scalars())
         keep = newest(where)
