@@ -203,7 +203,8 @@ _NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expan
 # Pages kept per worker (see `StoredPages`).
 MEMO_ENTRIES = 1000
 MEMO_BYTES = 8 * 1024 * 1024
-# SQLite: pack rows kept per worker, under the same rule (about 0.3 KB each).
+# Where pages are (a pack row, a place in the machine's copy), kept per worker under the same
+# rule (about 0.5 KB each).
 PLACES_ENTRIES = 20_000
 
 
@@ -323,9 +324,7 @@ class StoredPages:
             place = self._local.locate(post_id, gzip, version)
             if place is None:
                 return None
-            if len(self._places) >= PLACES_ENTRIES:
-                self._places = {}
-            self._places[post_id, gzip] = place
+            self._place((post_id, gzip), place)
         kept = self._local.read(place)
         if kept is None:  # its file was removed since: look again next time
             self._places.pop((post_id, gzip), None)
@@ -337,6 +336,12 @@ class StoredPages:
         if version != self._memo_version:
             self._memo, self._memo_version, self._memo_bytes = {}, version, 0
             self._places = {}
+
+    def _place(self, key: Any, place: Any) -> None:
+        """Keep where a page is, under the memo's version; when full, start again."""
+        if len(self._places) >= PLACES_ENTRIES:
+            self._places = {}
+        self._places[key] = place
 
     def _keep(self, found: Stored, gzip: bool) -> None:
         size = _size(found)
@@ -393,9 +398,7 @@ class StoredPages:
             if packed is None:
                 packed = self._fetchone(pagepack.PACKED_SQL, post_id, version)
                 if packed is not None and version is not None:
-                    if len(self._places) >= PLACES_ENTRIES:
-                        self._places = {}
-                    self._places[post_id] = packed
+                    self._place(post_id, packed)
             if packed is not None:
                 key, slug, etag, name, at, html_len, gzip_len = packed
                 if key != self.page_key:
