@@ -79,7 +79,7 @@ def store(session: Session, post_ids: Sequence[int], pages: Sequence[Page]) -> N
     where = folder(session.get_bind())  # type: ignore[arg-type]
     if where is None:
         return
-    drop(session, post_ids)
+    _drop(session, post_ids)
     if not pages:
         return
     try:
@@ -108,7 +108,11 @@ def store(session: Session, post_ids: Sequence[int], pages: Sequence[Page]) -> N
 def drop(session: Session, post_ids: Sequence[int]) -> None:
     """Drop these posts' pack rows (their bytes stay, pointed at by nothing)."""
     if folder(session.get_bind()) is not None:  # type: ignore[arg-type]
-        session.execute(delete(EssayPack).where(K.post_id.in_(list(post_ids))))
+        _drop(session, post_ids)
+
+
+def _drop(session: Session, post_ids: Sequence[int]) -> None:
+    session.execute(delete(EssayPack).where(K.post_id.in_(list(post_ids))))
 
 
 def newest(where: Path) -> str | None:

@@ -170,12 +170,10 @@ class LocalPages:
     def _append(self, page: bytes) -> tuple[int, int, int]:
         """Append the page to the newest bytes file (the other worker may append to it too:
         O_APPEND places each write whole at the end); the file, where the page starts, its
-        length. Starts the next file once this one is full."""
-        newest = self._newest()
-        if self._writer is None or self._writer[0] != newest:
-            if self._writer is not None:
-                os.close(self._writer[1])
-                self._writer = None
+        length. Once the file is full (whoever filled it), the next starts and the next append
+        looks for the newest file again; until then no folder listing."""
+        if self._writer is None:
+            newest = self._newest()
             fd = os.open(self._bytes_path(newest), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._writer = (newest, fd)
         number, fd = self._writer
@@ -184,6 +182,8 @@ class LocalPages:
         end = os.lseek(fd, 0, os.SEEK_CUR)  # this descriptor's own position: after the write
         if end >= self.file_bytes:
             self._start_next(number)
+            os.close(fd)
+            self._writer = None
         return number, end - len(page), len(page)
 
     def _newest(self) -> int:
