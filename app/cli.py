@@ -1,5 +1,7 @@
 """The `workshop` console command for operators."""
 
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -8,10 +10,12 @@ import click
 from sqlmodel import Session
 
 from app import backup as backups
-from app import db, essaypage, pagestore, posts, tokens, transfer
+from app import db, essaypage, pagestore, posts, tempfolders, tokens, transfer
 from app.config import Settings
 from app.errors import WorkshopError
 from app.fragments import Renderer
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _settings() -> Settings:
@@ -29,16 +33,10 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=int)
 def serve(host: str, port: int, workers: int) -> None:
     """Run the web server (upgrades an empty or old SQLite database first)."""
-    import os
-    import tempfile
-
     import uvicorn
 
     from app import serving
 
-    # Metrics summed over every worker (prometheus_client multiprocess mode); set before the
-    # workers import the app.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="workshop-metrics-"))
     settings = _settings()
     if settings.is_sqlite:
         db.upgrade(settings)
@@ -46,7 +44,13 @@ def serve(host: str, port: int, workers: int) -> None:
         raise click.ClickException(
             "the database is not at the latest migration: run `workshop db upgrade`"
         )
-    with pagestore.shared_copy(settings):  # PostgreSQL: the workers' local copy of pages
+    with contextlib.ExitStack() as stack:
+        # Metrics summed over every worker (prometheus_client multiprocess mode), in a folder
+        # of this serve's unless the operator named one; set before the workers import the app.
+        if not os.environ.get(METRICS_ENV):
+            os.environ[METRICS_ENV] = stack.enter_context(tempfolders.held("workshop-metrics-"))
+            stack.callback(os.environ.pop, METRICS_ENV, None)
+        stack.enter_context(pagestore.shared_copy(settings))  # PostgreSQL: a local page copy
         uvicorn.run(
             "app.main:app_from_env",
             factory=True,

@@ -24,7 +24,8 @@ its query began until after it ended (the memo's rule), and it is answered only 
 holds that same version while its watcher is trusted (`app/watch.py`). Such a worker has heard
 of every acknowledged write, so any write after the page was read has moved its version on.
 The file lives as long as one `workshop serve` (a fresh one each start, removed at exit), so a
-database reset under another run never meets an old copy.
+database reset under another run never meets an old copy. A serve that was killed cannot remove
+its folder: the next serve on the machine does (`app/tempfolders.py`).
 
 Best effort: a read that fails is a miss, a write that would wait for the other worker is
 skipped. The file never decides what is answered, only whether the server is asked.
@@ -33,12 +34,12 @@ skipped. The file never decides what is answered, only whether the server is ask
 import contextlib
 import logging
 import os
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+
+from app import tempfolders
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # Set by `workshop serve` for its workers: the file they share (no file: no shared copy).
 ENV = "WORKSHOP_PAGE_STORE_FILE"
+FOLDER_PREFIX = "workshop-pages-"  # a serve's folder in the temp dir, for its workers' file
 TRIM_EVERY = 256  # writes between two trims to the bound
 BYTES_PER_ENTRY = 24 * 1024  # a bytes file holds about this much per page of the bound
 
@@ -239,18 +241,18 @@ def shared_copy(settings: "Settings") -> Iterator[None]:
     if not wanted(settings):
         yield
         return
-    try:
-        folder = tempfile.mkdtemp(prefix="workshop-pages-")
-    except OSError as exc:
-        log.warning("no local page copy (%s): every page read asks the database", exc)
-        yield
-        return
-    os.environ[ENV] = os.path.join(folder, "pages.sqlite")
-    try:
-        yield
-    finally:
-        os.environ.pop(ENV, None)
-        shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            folder = stack.enter_context(tempfolders.held(FOLDER_PREFIX))
+        except OSError as exc:
+            log.warning("no local page copy (%s): every page read asks the database", exc)
+            yield
+            return
+        os.environ[ENV] = os.path.join(folder, "pages.sqlite")
+        try:
+            yield
+        finally:
+            os.environ.pop(ENV, None)
 
 
 def for_worker(settings: "Settings") -> LocalPages | None:
