@@ -12,6 +12,10 @@ not grow with the archive. Random essays of a 10,000-essay archive (5,000 paths)
 `wrk -t2 -c32`, runs alternating: 13.7-15.4k requests/s without the copy, 30.0-30.7k with it,
 where SQLite served the same archive at 30.4-32.9k in the same minutes.
 
+What goes in: a page a worker reads from the server again (`StoredPages._admit` in
+`app/essaypage.py`), not one read once: readers spread evenly over ten times more essays than the
+copy holds had it rewritten on nearly every request, slower than no copy at all.
+
 Small rows, bytes in files: a row holds a page's slug, status and ETag and where its bytes are,
 in `bytes-<n>.bin` beside the SQLite file (both workers append to the newest; `O_APPEND` places
 each write whole at its end). A worker keeps the rows it read while its content version stays
@@ -200,7 +204,9 @@ class LocalPages:
         """The next file (the other worker may have started it: either is fine), and the one
         before this one removed."""
         with contextlib.suppress(FileExistsError):
-            os.close(os.open(self._bytes_path(number + 1), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            os.close(
+                os.open(self._bytes_path(number + 1), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            )
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._bytes_path(number - 1))
 

@@ -227,8 +227,8 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
     engine, settings, tmp_path
 ) -> None:
     """Two workers of one serve, one local copy (app/pagestore.py): a page one read from the
-    database the other answers without a query (then from its own memory), until a write moves
-    the version on."""
+    database twice (once is not worth a write to the copy) the other answers without a query
+    (then from its own memory), until a write moves the version on."""
     _postgresql(engine)
     renderer = Renderer.for_settings(settings)
     post = _stored_post(engine, renderer)
@@ -248,20 +248,25 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
 
     local.locate = counted_locate  # type: ignore[method-assign]
 
-    def edit() -> None:
+    def edit(body: str) -> None:
         with write_session(engine) as session:
             current = posts.load_views(session, [posts.get_post(session, post.id)])[0]
-            edited = current.to_input().model_copy(update={"body": "Minds now agree: gone."})
+            edited = current.to_input().model_copy(update={"body": body})
             posts.update_post(session, post.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
 
     async def scenario() -> list[bytes | None]:
         try:
-            await _trusted(watch.for_engine(engine))
-            read = await first.get(post.id)  # type: ignore[arg-type]
+            watcher = watch.for_engine(engine)
+            await _trusted(watcher)
+            await first.get(post.id)  # type: ignore[arg-type]
+            assert local_locate(post.id, False, watcher.version) is None  # asked once: not kept
+            await asyncio.to_thread(edit, "Minds now differ.")  # the version moves on
+            read = await first.get(post.id)  # type: ignore[arg-type]  # asked again: kept
             shared = await second.get(post.id)  # type: ignore[arg-type]
             again = await second.get(post.id)  # type: ignore[arg-type]
             assert again.page == shared.page and file_reads == [post.id]  # kept in memory now
-            await asyncio.to_thread(edit)  # acknowledged: both workers hold the new version
+            await asyncio.to_thread(edit, "Minds now agree: gone.")  # acknowledged: both
+            # workers hold the new version
             after_second = await second.get(post.id)  # type: ignore[arg-type]
             after_first = await first.get(post.id)  # type: ignore[arg-type]
             return [read.page, shared.page, after_second.page, after_first.page]
@@ -273,7 +278,9 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
     assert served[0] and served[0] == served[1]
     assert served[2] and b"gone." in served[2] and served[2] != served[0]
     assert served[3] == served[2]  # the first worker's copy of the old page was not answered
-    assert asked == [[[post.id]], [[post.id]]]  # one read each: first before, second after
+    # The first read before and after each edit; the second once, after the last, which it
+    # had not asked for before: not kept in the copy, so the first read it too.
+    assert asked == [[[post.id], [post.id], [post.id]], [[post.id]]]
 
 
 def test_two_hosts_serve_every_edit_at_once(settings, engine, tmp_path) -> None:
@@ -331,7 +338,7 @@ def test_serve_gives_its_workers_one_copy_and_removes_it_at_exit(
     settings, engine, tmp_path
 ) -> None:
     """`workshop serve` on PostgreSQL: its workers fill one local copy of the pages they read
-    (app/pagestore.py), made at start and gone when it stops."""
+    again (app/pagestore.py), made at start and gone when it stops."""
     _postgresql(engine)
     renderer = Renderer.for_settings(settings)
     post = _stored_post(engine, renderer)
@@ -349,6 +356,14 @@ def test_serve_gives_its_workers_one_copy_and_removes_it_at_exit(
             time.sleep(0.05)
         for _ in range(4):  # a connection each: a trusted worker keeps the page it read
             assert httpx.get(server.url + path).status_code == 200
+        with sqlite3.connect(copy) as kept:  # read once: not worth a write to the copy
+            assert kept.execute("SELECT post_id FROM pages").fetchall() == []
+        with write_session(engine) as session:  # the version moves on: read again
+            current = posts.load_views(session, [posts.get_post(session, post.id)])[0]
+            edited = current.to_input().model_copy(update={"body": "Minds now differ."})
+            posts.update_post(session, post.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
+        for _ in range(12):  # one worker at least that read it before reads it again
+            assert b"Minds now differ." in httpx.get(server.url + path).content
         with sqlite3.connect(copy) as kept:
             assert kept.execute("SELECT post_id FROM pages").fetchall() == [(post.id,)]
     finally:
