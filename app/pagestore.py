@@ -109,6 +109,9 @@ class LocalPages:
         self.folder = Path(path).parent
         self.file_bytes = max(max_entries, 1) * BYTES_PER_ENTRY
         self._writes = 0
+        # Whether the copy has had to let pages go to stay within its bound, as this worker
+        # last saw: till then every page read from the database is worth keeping.
+        self.full = False
         self._warned = False  # a broken file is said once, not on every request
         self._readers: dict[int, int] = {}  # bytes file -> fd open to read, or -1: gone
         self._writer: tuple[int, int] | None = None  # the bytes file appended to, its fd
@@ -152,7 +155,8 @@ class LocalPages:
             self._conn.execute(PUT_SQL, (*row, number, at, length))
             self._writes += 1
             if self._writes % TRIM_EVERY == 0:
-                self._conn.execute(TRIM_SQL, (self.max_entries,))
+                if self._conn.execute(TRIM_SQL, (self.max_entries,)).rowcount > 0:
+                    self.full = True
         except (sqlite3.Error, OSError):
             pass  # busy (the other worker writes), full, or cut short: the next read asks
 
@@ -188,6 +192,7 @@ class LocalPages:
         end = os.lseek(fd, 0, os.SEEK_CUR)  # this descriptor's own position: after the write
         if end >= self.file_bytes:
             self._start_next(number)
+            self.full = True  # the next file's start removes the one before it
             os.close(fd)
             self._writer = None
         return number, end - len(page), len(page)

@@ -45,6 +45,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=3,
         help="rounds of the side-by-side flatness pass, smallest vs largest size (0: none)",
     )
+    parser.add_argument(
+        "--flat-control",
+        action="store_true",
+        help="the side-by-side pass serves the smallest archive twice instead of the smallest "
+        "and the largest: how far two identical servers' p99s differ on this machine",
+    )
     return parser.parse_args(argv)
 
 
@@ -293,8 +299,9 @@ def main(argv: list[str] | None = None) -> None:
             # After every size, so a long run that is stopped still leaves its results.
             report.write(stem, kind, started, args, runs)
             print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
-        if len(sizes) > 1 and args.flat_rounds > 0:
-            print(f"{kind}: {sizes[0]} and {sizes[-1]} essays side by side", file=sys.stderr)
+        if (len(sizes) > 1 or args.flat_control) and args.flat_rounds > 0:
+            other = f"{sizes[0]} again" if args.flat_control else sizes[-1]
+            print(f"{kind}: {sizes[0]} and {other} essays side by side", file=sys.stderr)
             side_by_side = flat.measure(args, sizes, _wanted(args), Path(tmp))
             report.write(stem, kind, started, args, runs, side_by_side)
             print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench import report
+
 FLAT = 1.25
 HOT = ("essay (random ids)", "essay (one popular)", "/", "/feed.xml")
 HOT_RATIO, NOT_MODIFIED_RATIO, UNCACHED_ESSAY_RATIO, SEARCH_P99 = 0.35, 0.5, 0.1, 10.0
@@ -115,25 +117,31 @@ def summary(doc: dict[str, Any]) -> list[str]:
 def _side_by_side(side: dict[str, Any], sequential: int, compared: int) -> list[str]:
     """The flatness verdict from the side-by-side pass (`bench/flat.py`): both sizes measured
     within seconds of each other, the median p99 of several rounds each."""
-    small, large = side["small"], side["large"]
+    small, large = report.side_labels(side)
+    what = "the smallest archive served twice, a control" if side.get("control") else "sizes"
     lines = [
-        f"Side by side ({side['rounds']} rounds, median p99; the table above compares sizes "
-        f"measured one after the other, {sequential} of {compared} flat):",
+        f"Side by side ({what}; {side['rounds']} rounds, median p99; the table above compares "
+        f"sizes measured one after the other, {sequential} of {compared} flat):",
         "",
-        f"| endpoint | cache | median p99 ms at {small:,} | at {large:,} | growth "
+        f"| endpoint | cache | median p99 ms at {small} | at {large} | growth "
         f"| flat (<= {FLAT}x) |",
         "|---|---|---:|---:|---:|---|",
     ]
     flat = 0
     for r in side["rows"]:
-        a, b = r["median_p99_ms"][str(small)], r["median_p99_ms"][str(large)]
+        a, b = r["median_p99_ms"][small], r["median_p99_ms"][large]
         ok = r["growth"] is not None and r["growth"] <= FLAT
         flat += ok
         lines.append(
             f"| {r['endpoint']} | {r['cache']} | {a:.2f} | {b:.2f} "
             f"| {r['growth'] or 0:.2f} | {_mark(ok)} |"
         )
-    lines += ["", f"- p99 flat with size, side by side: {flat} of {len(side['rows'])} rows."]
+    verdict = (
+        "p99 within 1.25x, one server against its twin"
+        if side.get("control")
+        else ("p99 flat with size, side by side")
+    )
+    lines += ["", f"- {verdict}: {flat} of {len(side['rows'])} rows."]
     return lines
 
 

@@ -23,29 +23,42 @@ def measure(
     args: argparse.Namespace, sizes: list[int], wanted: list[str], work: Path
 ) -> dict[str, object]:
     small, large = sizes[0], sizes[-1]
+    # The two sides, by label: the smallest and the largest archive; or, as a control
+    # (`--flat-control`), the smallest served twice, which tells how far two identical servers'
+    # p99s drift apart here: the noise the verdict is read against.
+    control = bool(getattr(args, "flat_control", False))
+    if control:
+        large = small
+    sides = {f"{small:,}": small, f"{small:,} again" if control else f"{large:,}": large}
     cache = args.cache != "off"
-    servers: dict[int, load.Server] = {}
-    found: dict[int, dict[str, endpoints.Endpoint]] = {}
+    servers: dict[str, load.Server] = {}
+    found: dict[str, dict[str, endpoints.Endpoint]] = {}
+    archives: dict[int, build.Archive] = {}  # the control's two servers share one copy
     try:
-        for size in (small, large):
-            archive = build.prepare(size, args.database_url, keep=True)  # built by the main pass
-            server = servers[size] = load.serve(
-                archive.url, args.workers, cache, work / f"flat-server-{size}.log"
+        for label, size in sides.items():
+            archive = archives.get(size)
+            if archive is None:  # built by the main pass: a fresh copy to run on
+                archive = archives[size] = build.prepare(size, args.database_url, keep=True)
+            server = servers[label] = load.serve(
+                archive.url, args.workers, cache, work / f"flat-server-{size}-{len(servers)}.log"
             )
             folder = work / f"flat-{size}"  # each archive's own scripts (random essay paths)
             folder.mkdir(exist_ok=True)
             listed = endpoints.discover(server.url, archive.url, folder)
-            found[size] = {
+            found[label] = {
                 e.name: e for e in listed if not e.absent and endpoints.chosen(e.name, wanted)
             }
-        both = [name for name in found[small] if name in found[large]]
-        rows = [_endpoint(args, servers, found, name, small, large, cache) for name in both]
+        first, second = sides
+        both = [name for name in found[first] if name in found[second]]
+        rows = [_endpoint(args, servers, found, name, first, second, cache) for name in both]
     finally:
         for server in servers.values():
             server.stop()
     return {
         "small": small,
         "large": large,
+        "labels": [first, second],
+        "control": control,
         "rounds": args.flat_rounds,
         "seconds": args.seconds,
         "rows": rows,
@@ -54,28 +67,30 @@ def measure(
 
 def _endpoint(
     args: argparse.Namespace,
-    servers: dict[int, load.Server],
-    found: dict[int, dict[str, endpoints.Endpoint]],
+    servers: dict[str, load.Server],
+    found: dict[str, dict[str, endpoints.Endpoint]],
     name: str,
-    small: int,
-    large: int,
+    small: str,
+    large: str,
     cache: bool,
 ) -> dict[str, object]:
-    def url(size: int) -> str:
-        return endpoints.target_url(servers[size].url, found[size][name].path)
+    """One endpoint on both sides (`small`, `large`: their labels), round after round."""
 
-    for size in (small, large):  # warm-up, discarded
-        e = found[size][name]
-        load.wrk(url(size), 1, e.script, headers=e.headers)
-    p99: dict[int, list[float]] = {small: [], large: []}
-    rps: dict[int, list[float]] = {small: [], large: []}
+    def url(side: str) -> str:
+        return endpoints.target_url(servers[side].url, found[side][name].path)
+
+    for side in (small, large):  # warm-up, discarded
+        e = found[side][name]
+        load.wrk(url(side), 1, e.script, headers=e.headers)
+    p99: dict[str, list[float]] = {small: [], large: []}
+    rps: dict[str, list[float]] = {small: [], large: []}
     for round_ in range(args.flat_rounds):
         order = (small, large) if round_ % 2 == 0 else (large, small)
-        for size in order:
-            e = found[size][name]
-            result = load.wrk(url(size), args.seconds, e.script, headers=e.headers)
-            p99[size].append(result.p99_ms)
-            rps[size].append(result.rps)
+        for side in order:
+            e = found[side][name]
+            result = load.wrk(url(side), args.seconds, e.script, headers=e.headers)
+            p99[side].append(result.p99_ms)
+            rps[side].append(result.rps)
     median_small, median_large = statistics.median(p99[small]), statistics.median(p99[large])
     growth = median_large / median_small if median_small else None
     print(
@@ -86,8 +101,8 @@ def _endpoint(
     return {
         "endpoint": name,
         "cache": "on" if cache else "off",
-        "p99_ms": {str(small): p99[small], str(large): p99[large]},
-        "rps": {str(small): rps[small], str(large): rps[large]},
-        "median_p99_ms": {str(small): median_small, str(large): median_large},
+        "p99_ms": p99,
+        "rps": rps,
+        "median_p99_ms": {small: median_small, large: median_large},
         "growth": growth,
     }

@@ -98,17 +98,28 @@ def write(
     stem.with_suffix(".md").write_text("\n".join(lines))
 
 
+def side_labels(flat: dict[str, Any]) -> tuple[str, str]:
+    """The two sides of a side-by-side pass, as its rows name them."""
+    labels = flat.get("labels") or [str(flat["small"]), str(flat["large"])]
+    return labels[0], labels[1]
+
+
 def _side_by_side(flat: dict[str, Any]) -> list[str]:
-    small, large = str(flat["small"]), str(flat["large"])
+    small, large = side_labels(flat)
+    title = (
+        f"## Control: the {flat['small']:,}-essay archive served twice, side by side"
+        if flat.get("control")
+        else f"## Flat with size, side by side: {flat['small']:,} and {flat['large']:,} essays"
+    )
     lines = [
-        f"## Flat with size, side by side: {flat['small']:,} and {flat['large']:,} essays",
+        title,
         "",
-        f"Both archives served at once; each endpoint loaded on one and then the other, "
-        f"{flat['rounds']} rounds of {flat['seconds']} s each (small, large, then large, small, "
-        "...); the median p99 of each size (`bench/flat.py`).",
+        f"Both served at once; each endpoint loaded on one and then the other, "
+        f"{flat['rounds']} rounds of {flat['seconds']} s each (one, the other, then the other, "
+        "one, ...); the median p99 of each (`bench/flat.py`).",
         "",
-        f"| endpoint | cache | p99 ms at {flat['small']:,} (each round) "
-        f"| p99 ms at {flat['large']:,} (each round) | median growth |",
+        f"| endpoint | cache | p99 ms at {small} (each round) "
+        f"| p99 ms at {large} (each round) | median growth |",
         "|---|---|---|---|---:|",
     ]
     for r in flat["rows"]:

@@ -14,12 +14,12 @@ from conftest import SITE_URL, add_post, start_server, stop_server
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from app import essaypage, posts, watch
+from app import essaypage, pagestore, posts, watch
 from app.cache import VersionReader
 from app.db import write_session
 from app.essaypage import StoredPages
 from app.fragments import Renderer
-from app.pagestore import LocalPages
+from app.pagestore import Kept, LocalPages
 
 
 def _postgresql(engine: Engine) -> None:
@@ -227,8 +227,8 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
     engine, settings, tmp_path
 ) -> None:
     """Two workers of one serve, one local copy (app/pagestore.py): a page one read from the
-    database twice (once is not worth a write to the copy) the other answers without a query
-    (then from its own memory), until a write moves the version on."""
+    database the other answers without a query (then from its own memory), until a write moves
+    the version on."""
     _postgresql(engine)
     renderer = Renderer.for_settings(settings)
     post = _stored_post(engine, renderer)
@@ -248,25 +248,15 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
 
     local.locate = counted_locate  # type: ignore[method-assign]
 
-    def edit(body: str) -> None:
-        with write_session(engine) as session:
-            current = posts.load_views(session, [posts.get_post(session, post.id)])[0]
-            edited = current.to_input().model_copy(update={"body": body})
-            posts.update_post(session, post.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
-
     async def scenario() -> list[bytes | None]:
         try:
-            watcher = watch.for_engine(engine)
-            await _trusted(watcher)
-            await first.get(post.id)  # type: ignore[arg-type]
-            assert local_locate(post.id, False, watcher.version) is None  # asked once: not kept
-            await asyncio.to_thread(edit, "Minds now differ.")  # the version moves on
-            read = await first.get(post.id)  # type: ignore[arg-type]  # asked again: kept
+            await _trusted(watch.for_engine(engine))
+            read = await first.get(post.id)  # type: ignore[arg-type]
             shared = await second.get(post.id)  # type: ignore[arg-type]
             again = await second.get(post.id)  # type: ignore[arg-type]
             assert again.page == shared.page and file_reads == [post.id]  # kept in memory now
-            await asyncio.to_thread(edit, "Minds now agree: gone.")  # acknowledged: both
-            # workers hold the new version
+            # Acknowledged: both workers hold the new version.
+            await asyncio.to_thread(_edit, engine, renderer, post, "Minds now agree: gone.")
             after_second = await second.get(post.id)  # type: ignore[arg-type]
             after_first = await first.get(post.id)  # type: ignore[arg-type]
             return [read.page, shared.page, after_second.page, after_first.page]
@@ -278,9 +268,52 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
     assert served[0] and served[0] == served[1]
     assert served[2] and b"gone." in served[2] and served[2] != served[0]
     assert served[3] == served[2]  # the first worker's copy of the old page was not answered
-    # The first read before and after each edit; the second once, after the last, which it
-    # had not asked for before: not kept in the copy, so the first read it too.
-    assert asked == [[[post.id], [post.id], [post.id]], [[post.id]]]
+    assert asked == [[[post.id]], [[post.id]]]  # one read each: first before, second after
+
+
+def _edit(engine: Engine, renderer: Renderer, post: posts.Post, body: str) -> None:
+    """Give the post a new body, as the ingest API's PUT does (its page stored again)."""
+    with write_session(engine) as session:
+        current = posts.load_views(session, [posts.get_post(session, post.id)])[0]
+        edited = current.to_input().model_copy(update={"body": body})
+        posts.update_post(session, post.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
+
+
+def test_a_full_copy_takes_a_page_only_when_a_worker_reads_it_again(
+    engine, settings, tmp_path
+) -> None:
+    """Once the machine's copy has had to let pages go, a page a worker read once from the
+    database is not written to it (readers spread over the whole archive would rewrite it on
+    every request); read again, it is."""
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    post = _stored_post(engine, renderer)
+    local = LocalPages(tmp_path / "pages.sqlite", 1)
+    other = Kept("another", "published", b'W/"x"', b"<html>x</html>")
+    for i in range(pagestore.TRIM_EVERY):  # more than its bound of one: it lets pages go
+        assert not local.full
+        local.put(10_000 + i, False, 0, other)
+    assert local.full
+    pages = StoredPages(engine, renderer.page_key, local=local)
+    asked = _count_queries(pages)
+
+    async def scenario() -> tuple[Any, Any]:
+        try:
+            watcher = watch.for_engine(engine)
+            await _trusted(watcher)
+            await pages.get(post.id)  # type: ignore[arg-type]
+            once = local.locate(post.id, False, watcher.version)  # type: ignore[arg-type]
+            await asyncio.to_thread(_edit, engine, renderer, post, "Minds now differ.")
+            read = await pages.get(post.id)  # type: ignore[arg-type]  # a new version: again
+            twice = local.locate(post.id, False, watcher.version)  # type: ignore[arg-type]
+            assert read.page is not None and b"Minds now differ." in read.page
+            return once, twice
+        finally:
+            await pages.close()
+
+    once, twice = asyncio.run(scenario())
+    assert once is None and twice is not None
+    assert asked == [[post.id], [post.id]]
 
 
 def test_two_hosts_serve_every_edit_at_once(settings, engine, tmp_path) -> None:
@@ -338,7 +371,7 @@ def test_serve_gives_its_workers_one_copy_and_removes_it_at_exit(
     settings, engine, tmp_path
 ) -> None:
     """`workshop serve` on PostgreSQL: its workers fill one local copy of the pages they read
-    again (app/pagestore.py), made at start and gone when it stops."""
+    (app/pagestore.py), made at start and gone when it stops."""
     _postgresql(engine)
     renderer = Renderer.for_settings(settings)
     post = _stored_post(engine, renderer)
@@ -356,14 +389,6 @@ def test_serve_gives_its_workers_one_copy_and_removes_it_at_exit(
             time.sleep(0.05)
         for _ in range(4):  # a connection each: a trusted worker keeps the page it read
             assert httpx.get(server.url + path).status_code == 200
-        with sqlite3.connect(copy) as kept:  # read once: not worth a write to the copy
-            assert kept.execute("SELECT post_id FROM pages").fetchall() == []
-        with write_session(engine) as session:  # the version moves on: read again
-            current = posts.load_views(session, [posts.get_post(session, post.id)])[0]
-            edited = current.to_input().model_copy(update={"body": "Minds now differ."})
-            posts.update_post(session, post.id, edited, "Workshop", render=renderer)  # type: ignore[arg-type]
-        for _ in range(12):  # one worker at least that read it before reads it again
-            assert b"Minds now differ." in httpx.get(server.url + path).content
         with sqlite3.connect(copy) as kept:
             assert kept.execute("SELECT post_id FROM pages").fetchall() == [(post.id,)]
     finally:
