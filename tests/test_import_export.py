@@ -295,3 +295,11 @@ def test_export_import_export_gives_identical_files(
     for a, b in zip(first, second, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
     other_engine.dispose()
+
+
+def test_a_directory_stands_for_its_txt_files_in_name_order(tmp_path: Path) -> None:
+    for name in ("b.txt", "a.txt", "notes.md", "a10.txt"):
+        (tmp_path / name).write_text("x")
+    named = tmp_path / "notes.md"  # a file named on the command line is taken as it is
+    expected = [str(tmp_path / n) for n in ("a.txt", "a10.txt", "b.txt")] + [str(named)]
+    assert transfer.expand_paths([tmp_path, named]) == expected
