@@ -12,9 +12,10 @@ not grow with the archive. Random essays of a 10,000-essay archive (5,000 paths)
 `wrk -t2 -c32`, runs alternating: 13.7-15.4k requests/s without the copy, 30.0-30.7k with it,
 where SQLite served the same archive at 30.4-32.9k in the same minutes.
 
-What goes in: a page a worker reads from the server again (`StoredPages._admit` in
-`app/essaypage.py`), not one read once: readers spread evenly over ten times more essays than the
-copy holds had it rewritten on nearly every request, slower than no copy at all.
+What goes in (`StoredPages._admit` in `app/essaypage.py`): every page read from the server while
+the copy has room (`full` not yet seen); after that, only a page a worker reads from the server
+again. Readers spread evenly over ten times more essays than the copy holds had it rewritten on
+nearly every request, slower than no copy at all.
 
 Small rows, bytes in files: a row holds a page's slug, status and ETag and where its bytes are,
 in `bytes-<n>.bin` beside the SQLite file (both workers append to the newest; `O_APPEND` places
