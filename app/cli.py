@@ -48,7 +48,7 @@ def serve(host: str, port: int, workers: int) -> None:
         # Metrics summed over every worker (prometheus_client multiprocess mode), in a folder
         # of this serve's unless the operator named one; set before the workers import the app.
         if not os.environ.get(METRICS_ENV):
-            os.environ[METRICS_ENV] = stack.enter_context(tempfolders.held("workshop-metrics-"))
+            os.environ[METRICS_ENV] = stack.enter_context(tempfolders.held(tempfolders.METRICS))
             stack.callback(os.environ.pop, METRICS_ENV, None)
         stack.enter_context(pagestore.shared_copy(settings))  # PostgreSQL: a local page copy
         uvicorn.run(

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 # Set by `workshop serve` for its workers: the file they share (no file: no shared copy).
 ENV = "WORKSHOP_PAGE_STORE_FILE"
-FOLDER_PREFIX = "workshop-pages-"  # a serve's folder in the temp dir, for its workers' file
+FOLDER_PREFIX = tempfolders.PAGES  # a serve's folder in the temp dir, for its workers' file
 TRIM_EVERY = 256  # writes between two trims to the bound
 BYTES_PER_ENTRY = 24 * 1024  # a bytes file holds about this much per page of the bound
 

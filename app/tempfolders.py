@@ -22,14 +22,20 @@ log = logging.getLogger(__name__)
 
 # An unheld folder younger than this may be a serve's that is starting (made, not yet locked).
 ABANDONED_AFTER = 60  # seconds
+# The names a serve's folders start with; every serve clears those left by killed serves, so a
+# machine that now serves SQLite also loses the page copies of its PostgreSQL days.
+METRICS = "workshop-metrics-"
+PAGES = "workshop-pages-"
+SERVE_PREFIXES = (METRICS, PAGES)
 
 
 @contextlib.contextmanager
 def held(prefix: str) -> Iterator[str]:
     """A new folder in the temp dir, named `prefix` and a random part, locked while the block
-    runs and removed after it. Folders with this prefix that earlier serves left are removed
-    first. Raises OSError when no folder can be made there."""
-    remove_abandoned(tempfile.gettempdir(), prefix)
+    runs and removed after it. The folders with this prefix, or any of a serve's, that killed
+    serves left are removed first. Raises OSError when no folder can be made there."""
+    for left in dict.fromkeys((prefix, *SERVE_PREFIXES)):
+        remove_abandoned(tempfile.gettempdir(), left)
     folder = tempfile.mkdtemp(prefix=prefix)
     lock = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # not inherited by the workers
     try:

@@ -83,20 +83,22 @@ def test_serve_leaves_no_folders_behind_even_killed(settings: Settings, tmp_path
     tempdir.mkdir()
     env = {"TMPDIR": str(tempdir), "PROMETHEUS_MULTIPROC_DIR": ""}
     first = start_server(settings, tmp_path, workers=2, **env)
-    made = _serve_folders(tempdir)
+    made = set(_serve_folders(tempdir))
     # Its workers' metrics, and on PostgreSQL their local copy of pages.
     assert {p.name.rsplit("-", 1)[0] for p in made} == (
         {"workshop-metrics"} if settings.is_sqlite else {"workshop-metrics", "workshop-pages"}
     )
     first.process.kill()  # no clean exit
     first.process.wait()
-    assert _serve_folders(tempdir) == made  # left behind
-    _age(*made)
+    assert set(_serve_folders(tempdir)) == made  # left behind
+    old_copy = tempdir / f"{tempfolders.PAGES}from-postgresql-days"  # any database's serve
+    old_copy.mkdir()
+    _age(*made, old_copy)
 
     second = start_server(settings, tmp_path, workers=2, **env)
     try:
         now = _serve_folders(tempdir)
-        assert len(now) == len(made) and not set(now) & set(made)  # its own only
+        assert len(now) == len(made) and not set(now) & (made | {old_copy})  # its own only
     finally:
         stop_server(second)
     assert second.process.returncode == 0
