@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ def serve(host: str, port: int, workers: int) -> None:
         raise click.ClickException(
             "the database is not at the latest migration: run `workshop db upgrade`"
         )
+    # uvicorn stops on SIGTERM, then raises it again under the handler it found there: the
+    # default one would end this process before the folders below are removed.
+    signal.signal(signal.SIGTERM, _stop)
     with contextlib.ExitStack() as stack:
         # Metrics summed over every worker (prometheus_client multiprocess mode), in a folder
         # of this serve's unless the operator named one; set before the workers import the app.
@@ -64,6 +68,11 @@ def serve(host: str, port: int, workers: int) -> None:
             log_level="warning",
             access_log=False,  # app/observability.py writes its own, with the request id
         )
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM for `workshop serve`: a clean stop, its temp folders removed on the way out."""
+    raise SystemExit(0)
 
 
 @main.group("db")

@@ -103,3 +103,18 @@ def test_serve_leaves_no_folders_behind_even_killed(settings: Settings, tmp_path
         stop_server(second)
     assert second.process.returncode == 0
     assert _serve_folders(tempdir) == []  # a clean stop removes its own
+
+
+def test_a_single_worker_serve_stopped_with_sigterm_removes_its_folders(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """One worker: uvicorn serves in the serve's own process, and after a SIGTERM raises the
+    signal again once it has stopped; the folders go all the same, and the exit is clean."""
+    tempdir = tmp_path / "tmp"
+    tempdir.mkdir()
+    env = {"TMPDIR": str(tempdir), "PROMETHEUS_MULTIPROC_DIR": ""}
+    server = start_server(settings, tmp_path, workers=1, **env)
+    assert _serve_folders(tempdir)
+    stop_server(server)  # SIGTERM
+    assert server.process.returncode == 0, server.log.read_text()
+    assert _serve_folders(tempdir) == []
