@@ -4,6 +4,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def serve(host: str, port: int, workers: int) -> None:
     # uvicorn stops on SIGTERM, then raises it again under the handler it found there: the
     # default one would end this process before the folders below are removed.
     signal.signal(signal.SIGTERM, _stop)
+    tempfolders.remove_abandoned(tempfile.gettempdir())  # what killed serves left behind
     with contextlib.ExitStack() as stack:
         # Metrics summed over every worker (prometheus_client multiprocess mode), in a folder
         # of this serve's unless the operator named one; set before the workers import the app.

@@ -5,8 +5,8 @@ A serve removes its folders when it stops. A serve that was killed (SIGKILL, the
 container stopped hard) cannot, and its folders stayed for good: a machine that had run the test
 suite a few times held 500 metrics folders and 100 page copies. So a serve holds a lock on each
 of its folders while it runs (`flock`, which the kernel releases when the process dies, whatever
-kills it), and the next serve on the machine removes the folders with its prefix that nobody
-holds (`remove_abandoned`).
+kills it), and the next serve on the machine, as it starts, removes the serve folders that
+nobody holds (`remove_abandoned`).
 """
 
 import contextlib
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 # An unheld folder younger than this may be a serve's that is starting (made, not yet locked).
 ABANDONED_AFTER = 60  # seconds
-# The names a serve's folders start with; every serve clears those left by killed serves, so a
-# machine that now serves SQLite also loses the page copies of its PostgreSQL days.
+# The names a serve's folders start with; every serve clears those left by killed serves, once
+# as it starts (`workshop serve`), so a machine that now serves SQLite also loses the page
+# copies of its PostgreSQL days.
 METRICS = "workshop-metrics-"
 PAGES = "workshop-pages-"
 SERVE_PREFIXES = (METRICS, PAGES)
@@ -32,10 +33,7 @@ SERVE_PREFIXES = (METRICS, PAGES)
 @contextlib.contextmanager
 def held(prefix: str) -> Iterator[str]:
     """A new folder in the temp dir, named `prefix` and a random part, locked while the block
-    runs and removed after it. The folders with this prefix, or any of a serve's, that killed
-    serves left are removed first. Raises OSError when no folder can be made there."""
-    for left in dict.fromkeys((prefix, *SERVE_PREFIXES)):
-        remove_abandoned(tempfile.gettempdir(), left)
+    runs and removed after it. Raises OSError when no folder can be made there."""
     folder = tempfile.mkdtemp(prefix=prefix)
     lock = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # not inherited by the workers
     try:
@@ -46,9 +44,9 @@ def held(prefix: str) -> Iterator[str]:
         os.close(lock)
 
 
-def remove_abandoned(tempdir: str, prefix: str) -> int:
-    """Remove the folders in `tempdir` named `prefix...` that no running serve holds and that
-    are at least `ABANDONED_AFTER` seconds old; returns how many."""
+def remove_abandoned(tempdir: str, prefix: str | tuple[str, ...] = SERVE_PREFIXES) -> int:
+    """Remove the folders in `tempdir` whose names start with `prefix` (or one of them) that no
+    running serve holds and that are at least `ABANDONED_AFTER` seconds old; how many."""
     try:
         found = [e for e in os.scandir(tempdir) if e.name.startswith(prefix)]
     except OSError:
@@ -71,5 +69,5 @@ def remove_abandoned(tempdir: str, prefix: str) -> int:
         finally:
             os.close(lock)
     if removed:
-        log.info("removed %d folders named %s* left by serves that were killed", removed, prefix)
+        log.info("removed %d folders in %s left by serves that were killed", removed, tempdir)
     return removed

@@ -26,7 +26,7 @@ def measure(
     # The two sides, by label: the smallest and the largest archive; or, as a control
     # (`--flat-control`), the smallest served twice, which tells how far two identical servers'
     # p99s drift apart here: the noise the verdict is read against.
-    control = bool(getattr(args, "flat_control", False))
+    control = args.flat_control
     if control:
         large = small
     sides = {f"{small:,}": small, f"{small:,} again" if control else f"{large:,}": large}
