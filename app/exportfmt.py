@@ -1,4 +1,4 @@
-"""The blog's export format (one essay per text file), parsed and written.
+r"""The blog's export format (one essay per text file), parsed and written.
 
     # <title>
     *<author> · <YYYY-MM-DD HH:MM:SS in UTC>*
@@ -14,6 +14,11 @@
 The cycle line, the footer and the permanent link may be missing; the body may contain `---`.
 Tags and stories are not in the old blog's files; Workshop writes them in the footer so that
 export -> import keeps the whole site.
+
+In the footer, a character that would end a name early (`|` `,` `;` `(` `)`) is written after a
+backslash, as Markdown escapes it, and so is a backslash itself: a tag `rates, duration` is
+`rates\, duration`. A mind named Conviction is written `\Conviction`, as the bare word is the
+debate's conviction. The old blog's files have no backslashes there and read as before.
 """
 
 import re
@@ -32,7 +37,10 @@ _CYCLE_LINE = re.compile(r"^\*\*Cycle (?P<cycle>\d+) \| (?P<local>.+)\*\*$")
 _PERMALINK = re.compile(r"^Permanent link: (?P<url>\S*/read/(?P<id>\d+)(?:/[^/\s]*)?/?)$")
 _META_LINE = re.compile(r"^\*(?P<key>Debate|Tags|Stories): (?P<value>.*)\*$")
 _PERCENT = re.compile(r"^(?P<num>\d+(?:\.\d+)?)%$")
-_STORY = re.compile(r"^(?P<title>.+) \((?P<status>[^()]+)\)$")
+_STORY = re.compile(r"^(?P<title>.+) \((?P<status>(?:\\.|[^()\\])+)\)$")
+_ESCAPED = re.compile(r"\\(.)")
+_TO_ESCAPE = re.compile(r"([\\|,;()])")
+MAX_ID = 2**31 - 1  # the posts table's integer key, on both databases
 
 
 class FormatError(ValueError):
@@ -86,6 +94,8 @@ def parse(text: str) -> ExportedPost:
     footer: dict[str, tuple[int, str]] = {}
     if end > body_start and (pm := _PERMALINK.match(lines[end - 1].strip())):
         post_id = int(pm["id"])
+        if not 1 <= post_id <= MAX_ID:
+            raise FormatError(end, f"the permanent link's id must be 1 to {MAX_ID}, not {post_id}")
         end = _drop_rule(lines, end - 1, body_start)
     elif end > body_start and lines[end - 1].startswith("Permanent link:"):
         raise FormatError(end, "the permanent link must end in /read/<id>/<slug>")
@@ -115,7 +125,8 @@ def parse(text: str) -> ExportedPost:
     if "Debate" in footer:
         doc["debate"] = _parse_debate(*footer["Debate"])
     if "Tags" in footer:
-        doc["tags"] = [t.strip() for t in footer["Tags"][1].split(",") if t.strip()]
+        tags = _split(footer["Tags"][1], ",")
+        doc["tags"] = [_unescape(t.strip()) for t in tags if t.strip()]
     if "Stories" in footer:
         doc["stories"] = _parse_stories(*footer["Stories"])
     try:
@@ -155,28 +166,53 @@ def _percent(text: str, line: int, what: str) -> float:
         raise FormatError(line, f"{what}: invalid number {text!r}") from None
 
 
+def _split(text: str, separator: str) -> list[str]:
+    """`text` cut at each `separator` that is not part of a backslash escape."""
+    parts, start, i = [], 0, 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text.startswith(separator, i):
+            parts.append(text[start:i])
+            i = start = i + len(separator)
+        else:
+            i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPED.sub(r"\1", text)
+
+
+def _escape(text: str) -> str:
+    return _TO_ESCAPE.sub(r"\\\1", text)
+
+
 def _parse_debate(line: int, value: str) -> dict[str, object]:
-    parts = [p.strip() for p in value.split(" | ")]
-    debate: dict[str, object] = {"outcome": parts[0], "minds": []}
+    parts = [p.strip() for p in _split(value, " | ")]
+    debate: dict[str, object] = {"outcome": _unescape(parts[0]), "minds": []}
     for part in parts[1:]:
-        name, sep, amount = part.rpartition(":")
-        if not sep or not name.strip():
+        raw, sep, amount = part.rpartition(":")
+        if not sep or not raw.strip():
             raise FormatError(line, f"expected '<Mind>: <p>%', got {part!r}")
-        name = name.strip()
-        if name == "Conviction":
+        raw = raw.strip()
+        if raw == "Conviction":  # written `\Conviction` when it is a mind's name
             debate["conviction"] = _percent(amount, line, "Conviction")
         else:
+            name = _unescape(raw)
             debate["minds"].append({"name": name, "confidence": _percent(amount, line, name)})  # type: ignore[attr-defined]
     return debate
 
 
 def _parse_stories(line: int, value: str) -> list[dict[str, str]]:
     stories = []
-    for part in value.split("; "):
+    for part in _split(value, "; "):
         match = _STORY.match(part.strip())
         if not match:
             raise FormatError(line, f"expected '<story> (<status>)', got {part.strip()!r}")
-        stories.append({"title": match["title"].strip(), "status": match["status"].strip()})
+        title, status = _unescape(match["title"].strip()), _unescape(match["status"].strip())
+        stories.append({"title": title, "status": status})
     return stories
 
 
@@ -196,15 +232,18 @@ def render(post: PostIn, *, permalink: str | None, tz: ZoneInfo) -> str:
     out += [post.body, ""]
     meta = []
     if post.debate is not None:
-        parts = [post.debate.outcome]
+        parts = [_escape(post.debate.outcome)]
         if post.debate.conviction is not None:
             parts.append(f"Conviction: {_format_percent(post.debate.conviction)}")
-        parts += [f"{m.name}: {_format_percent(m.confidence)}" for m in post.debate.minds]
+        for m in post.debate.minds:
+            name = "\\Conviction" if m.name == "Conviction" else _escape(m.name)
+            parts.append(f"{name}: {_format_percent(m.confidence)}")
         meta.append(f"*Debate: {' | '.join(parts)}*")
     if post.tags:
-        meta.append(f"*Tags: {', '.join(post.tags)}*")
+        meta.append(f"*Tags: {', '.join(_escape(t) for t in post.tags)}*")
     if post.stories:
-        meta.append(f"*Stories: {'; '.join(f'{s.title} ({s.status})' for s in post.stories)}*")
+        stories = (f"{_escape(s.title)} ({_escape(s.status)})" for s in post.stories)
+        meta.append(f"*Stories: {'; '.join(stories)}*")
     if meta:
         out += ["---", *meta, ""]
     if permalink:

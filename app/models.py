@@ -9,7 +9,7 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -447,16 +447,17 @@ class PostIn(BaseModel):
                 out.append(tag)
         return out
 
-    @model_validator(mode="after")
-    def _unique_stories(self) -> "PostIn":
+    @field_validator("stories")
+    @classmethod
+    def _unique_stories(cls, stories: list[StoryIn]) -> list[StoryIn]:
         from app.slugs import slugify
 
         seen: set[str] = set()
-        for story in self.stories:
+        for story in stories:
             key = slugify(story.title, fallback="")
             if not key:
                 raise ValueError(f"story {story.title!r} has no letters or digits")
             if key in seen:
                 raise ValueError(f"duplicate story: {story.title!r}")
             seen.add(key)
-        return self
+        return stories

@@ -420,6 +420,8 @@ def _locked_post(session: Session, post_id: int, in_batch: bool = False) -> Post
 def _check_if_match(post: Post, if_match: str | None) -> None:
     if if_match is None:
         return
+    # A weak tag counts as its strong twin: a compressing proxy in front (nginx's gzip) weakens
+    # the ETag the engine then sends back, and the post's version is the same either way.
     tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
     if "*" not in tags and etag(post) not in tags:
         raise PreconditionFailed(

@@ -303,3 +303,51 @@ def test_a_directory_stands_for_its_txt_files_in_name_order(tmp_path: Path) -> N
     named = tmp_path / "notes.md"  # a file named on the command line is taken as it is
     expected = [str(tmp_path / n) for n in ("a.txt", "a10.txt", "b.txt")] + [str(named)]
     assert transfer.expand_paths([tmp_path, named]) == expected
+
+
+@pytest.mark.parametrize(
+    "debate",
+    [
+        {"outcome": "split | leaning bearish", "conviction": 0.4, "minds": []},
+        {"outcome": "x", "conviction": None, "minds": [{"name": "Conviction", "confidence": 0.3}]},
+        {"outcome": "x", "conviction": 0.2, "minds": [{"name": "Conviction", "confidence": 0.3}]},
+        {"outcome": r"back\slash", "minds": [{"name": "A|B (c); d, e: f", "confidence": 0.5}]},
+    ],
+)
+def test_export_keeps_debates_whose_names_hold_the_separators(settings: Settings, debate) -> None:
+    from app.models import PostIn
+
+    post = PostIn.model_validate(
+        {"title": "T", "body": "B", "published_at": "2026-04-05T15:04:00Z", "debate": debate}
+    )
+    again = parse(exportfmt.render(post, permalink=None, tz=settings.tz)).post
+    assert again.debate == post.debate
+
+
+def test_export_keeps_tags_and_stories_whose_names_hold_the_separators(settings: Settings) -> None:
+    from app.models import PostIn
+
+    post = PostIn.model_validate(
+        {
+            "title": "T",
+            "body": "B",
+            "published_at": "2026-04-05T15:04:00Z",
+            "tags": ["rates, duration", "QQQ", r"a\b"],
+            "stories": [
+                {"title": "Rates; Duration", "status": "partially (re)versing"},
+                {"title": "Fed (Dovish) Pivot", "status": "developing"},
+            ],
+        }
+    )
+    text = exportfmt.render(post, permalink=None, tz=settings.tz)
+    assert r"*Tags: rates\, duration, QQQ, a\\b*" in text
+    again = parse(text).post
+    assert again.tags == post.tags and again.stories == post.stories
+
+
+@pytest.mark.parametrize("post_id", ["0", "2147483648", "99999999999999999999"])
+def test_a_permanent_link_id_the_database_cannot_hold_is_refused(post_id: str) -> None:
+    with pytest.raises(FormatError) as info:
+        parse(HEAD + f"---\nPermanent link: https://x.example/read/{post_id}/title\n")
+    assert info.value.line == 8
+    assert "id must be 1 to 2147483647" in str(info.value)

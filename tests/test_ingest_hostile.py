@@ -199,7 +199,7 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
     ("title-too-long", body(title="t" * 301), JSON, 422, "title"),
     ("too-many-tags", body(tags=[f"t{i}" for i in range(31)]), JSON, 422, "tags"),
     ("story-without-title", body(stories=[{"status": "developing"}]), JSON, 422, "stories.0.title"),
-    ("duplicate-stories", body(stories=[{"title": "A b"}, {"title": "a-B"}]), JSON, 422, "story"),
+    ("duplicate-stories", body(stories=[{"title": "A b"}, {"title": "a-B"}]), JSON, 422, "stories"),
 ]
 
 

@@ -78,6 +78,8 @@ def test_sqlite_runs_with_wal_and_busy_timeout(engine, settings: Settings) -> No
             conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == settings.sqlite_busy_timeout_ms
         )
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        # FULL (2): every commit is on disk before its writer is answered.
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
 def test_postgres_pool_is_sized_by_settings(settings: Settings) -> None:
