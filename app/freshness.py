@@ -31,9 +31,12 @@ class ContentState:
     version: int
     changed_at: datetime
 
-    def etag(self, path: str) -> str:
-        digest = hashlib.sha256(f"{RENDER_REVISION}:{path}".encode()).hexdigest()[:12]
-        return f'"v{self.version}-{digest}"'
+    def etag(self, path: str, site: str) -> str:
+        """Weak: the same document goes out gzipped or not (a strong tag would have to differ
+        between the two). `site`: the build and the settings the document shows
+        (`templating.site_fingerprint`)."""
+        digest = hashlib.sha256(f"{RENDER_REVISION}:{site}:{path}".encode()).hexdigest()[:12]
+        return f'W/"v{self.version}-{digest}"'
 
     @property
     def last_modified(self) -> str:
@@ -55,20 +58,20 @@ def content_state(session: Session) -> ContentState:
     return ContentState(int(rows.get(CONTENT_VERSION) or 0), changed_at)
 
 
-def validators(state: ContentState, path: str) -> dict[str, str]:
+def validators(state: ContentState, path: str, site: str) -> dict[str, str]:
     return {
-        "ETag": state.etag(path),
+        "ETag": state.etag(path, site),
         "Last-Modified": state.last_modified,
         "Cache-Control": CACHE_CONTROL,
     }
 
 
-def is_fresh(headers: Mapping[str, str], state: ContentState, path: str) -> bool:
+def is_fresh(headers: Mapping[str, str], state: ContentState, path: str, site: str) -> bool:
     """True when the client's copy is current (RFC 9110 §13.1: If-None-Match wins over
     If-Modified-Since; a weak comparison is right for GET)."""
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
-        ours = state.etag(path)
+        ours = state.etag(path, site).removeprefix("W/")
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
         return "*" in tags or ours in tags
     if_modified_since = headers.get("if-modified-since")

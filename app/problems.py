@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Mount
 
 from app.errors import WorkshopError
+from app.freshness import CACHE_CONTROL
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("workshop.errors")
@@ -46,9 +47,24 @@ def wants_html(request: Request) -> bool:
     )
 
 
+def _for_readers(request: Request, response: Response) -> Response:
+    """A reader-site error (not /api/) is an HTML page or problem+json by the request's Accept,
+    so a shared cache must key on it; a 404 or 410 is kept as long as a page is, where caches
+    would otherwise choose a time of their own (a CDN's default, a browser's heuristic)."""
+    if request.url.path.startswith("/api/"):
+        return response
+    response.headers.add_vary_header("Accept")
+    if response.status_code in (404, 410):
+        response.headers.setdefault("Cache-Control", CACHE_CONTROL)
+    return response
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(WorkshopError)
     async def _domain(request: Request, exc: WorkshopError) -> Response:
+        return _for_readers(request, _domain_answer(request, exc))
+
+    def _domain_answer(request: Request, exc: WorkshopError) -> Response:
         if wants_html(request):
             from app.routes.reader import error_page
 
@@ -96,8 +112,8 @@ def install(app: FastAPI) -> None:
 
             response = error_page(request, status, title, detail)
             response.headers.update(headers)
-            return response
-        return problem(status, title, detail, headers=headers)
+            return _for_readers(request, response)
+        return _for_readers(request, problem(status, title, detail, headers=headers))
 
     app.add_exception_handler(DBAPIError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
@@ -114,8 +130,10 @@ def install(app: FastAPI) -> None:
 
             response = error_page(request, exc.status_code, title, detail)
             response.headers.update(headers or {})
-            return response
-        return problem(exc.status_code, title, detail or title, headers=headers)
+            return _for_readers(request, response)
+        return _for_readers(
+            request, problem(exc.status_code, title, detail or title, headers=headers)
+        )
 
 
 def allowed_methods(request: Request, fallback: str = "") -> list[str]:

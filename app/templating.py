@@ -67,6 +67,24 @@ def build_fingerprint() -> str:
     return h.hexdigest()[:10]
 
 
+def site_fingerprint(settings: Settings, build: str) -> str:
+    """A hash of the build and of every setting that pages and feeds show: part of their ETags,
+    so that a restart with another site URL, name or time zone never answers 304 with a copy
+    made under the old one. The database URL, which may hold a password, is not in it."""
+    shown = (
+        build,
+        settings.site_url,
+        settings.site_name,
+        settings.site_description,
+        settings.timezone,
+        settings.author,
+        str(settings.page_size),
+        str(settings.feed_size),
+        settings.websub_hub,
+    )
+    return hashlib.sha256("\n".join(shown).encode()).hexdigest()[:10]
+
+
 class StaticAssets(StaticFiles):
     """Static files: a year and `immutable` when the URL carries the file's current hash."""
 
@@ -103,7 +121,8 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         settings=settings,
         static_url=static_url_factory(),
         urls=urls,
-        build_fingerprint=build_fingerprint(),
+        build_fingerprint=(build := build_fingerprint()),
+        site_fingerprint=site_fingerprint(settings, build),
     )
     tz = settings.tz
 

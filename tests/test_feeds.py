@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, text
 
 from app import db, posts
+from app.config import Settings
+from app.main import create_app
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
@@ -433,7 +435,44 @@ def test_stale_validators_get_the_full_document(
     etag = client.get("/feed.xml").headers["etag"]
     both = {"If-None-Match": '"v0-nope"', "If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}
     assert client.get("/feed.xml", headers=both).status_code == 200  # If-None-Match wins
-    assert client.get("/feed.xml", headers={"If-None-Match": f'"x", W/{etag}'}).status_code == 304
+    strong = etag.removeprefix("W/")  # the same document: a weak comparison matches either
+    for tags in (f'"x", {etag}', f'"x", {strong}'):
+        assert client.get("/feed.xml", headers={"If-None-Match": tags}).status_code == 304
+
+
+def test_feed_etags_are_weak_as_the_bytes_differ_by_encoding(
+    client: TestClient, essays: list[posts.Post]
+) -> None:
+    plain = client.get("/feed.xml", headers={"Accept-Encoding": "identity"})
+    packed = client.get("/feed.xml", headers={"Accept-Encoding": "gzip"})
+    assert packed.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert plain.headers["etag"] == packed.headers["etag"]
+    assert plain.headers["etag"].startswith('W/"')  # RFC 9110 8.8.3: a strong one must differ
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"site_name": "Market Minds"},
+        {"site_url": "https://blog.example"},
+        {"timezone": "Asia/Tokyo"},
+    ],
+)
+@pytest.mark.parametrize("path", ["/feed.xml", "/sitemap.xml", "/", "/archive"])
+def test_a_restart_with_other_site_settings_never_answers_304_with_the_old_document(
+    settings: Settings, essays: list[posts.Post], path: str, changed: dict[str, str]
+) -> None:
+    def get(site: Settings, headers: dict[str, str] | None = None) -> Any:
+        app = create_app(site)
+        with TestClient(app, base_url=SITE_URL) as client:
+            response = client.get(path, headers=headers)
+        app.state.engine.dispose()
+        return response
+
+    before = get(settings)
+    assert get(settings, {"If-None-Match": before.headers["etag"]}).status_code == 304
+    after = get(settings.model_copy(update=changed), {"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200 and after.headers["etag"] != before.headers["etag"]
 
 
 def test_head_is_answered(client: TestClient, essays: list[posts.Post]) -> None:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from app import browse, db, posts
+from app.routes import reader
 
 HTML = {"accept": "text/html"}
 
@@ -234,6 +235,40 @@ def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
     assert page(client, "/").xpath("//ol[@class='entries']/li") == []
 
 
+def test_redirects_and_error_pages_say_how_long_caches_keep_them(
+    client: TestClient, engine: Engine
+) -> None:
+    post = add_post(engine)
+    gone = add_post(engine, cycle=901, title="Withdrawn")
+    with db.write_session(engine) as session:
+        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
+    # Without Cache-Control a browser keeps a 301 for good: a title edited and edited back
+    # would send it around in a loop.
+    for path in (f"/read/{post.id}/old-slug", f"/read/{post.id}", "/cycle/900"):
+        response = client.get(path)
+        assert response.status_code in (301, 302)
+        assert response.headers["cache-control"] == reader.PAGE_CACHE_CONTROL, path
+    # The same path answers an HTML page or problem+json by Accept: caches must key on it.
+    for path, status in [("/read/999/x", 404), (f"/read/{gone.id}/{gone.slug}", 410)]:
+        for accept in ("text/html", "application/json"):
+            for _ in range(2):  # the second from the response cache
+                response = client.get(path, headers={"accept": accept})
+                assert response.status_code == status
+                assert "Accept" in response.headers["vary"].split(", "), response.headers
+                assert response.headers["cache-control"] == reader.PAGE_CACHE_CONTROL
+    assert "vary" not in client.get("/api/v1/posts/999").headers  # the API is always JSON
+
+
+def test_an_essay_id_written_with_leading_zeros_is_sent_to_the_canonical_page(
+    client: TestClient, engine: Engine
+) -> None:
+    post = add_post(engine)
+    canonical = f"/read/{post.id}/{post.slug}"
+    for _ in range(2):
+        response = client.get(f"/read/{post.id:04d}/{post.slug}", headers=HTML)
+        assert (response.status_code, response.headers["location"]) == (301, canonical)
+
+
 @pytest.mark.parametrize(
     "cursor", ["garbage", "", "a" * 500, "MjAyNi0wMS0wMXwx", "%00", "bm90fGFuaWQ"]
 )
@@ -397,7 +432,16 @@ def test_archive_spanning_centuries_costs_a_few_queries(
         assert texts(page(uncached_client, link), "//ol[@class='compact']//a") == [title]
 
 
-@pytest.mark.parametrize("path", ["/archive/1969/11", "/archive/9999/02", "/archive/0000/01"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/archive/1969/11",
+        "/archive/9999/02",
+        "/archive/0000/01",
+        "/archive/\uff12\uff10\uff12\uff16/\uff10\uff14",  # full-width digits: 2026/04
+        "/archive/\u0662\u0660\u0662\u0666/04",  # Arabic-Indic digits
+    ],
+)
 def test_archive_months_no_essay_can_be_in_are_404(client: TestClient, path: str) -> None:
     page(client, path, status=404)
 

@@ -33,8 +33,9 @@ def _conditional(request: Request, session: Session) -> tuple[dict[str, str], Re
     """Headers for the answer, and the 304 to send instead when the client's copy is current."""
     _snapshot(session)
     state = freshness.content_state(session)
-    headers = freshness.validators(state, request.url.path)
-    if freshness.is_fresh(request.headers, state, request.url.path):
+    site = request.app.state.templates.env.globals["site_fingerprint"]
+    headers = freshness.validators(state, request.url.path, site)
+    if freshness.is_fresh(request.headers, state, request.url.path, site):
         return headers, Response(status_code=304, headers=headers)
     return headers, None
 

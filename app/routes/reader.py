@@ -48,11 +48,11 @@ def error_page(request: Request, status: int, title: str, detail: str) -> HTMLRe
 
 
 def page_etag(request: Request, version: int) -> str:
-    build = request.app.state.templates.env.globals["build_fingerprint"]
+    site = request.app.state.templates.env.globals["site_fingerprint"]  # the build and settings
     key = f"{request.url.path}?{request.url.query}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     # Weak: the gzip middleware may change the bytes, never the meaning.
-    return f'W/"{version}-{build}-{digest}"'
+    return f'W/"{version}-{site}-{digest}"'
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -132,7 +132,8 @@ def archive_month(
     after: str | None = None,
 ) -> Response:
     def build() -> Response:
-        if not (len(year) == 4 and year.isdigit() and len(month) == 2 and month.isdigit()):
+        digits = year.isascii() and year.isdigit() and month.isascii() and month.isdigit()
+        if not (len(year) == 4 and len(month) == 2 and digits):
             raise browse.PageNotFound("archive pages look like /archive/2026/04")
         tz = request.app.state.settings.tz
         size = browse.MONTH_PAGE_SIZE
@@ -214,7 +215,9 @@ def read(request: Request, post_id: str, slug: str) -> Response:
     """The essay page, rendered live: `StoredEssayPages` answers every request for a current
     stored page before routing, so what reaches this route is a wrong slug (301), a withdrawn
     (410) or unknown (404) essay, or a page with no current stored copy (see app/essaypage.py)."""
-    return _live_essay_page(request, _path_int(post_id, "essay"), slug)
+    number = _path_int(post_id, "essay")
+    # `/read/0701/...` is essay 701's page under another address: sent to the canonical one.
+    return _live_essay_page(request, number, slug, canonical=post_id == str(number))
 
 
 class StoredEssayPages:
@@ -299,7 +302,7 @@ async def _answer_when_read(
 
 
 def _stored_number(matched: re.Match[str] | None) -> int | None:
-    if matched is None:
+    if matched is None or matched[1].startswith("0"):  # not canonical: the route redirects
         return None
     number = int(matched[1])
     return number if 1 <= number <= browse.MAX_POST_ID else None
@@ -353,7 +356,7 @@ _STORED_IDENTITY = [*_STORED_304, (b"content-type", b"text/html; charset=utf-8")
 _STORED_GZIP = [*_STORED_IDENTITY, (b"content-encoding", b"gzip")]
 
 
-def _live_essay_page(request: Request, number: int, slug: str) -> Response:
+def _live_essay_page(request: Request, number: int, slug: str, canonical: bool) -> Response:
     renderer = request.app.state.renderer
     with Session(request.app.state.engine) as session:
 
@@ -361,7 +364,7 @@ def _live_essay_page(request: Request, number: int, slug: str) -> Response:
             post = essaypage.page_row(session, number)
             if post.status == posts.STATUS_DELETED:
                 raise PostGone(f"essay {number} was withdrawn")
-            if slug != post.slug:
+            if slug != post.slug or not canonical:
                 return _redirect_to(post)
             return HTMLResponse(renderer.finish(essaypage.render(session, renderer, post)))
 
@@ -378,4 +381,7 @@ def cycle(cycle: str, session: SessionDep) -> Response:
 def _redirect_to(
     post: posts.Post | essaypage.PageRow | essaypage.Stored, status: int = 301
 ) -> RedirectResponse:
-    return RedirectResponse(post_path(post), status_code=status)  # type: ignore[arg-type]
+    # Kept as long as a page: a browser keeps a 301 without Cache-Control for good, and a title
+    # edited, then edited back, would send its readers around in a loop.
+    headers = {"Cache-Control": PAGE_CACHE_CONTROL}
+    return RedirectResponse(post_path(post), status_code=status, headers=headers)  # type: ignore[arg-type]
