@@ -7,6 +7,7 @@ from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -110,6 +111,16 @@ def json_script(value: Any) -> Markup:
     return Markup(text)
 
 
+def page_path(request: Any) -> str:
+    """The path a page is known by (its canonical and Open Graph URL): a list page's own cursor
+    is part of it, so page 3 of an archive is not announced as a copy of page 1."""
+    for name in ("before", "after"):
+        value = request.query_params.get(name)
+        if value:
+            return f"{request.url.path}?{urlencode({name: value})}"
+    return str(request.url.path)
+
+
 def make_templates(settings: Settings) -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(_templates_root()))
     env = templates.env
@@ -121,6 +132,7 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         settings=settings,
         static_url=static_url_factory(),
         urls=urls,
+        page_path=page_path,
         build_fingerprint=(build := build_fingerprint()),
         site_fingerprint=site_fingerprint(settings, build),
     )

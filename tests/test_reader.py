@@ -361,6 +361,13 @@ def test_home_paginates_by_key_both_ways(client: TestClient, engine: Engine, set
         hrefs(docs[1], "//link[@rel='prev']") == ["/"]
         or "after=" in hrefs(docs[1], "//link[@rel='prev']")[0]
     )
+    # Each page is its own canonical page (a page 2 announced as page 1 reads as a copy of it).
+    second = hrefs(docs[0], "//link[@rel='next']")[0]
+    assert hrefs(docs[0], "//link[@rel='canonical']") == [f"{SITE_URL}/"]
+    assert hrefs(docs[1], "//link[@rel='canonical']") == [f"{SITE_URL}{second}"]
+    assert docs[1].xpath("//meta[@property='og:url']/@content") == [f"{SITE_URL}{second}"]
+    assert hrefs(page(client, back), "//link[@rel='canonical']") == [f"{SITE_URL}{back}"]
+    assert hrefs(page(client, "/?x=1"), "//link[@rel='canonical']") == [f"{SITE_URL}/"]
 
 
 def test_tag_and_story_lists(client: TestClient, engine: Engine) -> None:
