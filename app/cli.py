@@ -153,10 +153,10 @@ def import_(files: tuple[Path, ...]) -> None:
 @main.command("export")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def export(directory: Path) -> None:
-    """Write every published essay to DIRECTORY in the export format."""
+    """Write every essay to DIRECTORY in the export format (a deleted one marked Deleted)."""
     settings = _settings()
     engine = db.make_engine(settings)
-    total = transfer.count_published(engine)
+    total = transfer.count_essays(engine)
     started = time.monotonic()
     count = 0
     with click.progressbar(

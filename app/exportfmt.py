@@ -8,12 +8,15 @@ r"""The blog's export format (one essay per text file), parsed and written.
     *Debate: <outcome> | Conviction: <p>% | <Mind>: <p>% ...*
     *Tags: <tag>, <tag>*                                  (Workshop's addition, optional)
     *Stories: <title> (<status>); <title> (<status>)*     (Workshop's addition, optional)
+    *Deleted: <YYYY-MM-DD HH:MM:SS in UTC>*               (Workshop's addition, optional)
     ---
     Permanent link: <url ending in /read/<id>/<slug>>
 
 The cycle line, the footer and the permanent link may be missing; the body may contain `---`.
 Tags and stories are not in the old blog's files; Workshop writes them in the footer so that
-export -> import keeps the whole site.
+export -> import keeps the whole site. So is the Deleted line: a withdrawn essay is exported too,
+with its last content and the time it was withdrawn, so that after import its id still answers
+410 and is never given to another essay. Such a file needs its permanent link (the id it keeps).
 
 In the footer, a character that would end a name early (`|` `,` `;` `(` `)`) is written after a
 backslash, as Markdown escapes it, and so is a backslash itself: a tag `rates, duration` is
@@ -33,9 +36,10 @@ from app.models import PostIn
 from app.timefmt import cycle_line
 
 _AUTHOR_LINE = re.compile(r"^\*(?P<author>.+) · (?P<when>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})\*$")
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 _CYCLE_LINE = re.compile(r"^\*\*Cycle (?P<cycle>\d+) \| (?P<local>.+)\*\*$")
 _PERMALINK = re.compile(r"^Permanent link: (?P<url>\S*/read/(?P<id>\d+)(?:/[^/\s]*)?/?)$")
-_META_LINE = re.compile(r"^\*(?P<key>Debate|Tags|Stories): (?P<value>.*)\*$")
+_META_LINE = re.compile(r"^\*(?P<key>Debate|Tags|Stories|Deleted): (?P<value>.*)\*$")
 _PERCENT = re.compile(r"^(?P<num>\d+(?:\.\d+)?)%$")
 _STORY = re.compile(r"^(?P<title>.+) \((?P<status>(?:\\.|[^()\\])+)\)$")
 _ESCAPED = re.compile(r"\\(.)")
@@ -56,6 +60,7 @@ class FormatError(ValueError):
 class ExportedPost:
     post: PostIn
     post_id: int | None
+    deleted_at: datetime | None = None  # set: the essay was withdrawn then (page 410)
 
 
 def parse(text: str) -> ExportedPost:
@@ -76,10 +81,7 @@ def parse(text: str) -> ExportedPost:
     if not match:
         raise FormatError(n, "expected the author line '*<author> · <YYYY-MM-DD HH:MM:SS>*'")
     author = match["author"].strip()
-    try:
-        published_at = datetime.strptime(match["when"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-    except ValueError:
-        raise FormatError(n, f"invalid date and time {match['when']!r}") from None
+    published_at = _instant(match["when"], n)
     body_start = n  # index into `lines` of the line after the author line
     cycle: int | None = None
     if len(content) > 2 and (cm := _CYCLE_LINE.match(content[2][1].strip())):
@@ -129,6 +131,14 @@ def parse(text: str) -> ExportedPost:
         doc["tags"] = [_unescape(t.strip()) for t in tags if t.strip()]
     if "Stories" in footer:
         doc["stories"] = _parse_stories(*footer["Stories"])
+    deleted_at = None
+    if "Deleted" in footer:
+        line, value = footer["Deleted"]
+        if not _TIME.match(value):
+            raise FormatError(line, f"Deleted: expected <YYYY-MM-DD HH:MM:SS>, got {value!r}")
+        deleted_at = _instant(value, line)
+        if post_id is None:
+            raise FormatError(line, "a deleted essay needs its permanent link (the id it keeps)")
     try:
         post = PostIn.model_validate(doc)
     except ValidationError as exc:
@@ -136,7 +146,14 @@ def parse(text: str) -> ExportedPost:
         field = ".".join(str(part) for part in error["loc"]) or "essay"
         line = _line_of_field(field.split(".")[0], footer, n)
         raise FormatError(line, f"{field}: {error['msg']}") from None
-    return ExportedPost(post, post_id)
+    return ExportedPost(post, post_id, deleted_at)
+
+
+def _instant(text: str, line: int) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        raise FormatError(line, f"invalid date and time {text!r}") from None
 
 
 def _drop_rule(lines: list[str], end: int, start: int) -> int:
@@ -223,8 +240,11 @@ def _format_percent(value: float) -> str:
     return f"{text}%"
 
 
-def render(post: PostIn, *, permalink: str | None, tz: ZoneInfo) -> str:
-    """The inverse of parse(): the same text the old blog exported, plus tags and stories."""
+def render(
+    post: PostIn, *, permalink: str | None, tz: ZoneInfo, deleted_at: datetime | None = None
+) -> str:
+    """The inverse of parse(): the same text the old blog exported, plus tags and stories, and
+    for a withdrawn essay (`deleted_at`) the time it was withdrawn."""
     assert post.published_at is not None
     out = [f"# {post.title}", "", f"*{post.author} · {post.published_at:%Y-%m-%d %H:%M:%S}*", ""]
     if post.cycle is not None:
@@ -244,6 +264,8 @@ def render(post: PostIn, *, permalink: str | None, tz: ZoneInfo) -> str:
     if post.stories:
         stories = (f"{_escape(s.title)} ({_escape(s.status)})" for s in post.stories)
         meta.append(f"*Stories: {'; '.join(stories)}*")
+    if deleted_at is not None:
+        meta.append(f"*Deleted: {deleted_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}*")
     if meta:
         out += ["---", *meta, ""]
     if permalink:

@@ -69,7 +69,7 @@ class Batch:
 
     render: Render | None
     known: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # tag, story ids
-    changed: set[int] = field(default_factory=set)  # posts created or edited
+    changed: set[int] = field(default_factory=set)  # posts created, edited or deleted
     before: set[int] = field(default_factory=set)  # their neighbours before the edits
 
     @contextlib.contextmanager
@@ -148,6 +148,11 @@ def _matches(post: Post, data: PostIn, digest: str) -> bool:
     return post.content_hash == digest and (
         data.published_at is None or data.published_at == post.published_at
     )
+
+
+def same_content(post: Post, data: PostIn, default_author: str) -> bool:
+    """Whether `post` already holds `data`, whatever its status (a re-import changes nothing)."""
+    return _matches(post, data, content_hash(data, default_author))
 
 
 # --- writes ---------------------------------------------------------------------------------------
@@ -330,20 +335,31 @@ def delete_post(
     if_match: str | None = None,
     before_commit: BeforeCommit | None = None,
     render: Render | None = None,
+    batch: Batch | None = None,
+    deleted_at: datetime | None = None,
 ) -> SaveResult:
-    """Unpublish: the page answers 410 and the post leaves lists and feeds; nothing is erased."""
+    """Unpublish: the page answers 410 and the post leaves lists and feeds; nothing is erased.
+
+    `deleted_at`: when it was withdrawn, if not now (an import keeps the exported time, which is
+    the deleted post's `updated_at`). In a `batch` nothing is committed here (see `Batch`)."""
     serialize_writers(session)
-    post = _locked_post(session, post_id)
+    post = _locked_post(session, post_id, in_batch=batch is not None)
     _check_if_match(post, if_match)
     if post.status == STATUS_DELETED:
-        session.rollback()
+        if batch is None:
+            session.rollback()
         return SaveResult(post)
+    if batch is not None:
+        assert before_commit is None, "a batch commits once, for all its writes"
     _snapshot(session, post, "delete")
     post.status = STATUS_DELETED
     post.version += 1
-    post.updated_at = utcnow()
+    post.updated_at = deleted_at or utcnow()
     session.add(post)
     session.flush()
+    if batch is not None:
+        batch.changed.add(post_id)
+        return SaveResult(post, changed=True)
     _refresh_pages(session, render, {post_id})  # its neighbours now link past it
     return _commit_change(session, post, before_commit)
 

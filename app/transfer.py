@@ -16,10 +16,10 @@ from app.config import Settings
 from app.db import write_session
 from app.errors import WorkshopError
 from app.fragments import Renderer
-from app.models import STATUS_PUBLISHED, Post
+from app.models import STATUS_DELETED, STATUS_PUBLISHED, Post
 from app.urls import permalink
 
-Outcome = Literal["imported", "updated", "unchanged", "refused"]
+Outcome = Literal["imported", "updated", "deleted", "unchanged", "refused"]
 IMPORT_BATCH = 100  # files written in one transaction by `import_files`
 READ_AHEAD = 2  # batches read ahead of the one being written
 
@@ -30,11 +30,13 @@ class ImportResult:
     outcome: Outcome
     post_id: int | None = None
     message: str = ""
+    deleted: bool = False  # the file is marked Deleted: the essay is withdrawn (page 410)
 
     def line(self) -> str:
         if self.outcome == "refused":
             return f"refused   {self.path}: {self.message}"
-        return f"{self.outcome:<9} {self.path} -> post {self.post_id}"
+        withdrawn = " (deleted)" if self.deleted and self.outcome != "deleted" else ""
+        return f"{self.outcome:<9} {self.path} -> post {self.post_id}{withdrawn}"
 
 
 def import_file(engine: Engine, settings: Settings, path: Path) -> ImportResult:
@@ -132,7 +134,10 @@ def _store(
                 col(Post.published_at) == parsed.post.published_at,
             )
         ).scalar()
-    if parsed.post_id is not None and session.get(Post, parsed.post_id) is not None:
+    existing = session.get(Post, parsed.post_id) if parsed.post_id is not None else None
+    if parsed.deleted_at is not None:
+        return _store_deleted(session, author, path, parsed, existing, batch, prepared)
+    if parsed.post_id is not None and existing is not None:
         result = posts.update_post(
             session,
             parsed.post_id,
@@ -147,6 +152,47 @@ def _store(
         session, parsed.post, author, post_id=parsed.post_id, batch=batch, prepared=prepared
     )
     return ImportResult(path, "imported" if result.created else "unchanged", result.post.id)
+
+
+def _store_deleted(
+    session: Session,
+    author: str,
+    path: Path,
+    parsed: exportfmt.ExportedPost,
+    existing: Post | None,
+    batch: posts.Batch,
+    prepared: posts.Prepared,
+) -> ImportResult:
+    """A file marked Deleted: the essay ends withdrawn with its id and last content, so its page
+    stays a 410 and its id is never given to another essay. Written as any edit is: created or
+    updated, then deleted at the exported time."""
+    assert parsed.post_id is not None  # parse() refuses a Deleted line without a permanent link
+    if (
+        existing is not None
+        and existing.status == STATUS_DELETED
+        and posts.same_content(existing, parsed.post, author)
+    ):
+        return ImportResult(path, "unchanged", existing.id, deleted=True)
+    was_deleted = existing is not None and existing.status == STATUS_DELETED
+    if existing is None:
+        result = posts.create_post(
+            session, parsed.post, author, post_id=parsed.post_id, batch=batch, prepared=prepared
+        )
+    else:
+        result = posts.update_post(
+            session,
+            parsed.post_id,
+            parsed.post,
+            author,
+            reason="import",
+            batch=batch,
+            prepared=prepared,
+        )
+    post_id = result.post.id
+    assert post_id is not None
+    posts.delete_post(session, post_id, batch=batch, deleted_at=parsed.deleted_at)
+    outcome: Outcome = "imported" if result.created else "updated" if was_deleted else "deleted"
+    return ImportResult(path, outcome, post_id, deleted=True)
 
 
 def expand_paths(args: tuple[Path, ...] | list[Path]) -> list[str]:
@@ -167,22 +213,25 @@ def count_published(engine: Engine) -> int:
         )
 
 
+def count_essays(engine: Engine) -> int:
+    """What `export_all` writes: every essay, deleted ones included."""
+    with Session(engine) as session:
+        return int(session.execute(select(func.count()).select_from(Post)).scalar_one())
+
+
 def export_name(post: Post) -> str:
     prefix = f"cycle-{post.cycle}" if post.cycle is not None else f"post-{post.id}"
     return f"{prefix}-{post.slug}.txt"
 
 
-def iter_published(engine: Engine, batch: int = 500) -> Iterator[posts.PostView]:
-    """Every published essay, oldest id first, a batch at a time (bounded memory)."""
+def iter_essays(engine: Engine, batch: int = 500) -> Iterator[posts.PostView]:
+    """Every essay, deleted ones included, oldest id first, a batch at a time (bounded memory)."""
     last_id = 0
     while True:
         with Session(engine) as session:
             rows = list(
                 session.execute(
-                    select(Post)
-                    .where(Post.status == STATUS_PUBLISHED, Post.id > last_id)  # type: ignore[arg-type, operator]
-                    .order_by(Post.id)  # type: ignore[arg-type]
-                    .limit(batch)
+                    select(Post).where(col(Post.id) > last_id).order_by(col(Post.id)).limit(batch)
                 ).scalars()
             )
             if not rows:
@@ -192,11 +241,17 @@ def iter_published(engine: Engine, batch: int = 500) -> Iterator[posts.PostView]
 
 
 def export_all(engine: Engine, settings: Settings, directory: Path) -> Iterator[Path]:
+    """Write every essay to `directory`. A deleted one too, marked with the time it was deleted
+    (its `updated_at` since), so that an import keeps its id withdrawn (see app/exportfmt.py)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for view in iter_published(engine):
-        path = directory / export_name(view.post)
+    for view in iter_essays(engine):
+        post = view.post
+        path = directory / export_name(post)
         text = exportfmt.render(
-            view.to_input(), permalink=permalink(settings, view.post), tz=settings.tz
+            view.to_input(),
+            permalink=permalink(settings, post),
+            tz=settings.tz,
+            deleted_at=post.updated_at if post.status == STATUS_DELETED else None,
         )
         path.write_text(text, encoding="utf-8")
         yield path

@@ -35,6 +35,13 @@ Permanent link: https://old.example/read/4242/breadth-is-thinning-under-a-calm-i
 """
 
 
+# The same essay, withdrawn: Workshop's export of a deleted essay.
+DELETED = ESSAY.replace(
+    "*Stories: Narrow Leadership (developing)*\n",
+    "*Stories: Narrow Leadership (developing)*\n*Deleted: 2026-04-06 09:30:00*\n",
+)
+
+
 def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -72,7 +79,16 @@ def test_parse_minimal_essay_keeps_rule_in_body() -> None:
 def test_render_is_the_inverse_of_parse(settings: Settings) -> None:
     parsed = parse(ESSAY)
     link = "https://old.example/read/4242/breadth-is-thinning-under-a-calm-index"
+    assert parsed.deleted_at is None
     assert exportfmt.render(parsed.post, permalink=link, tz=settings.tz) == ESSAY
+    deleted = parse(DELETED)
+    assert deleted.post == parsed.post and deleted.post_id == 4242
+    assert deleted.deleted_at is not None
+    assert deleted.deleted_at.isoformat() == "2026-04-06T09:30:00+00:00"
+    again = exportfmt.render(
+        deleted.post, permalink=link, tz=settings.tz, deleted_at=deleted.deleted_at
+    )
+    assert again == DELETED
 
 
 HEAD = "# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n"
@@ -105,6 +121,31 @@ HEAD = "# Title\n\n*Workshop · 2026-04-05 15:04:00*\n\nBody\n\n"
             HEAD + "---\nPermanent link: https://x.example/about\n",
             8,
             "permanent link",
+        ),
+        (
+            HEAD + "---\n*Deleted: yesterday*\n---\nPermanent link: https://x.example/read/5/t\n",
+            8,
+            "deleted: expected",
+        ),
+        (
+            HEAD + "---\n*Tags: QQQ*\n*Deleted: 2026-4-6 9:30:00*\n---\nPermanent link: /read/5\n",
+            9,
+            "deleted: expected",
+        ),
+        (
+            HEAD + "---\n*Deleted: 2026-02-30 09:30:00*\n---\nPermanent link: /read/5\n",
+            8,
+            "invalid date",
+        ),
+        (
+            HEAD + "---\n*Deleted: 2026-04-06 09:30:00*\n*Deleted: 2026-04-07 09:30:00*\n",
+            8,
+            "two deleted lines",
+        ),
+        (
+            HEAD + "---\n*Deleted: 2026-04-06 09:30:00*\n",
+            8,
+            "needs its permanent link",
         ),
     ],
 )
@@ -148,6 +189,91 @@ def test_new_posts_after_import_do_not_collide_with_imported_ids(
     transfer.import_file(engine, settings, write(tmp_path, "a.txt", ESSAY))
     post = add_post(engine, cycle=901, title="After the import")
     assert post.id is not None and post.id > 4242
+
+
+def test_a_deleted_essay_is_imported_deleted_and_reimported_unchanged(
+    tmp_path: Path, engine, settings: Settings
+) -> None:
+    from app.errors import PostGone
+
+    def revisions() -> int:
+        with Session(engine) as session:
+            return len(posts.revisions(session, 4242))
+
+    deleted = write(tmp_path, "deleted.txt", DELETED)
+    first = transfer.import_file(engine, settings, deleted)
+    assert (first.outcome, first.post_id, first.deleted) == ("imported", 4242, True)
+    assert first.line().endswith("-> post 4242 (deleted)")
+    with Session(engine) as session:
+        with pytest.raises(PostGone):
+            posts.get_post(session, 4242)
+        post = posts.get_post(session, 4242, include_deleted=True)
+        assert post.updated_at.isoformat() == "2026-04-06T09:30:00+00:00"
+        assert posts.list_published(session, 10) == []
+    kept = revisions()
+    assert transfer.import_file(engine, settings, deleted).outcome == "unchanged"
+    assert revisions() == kept
+
+    # A file without the mark publishes it again; the marked file then withdraws it again.
+    published = write(tmp_path, "published.txt", ESSAY)
+    assert transfer.import_file(engine, settings, published).outcome == "updated"
+    with Session(engine) as session:
+        assert [p.id for p in posts.list_published(session, 10)] == [4242]
+    again = transfer.import_file(engine, settings, deleted)
+    assert (again.outcome, again.post_id) == ("deleted", 4242)
+    assert again.line() == f"deleted   {deleted} -> post 4242"
+    with Session(engine) as session:
+        assert posts.get_post(session, 4242, include_deleted=True).status == "deleted"
+        assert posts.list_published(session, 10) == []
+    assert transfer.import_file(engine, settings, deleted).outcome == "unchanged"
+
+    # Other content for the deleted essay: it keeps the new content, still deleted.
+    edited = write(tmp_path, "edited.txt", DELETED.replace("Flow saw money", "Flow saw more"))
+    assert transfer.import_file(engine, settings, edited).outcome == "updated"
+    with Session(engine) as session:
+        post = posts.get_post(session, 4242, include_deleted=True)
+        assert post.status == "deleted" and "Flow saw more" in post.body
+
+
+def test_a_deleted_essay_stays_gone_after_export_and_import(
+    tmp_path: Path, engine, settings: Settings, second_database_url: str
+) -> None:
+    from conftest import SITE_URL, add_post, post_json, test_settings
+    from fastapi.testclient import TestClient
+
+    from app import db, tokens
+    from app.main import create_app
+
+    kept = add_post(engine, cycle=950, title="Still Here")
+    gone = add_post(engine, cycle=951, title="Withdrawn Later")  # the newest id: a reuse shows
+    with db.write_session(engine) as session:
+        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
+    files = sorted(transfer.export_all(engine, settings, tmp_path / "out"))
+    assert len(files) == 2
+
+    other = test_settings(second_database_url)
+    other_engine = db.make_engine(other)
+    results = list(transfer.import_files(other_engine, other, [str(p) for p in files]))
+    assert [(r.outcome, r.post_id, r.deleted) for r in results] == [
+        ("imported", kept.id, False),
+        ("imported", gone.id, True),
+    ]
+    token = tokens.create_token(other_engine, "engine")
+    other_engine.dispose()
+    app = create_app(other)
+    with TestClient(app, base_url=SITE_URL, follow_redirects=False) as client:
+        assert client.get(f"/read/{kept.id}/{kept.slug}").status_code == 200
+        assert client.get(f"/read/{gone.id}/{gone.slug}").status_code == 410
+        assert [p["id"] for p in client.get("/api/v1/posts").json()["items"]] == [kept.id]
+        response = client.post(
+            "/api/v1/posts",
+            json=post_json(cycle=952, title="Posted After the Move"),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["id"] > gone.id  # type: ignore[operator]
+        assert client.get(f"/read/{gone.id}/{gone.slug}").status_code == 410
+    app.state.engine.dispose()
 
 
 def _essay(cycle: int, title: str, day: int, tags: str = "QQQ, breadth") -> str:
@@ -282,8 +408,13 @@ def test_export_import_export_gives_identical_files(
         },
     )
     add_post(engine, cycle=951, title="No Debate This Time", debate=None, tags=[], stories=[])
+    withdrawn = add_post(engine, cycle=952, title="Withdrawn After a Day")
+    with db.write_session(engine) as session:
+        posts.delete_post(session, withdrawn.id)  # type: ignore[arg-type]
     first = sorted(transfer.export_all(engine, settings, tmp_path / "first"))
-    assert len(first) == 4
+    assert len(first) == 5
+    marked = [p.name for p in first if "\n*Deleted: " in p.read_text(encoding="utf-8")]
+    assert marked == [transfer.export_name(withdrawn)]
 
     # A second, empty database of the same kind receives the export.
     other = test_settings(second_database_url)
