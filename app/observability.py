@@ -94,7 +94,7 @@ def _access_log(method: str, path: str, status: int, duration: float, request_id
 
 _pending_lines: list[str] = []
 _LINES_EVERY = 0.02  # seconds: at most one write of lines this often
-_lines_written_at = 0.0  # the event loop's clock
+_lines_written_at = float("-inf")  # the event loop's clock (seconds since boot): never yet
 
 
 def _write_line(line: str) -> None:
