@@ -211,3 +211,30 @@ def test_keyboard_reaches_every_link(browser: Browser, site: dict[str, str]) -> 
             assert info[1] != "none" and info[2] != "0px", f"no visible focus on {info[0]}"
     assert set(links) <= set(reached)
     page.close()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_titles_and_tags_without_a_break_still_fit(
+    browser: Browser, engine: Engine, live_server: LiveServer, width: str
+) -> None:
+    """A grid column never shrinks below its longest word unless told to: a title such as
+    the one below pushed the essay's next-essay box and an archive month 50-350 px past a
+    phone's edge."""
+    older = add_post(engine, cycle=810, published_at="2026-04-06T16:00:00Z", title="Before")
+    add_post(
+        engine,
+        cycle=811,
+        published_at="2026-04-07T16:00:00Z",
+        title="TSLA/META/GOOGL/AMZN/NVDA/MSFT/AAPL/AVGO/ORCL/NFLX/AMD All Fell Together",
+        tags=["mega-cap-technology-synchronized-decline-across-every-sector-etf"],
+    )
+    pages = {
+        "essay": f"{live_server.url}/read/{older.id}/{older.slug}",
+        "newer essay": f"{live_server.url}/read/{older.id + 1}",
+        "month": f"{live_server.url}/archive/2026/04",
+        "home": f"{live_server.url}/",
+    }
+    for name, url in pages.items():
+        page = open_page(browser, width, url)
+        assert no_horizontal_scroll(page), f"{name} scrolls sideways at {width}"
+        page.close()
