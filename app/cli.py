@@ -2,13 +2,17 @@
 
 import contextlib
 import os
+import re
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from app import backup as backups
@@ -24,15 +28,51 @@ def _settings() -> Settings:
     return Settings()
 
 
-@click.group()
+class _OperatorCommands(click.Group):
+    """An operator's mistake (a bad setting, a database that is missing or down, a file that
+    cannot be read or written) ends in one line that names it, and exit status 1: not a
+    traceback. A password in a database URL is masked."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except WorkshopError as exc:
+            raise click.ClickException(exc.detail) from None
+        except ValidationError as exc:
+            raise click.ClickException(_setting_problem(exc)) from None
+        except DBAPIError as exc:
+            raise click.ClickException(f"database: {_masked(str(exc.orig))}") from None
+        except (sqlite3.Error, OSError) as exc:
+            raise click.ClickException(_masked(str(exc))) from None
+
+
+def _setting_problem(exc: ValidationError) -> str:
+    if exc.title != Settings.__name__:
+        return str(exc)
+    found = []
+    for error in exc.errors():
+        name = "WORKSHOP_" + "_".join(str(part) for part in error["loc"]).upper()
+        found.append(f"{name}: {error['msg']}")
+    return "invalid setting " + "; ".join(found)
+
+
+def _masked(text: str) -> str:
+    """`scheme://user:password@host` -> `scheme://user:***@host`; the first line only."""
+    return _PASSWORD.sub(r"\1***@", text.strip().splitlines()[0] if text.strip() else text)
+
+
+_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
+
+
+@click.group(cls=_OperatorCommands)
 def main() -> None:
     """Workshop: the publishing app for the debate engine's essays."""
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 def serve(host: str, port: int, workers: int) -> None:
     """Run the web server (upgrades an empty or old SQLite database first)."""
     import uvicorn
@@ -106,8 +146,9 @@ def token_create(name: str) -> None:
 @token_group.command("list")
 def token_list() -> None:
     """Name, created, last used and revoked time of every token."""
+    found = tokens.list_tokens(db.make_engine(_settings()))
     click.echo(f"{'NAME':<24} {'CREATED':<20} {'LAST USED':<20} REVOKED")
-    for t in tokens.list_tokens(db.make_engine(_settings())):
+    for t in found:
         click.echo(
             f"{t.name:<24} {_when(t.created_at):<20} {_when(t.last_used_at):<20} "
             f"{_when(t.revoked_at)}"

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
+    @field_validator("websub_hub")
+    @classmethod
+    def _hub_url(cls, value: str) -> str:
+        """Empty (no hub), or an http(s) URL: the feeds announce it and every write pings it;
+        a typo otherwise showed only as a log line a minute after a write."""
+        if value and not re.fullmatch(r"https?://[^\s\"'<>\\]+", value):
+            raise ValueError("must be empty or an http:// or https:// URL")
+        return value
+
     @cached_property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi import Depends, Request
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -32,33 +33,61 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# Seconds to wait for PostgreSQL to accept a connection. libpq's default is to wait as long as
+# the network does (130 s seen behind a stalled proxy): every request, `/readyz` and the CLI hung
+# that long, where a clear 503 (or error) after a few seconds is what an operator can act on.
+PG_CONNECT_TIMEOUT = 5
+
+
 def make_engine(settings: Settings) -> Engine:
     url = normalize_url(settings.database_url)
     if url.startswith("sqlite"):
+        timeout = settings.sqlite_busy_timeout_ms / 1000
+        path = _sqlite_path(url)
         engine = create_engine(
             url,
-            connect_args={
-                "check_same_thread": False,
-                "timeout": settings.sqlite_busy_timeout_ms / 1000,
-            },
+            connect_args={"check_same_thread": False, "timeout": timeout},
+            **({"creator": lambda: _open_existing(path, timeout)} if path is not None else {}),
         )
         _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
-        _write_queues[engine] = (threading.Lock(), settings.sqlite_busy_timeout_ms / 1000)
+        _write_queues[engine] = (threading.Lock(), timeout)
         return engine
     return create_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT},
     )
 
 
+def _open_existing(path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection to the database file at `path`, which must exist: SQLite would otherwise
+    make an empty database there (a command run from the wrong folder, a file deleted under a
+    running server) and serve an empty site, or take writes nobody will read. Only `db
+    upgrade` (and `serve`, which runs it) creates the file, through Alembic's own engine."""
+    uri = f"file:{quote(str(path))}?mode=rw"
+    try:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=timeout)
+    except sqlite3.OperationalError as exc:
+        if not path.exists():
+            raise sqlite3.OperationalError(
+                f"no database at {path}: check WORKSHOP_DATABASE_URL, or create it with "
+                "`workshop db upgrade`"
+            ) from exc
+        raise
+
+
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    path = sqlite_file(engine)
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # pysqlite's own transaction handling delays BEGIN; we issue BEGIN ourselves (below) so
         # that writers take the lock up front (BEGIN IMMEDIATE) and never deadlock on upgrade.
         dbapi_conn.isolation_level = None
+        if path is not None:
+            record.info[_FILE_ID] = _file_id(path)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
@@ -72,8 +101,29 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_begin(conn: Any) -> None:
         if conn.get_execution_options().get("sqlite_write"):
             _begin_immediate(conn, busy_timeout_ms)
+            if path is not None and conn.connection.info.get(_FILE_ID) != _file_id(path):
+                conn.exec_driver_sql("ROLLBACK")
+                raise OperationalError(
+                    "BEGIN IMMEDIATE",
+                    None,
+                    sqlite3.OperationalError(f"the database file {path} was removed or replaced"),
+                )
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+# What a connection notes of the file it opened: a write checks the path still names it. A
+# connection to a file deleted (or moved away) under a running server would take writes into
+# a file nobody can open again, and acknowledge them: now they are refused (503).
+_FILE_ID = "workshop_file_id"
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 WRITE_RETRY_SECONDS = 0.001
@@ -159,7 +209,11 @@ def sqlite_file(engine: Engine) -> Path | None:
     the beacon, the pack folder); None for PostgreSQL or a database in memory."""
     if engine.dialect.name != "sqlite":
         return None
-    database = engine.url.database
+    return _sqlite_path(engine.url)
+
+
+def _sqlite_path(url: str | URL) -> Path | None:
+    database = make_url(url).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database).resolve()

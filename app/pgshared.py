@@ -26,6 +26,8 @@ import psycopg
 from psycopg import pq
 from sqlalchemy import Engine
 
+from app.db import PG_CONNECT_TIMEOUT
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 Row = tuple[bytes | None, ...]  # libpq's text format: every value as bytes, NULL as None
@@ -52,7 +54,9 @@ class Wire:
     @classmethod
     async def open(cls, engine: Engine, name: str = "workshop") -> "Wire":
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, application_name=name)
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, application_name=name, connect_timeout=PG_CONNECT_TIMEOUT
+        )
         return cls(conn)
 
     @property

@@ -243,6 +243,10 @@ def iter_essays(engine: Engine, batch: int = 500) -> Iterator[posts.PostView]:
 def export_all(engine: Engine, settings: Settings, directory: Path) -> Iterator[Path]:
     """Write every essay to `directory`. A deleted one too, marked with the time it was deleted
     (its `updated_at` since), so that an import keeps its id withdrawn (see app/exportfmt.py)."""
+    if directory.is_dir() and next(directory.glob("*.txt"), None) is not None:
+        # An older export's files would stay beside this one's (a title edited since renames
+        # its file), and importing the folder would bring the old title back.
+        raise FileExistsError(f"{directory} already holds .txt files: export into an empty folder")
     directory.mkdir(parents=True, exist_ok=True)
     for view in iter_essays(engine):
         post = view.post

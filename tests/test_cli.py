@@ -105,3 +105,44 @@ def test_help_lists_every_operator_command(tmp_path: Path) -> None:
     run = workshop("--help", database_url="sqlite:///x.db", cwd=tmp_path)
     for command in ("serve", "db", "token", "import", "export", "backup", "restore"):
         assert command in run.stdout
+
+
+def test_an_operators_mistake_is_one_line_naming_it_and_changes_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "elsewhere" / "workshop.db"
+    cases = [
+        (["token", "list"], {"WORKSHOP_TIMEZONE": "Mars/Base"}, "WORKSHOP_TIMEZONE"),
+        (["db", "upgrade"], {"WORKSHOP_PAGE_SIZE": "-5"}, "WORKSHOP_PAGE_SIZE"),
+        (["token", "create", "engine"], {}, f"no database at {missing}"),
+        (["export", str(tmp_path / "out")], {}, f"no database at {missing}"),
+        (
+            ["token", "list"],
+            {"WORKSHOP_DATABASE_URL": "postgresql://postgres:s3cret@127.0.0.1:1/x"},
+            "database: connection",
+        ),
+        (["serve", "--port", "99999"], {}, "99999 is not in the range"),
+    ]
+    for args, env, words in cases:
+        run = subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env={**os.environ, "WORKSHOP_DATABASE_URL": f"sqlite:///{missing}", **env},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode in (1, 2), (args, run.stderr)
+        assert words in run.stderr, (args, run.stderr)
+        assert "Traceback" not in run.stderr and "s3cret" not in run.stderr, run.stderr
+        assert not missing.parent.exists()  # no empty database made on the way
+        assert not (tmp_path / "workshop.db").exists()
+
+
+def test_export_refuses_a_folder_an_older_export_is_in(
+    tmp_path: Path, engine, database_url: str
+) -> None:
+    add_post(engine)
+    first = workshop("export", str(tmp_path / "out"), database_url=database_url, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = sorted((tmp_path / "out").iterdir())
+    again = workshop("export", str(tmp_path / "out"), database_url=database_url, cwd=tmp_path)
+    assert again.returncode == 1 and "export into an empty folder" in again.stderr
+    assert sorted((tmp_path / "out").iterdir()) == before

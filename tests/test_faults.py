@@ -272,6 +272,33 @@ def test_sqlite_write_lock_makes_writers_wait_then_503_and_spares_readers(
         stop_server(host)
 
 
+@sqlite_only
+def test_a_database_file_deleted_under_the_server_takes_no_write_it_would_lose(
+    settings, engine, tmp_path
+) -> None:
+    """The workers' open connections still reach the deleted file: SQLite took writes into it
+    and answered 201, and they were gone at the next start; a new connection made an empty
+    database in its place."""
+    headers = {"Authorization": f"Bearer {tokens.create_token(engine, 'engine')}"}
+    host = start_server(settings, tmp_path)
+    try:
+        first = httpx.post(host.url + "/api/v1/posts", json=post_json(cycle=1), headers=headers)
+        assert first.status_code == 201, first.text
+        for path in glob(str(_sqlite_file(settings)) + "*"):
+            if os.path.isfile(path):
+                os.remove(path)
+        for cycle in (2, 3):
+            refused = httpx.post(
+                host.url + "/api/v1/posts", json=post_json(cycle=cycle), headers=headers
+            )
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+        assert httpx.get(host.url + "/readyz").status_code == 503
+        assert not os.path.exists(_sqlite_file(settings))  # no empty database made in its place
+    finally:
+        stop_server(host)
+
+
 @pytest.fixture
 def small_filesystem() -> Iterator[Path]:
     mountpoint = Path(tempfile.mkdtemp(prefix="workshop-tmpfs-"))

@@ -38,6 +38,8 @@ def test_environment_beats_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("site_url", 'https://example.com/"onload="x'),  # would break out of an attribute
         ("site_url", "https://example.com/a b"),
         ("site_url", "javascript:alert(1)"),
+        ("websub_hub", 'hub.example/"x'),  # no scheme, and a quote
+        ("websub_hub", "ftp://hub.example/"),
     ],
 )
 def test_bad_settings_fail_at_start(name: str, value: object) -> None:

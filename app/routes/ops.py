@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.db import is_at_head
+from app.db import is_at_head, sqlite_file
 
 router = APIRouter(include_in_schema=False)
 
@@ -16,6 +16,11 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
+    path = sqlite_file(request.app.state.engine)
+    if path is not None and not path.exists():  # deleted under the server: writes are refused
+        return JSONResponse(
+            {"status": "unavailable", "detail": "the database file is missing"}, status_code=503
+        )
     try:
         ready = await run_in_threadpool(is_at_head, request.app.state.engine)
     except Exception as exc:  # any database failure means "not ready", never a 500
