@@ -238,3 +238,21 @@ def test_titles_and_tags_without_a_break_still_fit(
         page = open_page(browser, width, url)
         assert no_horizontal_scroll(page), f"{name} scrolls sideways at {width}"
         page.close()
+
+
+def test_pages_break_no_rule_of_their_security_policy(
+    browser: Browser, site: dict[str, str]
+) -> None:
+    """The policy allows what the pages use (the stylesheet, the meters' style attributes) and
+    nothing else: Chromium reports no violation, and the meters still have their widths."""
+    for name, url in site.items():
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        refused: list[str] = []
+        page.on("console", lambda message: refused.append(message.text))
+        response = page.goto(url)
+        assert response is not None and "content-security-policy" in response.headers, name
+        assert not [text for text in refused if "Content Security Policy" in text], refused
+        if name == "essay":
+            bar = page.locator("section.debate li.mind .bar > span").first.bounding_box()
+            assert bar is not None and bar["width"] > 0
+        page.close()

@@ -259,6 +259,31 @@ def test_redirects_and_error_pages_say_how_long_caches_keep_them(
     assert "vary" not in client.get("/api/v1/posts/999").headers  # the API is always JSON
 
 
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_pages_carry_a_security_policy_and_feeds_nosniff(
+    client: TestClient, uncached_client: TestClient, engine: Engine, cache: str
+) -> None:
+    post = add_post(engine)
+    reader_client = client if cache == "on" else uncached_client
+    for path, status in [
+        ("/", 200),
+        (f"/read/{post.id}/{post.slug}", 200),  # a stored page (at the front door when served)
+        ("/archive", 200),
+        ("/tags/qqq", 200),
+        ("/search?q=breadth", 200),
+        ("/read/999/x", 404),
+    ]:
+        for _ in range(2):  # the second from the response cache
+            response = reader_client.get(path, headers=HTML)
+            assert response.status_code == status
+            assert response.headers["content-security-policy"] == reader.CONTENT_SECURITY_POLICY
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
+    for path in ("/feed.xml", "/atom.xml", "/feed.json", "/sitemap.xml"):
+        assert reader_client.get(path).headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in reader_client.get("/docs").headers  # its own scripts
+
+
 def test_an_essay_id_written_with_leading_zeros_is_sent_to_the_canonical_page(
     client: TestClient, engine: Engine
 ) -> None:

@@ -29,6 +29,10 @@ def _snapshot(session: Session) -> None:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
+# A feed is read as the type it says: a browser never takes one for a page to render.
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
 def _conditional(request: Request, session: Session) -> tuple[dict[str, str], Response | None]:
     """Headers for the answer, and the 304 to send instead when the client's copy is current."""
     _snapshot(session)
@@ -52,7 +56,7 @@ def _feed(request: Request, session: Session, kind: str, slug: str, fmt: FeedFor
         return not_modified
     scope = feeds.SITE if kind == "site" else feeds.resolve_scope(session, kind, slug)
     body = feeds.render_feed(session, request.app.state.settings, scope, fmt)
-    return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
+    return Response(body, media_type=MEDIA_TYPES[fmt], headers={**headers, **NOSNIFF})
 
 
 def _site_feed(fmt: FeedFormat) -> Callable[..., Response]:
@@ -90,7 +94,8 @@ def _sitemap(
         return not_modified
     session.close()  # the stream reads through its own session, batch by batch
     body = sitemap.stream(request.app.state.engine, request.app.state.settings, section, chunk)
-    return StreamingResponse(body, media_type="application/xml; charset=utf-8", headers=headers)
+    media_type = "application/xml; charset=utf-8"
+    return StreamingResponse(body, media_type=media_type, headers={**headers, **NOSNIFF})
 
 
 @router.api_route("/sitemap.xml", methods=GET_HEAD)
