@@ -62,8 +62,17 @@ def parse_query(raw: str) -> Query:
     Every word must match (AND); the search engines' own syntax is never exposed, so no input
     can be a syntax error, and a 10 KB query is cut to its first MAX_TERMS words.
     """
-    words = [w[:MAX_TERM_LENGTH] for w in _WORD.findall(raw[:4000]) if w.strip("_")]
+    words = [
+        w[:MAX_TERM_LENGTH]
+        for w in _WORD.findall(raw[:4000])
+        if w.strip("_") and w not in _OPERATOR_WORDS
+    ]
     return Query(words[:MAX_TERMS], shortened=len(words) > MAX_TERMS or len(raw) > 4000)
+
+
+# Written in capitals, these are the search engines' operators: a reader who types them means
+# the operator, which is ignored, not a word every result must hold.
+_OPERATOR_WORDS = frozenset({"AND", "OR", "NOT", "NEAR"})
 
 
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)")
@@ -96,6 +105,9 @@ SEARCH_CANDIDATES = 2000
 # common words at 100,000 essays; this takes 6 and 15 ms.
 # Deleted essays are still in the index, so the ranked window holds as many extra rows as there
 # are deleted essays (a count from the status index): the page is exactly what the join gave.
+# Every step orders by (score, id) alone: the window that grows page by page must be a prefix of
+# the order the pages are cut from, or tied scores (common in a large archive) let an essay show
+# on two pages and another on none.
 _SQLITE_SEARCH = text(
     f"""
     WITH candidates AS (
@@ -103,19 +115,19 @@ _SQLITE_SEARCH = text(
         FROM posts_fts WHERE posts_fts MATCH :match
         ORDER BY rowid DESC LIMIT :candidates
     ), ranked AS (
-        SELECT id, score FROM candidates ORDER BY score LIMIT :window
+        SELECT id, score FROM candidates ORDER BY score, id DESC LIMIT :window
     ), shown AS (
         SELECT p.id, p.slug, p.title, p.published_at, p.cycle, ranked.score
         FROM ranked JOIN posts AS p ON p.id = ranked.id
         WHERE p.status = :published
-        ORDER BY ranked.score, p.published_at DESC
+        ORDER BY ranked.score, p.id DESC
         LIMIT :limit OFFSET :offset
     )
     SELECT shown.id, shown.slug, shown.title, shown.published_at, shown.cycle,
            snippet(posts_fts, 1, '{_OPEN}', '{_CLOSE}', '…', 32) AS snip
     FROM shown JOIN posts_fts ON posts_fts.rowid = shown.id
     WHERE posts_fts MATCH :match
-    ORDER BY shown.score, shown.published_at DESC
+    ORDER BY shown.score, shown.id DESC
     """
 )
 _SQLITE_DELETED = text("SELECT count(*) FROM posts WHERE status = :deleted")
@@ -140,11 +152,11 @@ _PG_SEARCH = text(
             ORDER BY p.published_at DESC, p.id DESC
             LIMIT :candidates
         ) AS c
-        ORDER BY rank DESC, c.published_at DESC
+        ORDER BY rank DESC, c.published_at DESC, c.id DESC
         LIMIT :limit OFFSET :offset
     ) AS ranked
     JOIN posts AS p ON p.id = ranked.id, plainto_tsquery('english', :q) AS q(query)
-    ORDER BY ranked.rank DESC, p.published_at DESC
+    ORDER BY ranked.rank DESC, p.published_at DESC, p.id DESC
     """
 )
 

@@ -248,7 +248,7 @@ def test_pages_break_no_rule_of_their_security_policy(
     for name, url in site.items():
         page = browser.new_page(viewport={"width": 390, "height": 844})
         refused: list[str] = []
-        page.on("console", lambda message: refused.append(message.text))
+        page.on("console", lambda message, seen=refused: seen.append(message.text))
         response = page.goto(url)
         assert response is not None and "content-security-policy" in response.headers, name
         assert not [text for text in refused if "Content Security Policy" in text], refused

@@ -114,9 +114,41 @@ def test_long_query_is_shortened_with_a_message(client: TestClient, engine: Engi
 
 
 def test_parse_query_keeps_only_words() -> None:
-    query = search.parse_query('"AND" OR title:breadth NEAR(x*')
-    assert query.terms == ["AND", "OR", "title", "breadth", "NEAR", "x"]
-    assert search._sqlite_match(query.terms).count('"') == 12
+    query = search.parse_query('"AND" OR title:breadth NEAR(x* NOT and')
+    # Operators written in capitals are ignored, not words every result must hold.
+    assert query.terms == ["title", "breadth", "x", "and"]
+    assert search._sqlite_match(query.terms).count('"') == 8
+
+
+def test_operator_words_do_not_hide_the_results(client: TestClient, engine: Engine) -> None:
+    add_post(engine, title="Flibbertigibbet", body="Quixotically priced options.")
+    for q in ("flibbertigibbet AND quixotically", "flibbertigibbet OR quixotically", "NOT options"):
+        assert results(client, q)[0] == ["Flibbertigibbet"], q
+
+
+def test_every_match_shows_on_exactly_one_page(
+    client: TestClient, engine: Engine, settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Essays of equal score (the same words) came out on two pages and on none, as the
+    ranked window grew page by page and was cut in another order than it was chosen."""
+    count = 3 * settings.page_size + 5
+    for i in range(count):
+        day = 1 + (i * 11) % 28  # publication order unlike id order
+        add_post(
+            engine,
+            cycle=i,
+            title="Bond note",
+            body="bonds",
+            published_at=f"2026-03-{day:02d}T15:04:00Z",
+        )
+    seen: list[str] = []
+    path: str | None = "/search?q=bonds"
+    while path:
+        doc = lxml.html.fromstring(client.get(path, headers=HTML).text)
+        seen += [str(h) for h in doc.xpath("//ol[@class='entries']//h3/a/@href")]
+        nxt = doc.xpath("//nav[@class='pager']/a[@rel='next']/@href")
+        path = str(nxt[0]) if nxt else None
+    assert len(seen) == count and len(set(seen)) == count
 
 
 def test_paging_and_empty_query(client: TestClient, engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 stops, and, when it was killed, by the next serve; never while their serve runs."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from app import tempfolders
 from app.config import Settings
 from tests.conftest import start_server, stop_server
+from tests.topology import worker_pids
 
 PREFIX = "workshop-test-"
 
@@ -74,6 +76,12 @@ def test_a_held_folder_is_removed_when_its_block_ends(tmp_path: Path, monkeypatc
     assert not list(tmp_path.iterdir())
 
 
+def _wait_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _serve_folders(tempdir: Path) -> list[Path]:
     return sorted(p for p in tempdir.iterdir() if p.name.startswith("workshop-"))
 
@@ -88,8 +96,15 @@ def test_serve_leaves_no_folders_behind_even_killed(settings: Settings, tmp_path
     assert {p.name.rsplit("-", 1)[0] for p in made} == (
         {"workshop-metrics"} if settings.is_sqlite else {"workshop-metrics", "workshop-pages"}
     )
-    first.process.kill()  # no clean exit
+    # No clean exit, for the serve and its workers at once (as systemd kills a service's
+    # processes). Killed alone, the serve left its workers running: still writing into their
+    # metrics folder, which then was neither abandoned nor old.
+    workers = worker_pids(first.process.pid)
+    first.process.kill()
     first.process.wait()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    _wait_gone(workers)
     assert set(_serve_folders(tempdir)) == made  # left behind
     old_copy = tempdir / f"{tempfolders.PAGES}from-postgresql-days"  # any database's serve
     old_copy.mkdir()
