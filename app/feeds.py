@@ -20,13 +20,13 @@ from typing import Any
 import lxml.html
 from feedgen.feed import FeedGenerator
 from lxml import etree
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from app import posts, urls
 from app.config import Settings
 from app.errors import FeedNotFound
-from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
+from app.models import STATUS_DELETED, STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
 from app.slugs import is_slug
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -191,8 +191,22 @@ def _entries(settings: Settings, views: list[posts.PostView]) -> list[_Entry]:
     ]
 
 
-def _updated(views: list[posts.PostView]) -> datetime:
-    return max((v.post.updated_at for v in views), default=_EPOCH)
+def _updated(views: list[posts.PostView], withdrawn: datetime | None) -> datetime:
+    """The feed's own change time: its newest entry's, or later, when an essay left it."""
+    return max(
+        [v.post.updated_at for v in views] + ([withdrawn] if withdrawn else []), default=_EPOCH
+    )
+
+
+def last_withdrawn(session: Session, scope: Scope) -> datetime | None:
+    """When an essay of `scope` was last deleted (a deleted post's `updated_at`): the feed
+    changed then, though every entry it still lists is older."""
+    query = select(func.max(Post.updated_at)).where(Post.status == STATUS_DELETED)  # type: ignore[arg-type]
+    if scope.kind != "site":
+        link: type[PostTag] | type[PostStory] = PostTag if scope.kind == "tag" else PostStory
+        owner: Any = PostTag.tag_id if link is PostTag else PostStory.story_id
+        query = query.join(link, link.post_id == Post.id).where(owner == scope.row_id)  # type: ignore[arg-type]
+    return session.execute(query).scalar()
 
 
 class _HubLinks:
@@ -251,7 +265,11 @@ class _AtomEntryFixes(_NoFeedExtension):
 
 
 def _generator(
-    settings: Settings, scope: Scope, fmt: FeedFormat, views: list[posts.PostView]
+    settings: Settings,
+    scope: Scope,
+    fmt: FeedFormat,
+    views: list[posts.PostView],
+    withdrawn: datetime | None,
 ) -> FeedGenerator:
     fg = FeedGenerator()
     fg.load_extension("dc", atom=False, rss=True)
@@ -264,8 +282,8 @@ def _generator(
     fg.language(LANGUAGE)
     fg.generator("Workshop", uri=urls.absolute(settings, "/"))
     fg.docs("https://www.rssboard.org/rss-specification")
-    fg.updated(_updated(views))
-    fg.lastBuildDate(_updated(views))
+    fg.updated(_updated(views, withdrawn))
+    fg.lastBuildDate(_updated(views, withdrawn))
     self_url = urls.absolute(settings, scope.feed_path(fmt))
     fg.link(href=self_url, rel="self", type=MEDIA_TYPES[fmt].split(";")[0])
     hubs = [settings.websub_hub] if settings.websub_hub else []
@@ -303,10 +321,17 @@ def _generator(
     return fg
 
 
-def render(settings: Settings, scope: Scope, fmt: FeedFormat, views: list[posts.PostView]) -> bytes:
+def render(
+    settings: Settings,
+    scope: Scope,
+    fmt: FeedFormat,
+    views: list[posts.PostView],
+    withdrawn: datetime | None = None,
+) -> bytes:
+    """The feed document listing `views`; `withdrawn`: when an essay last left it (deleted)."""
     if fmt is FeedFormat.JSON:
         return _json_feed(settings, scope, views)
-    fg = _generator(settings, scope, fmt, views)
+    fg = _generator(settings, scope, fmt, views, withdrawn)
     if fmt is FeedFormat.ATOM:
         return bytes(fg.atom_str(pretty=True))
     return _rss_profile_text(bytes(fg.rss_str(pretty=True)))
@@ -330,7 +355,8 @@ def _rss_profile_text(document: bytes) -> bytes:
 
 
 def render_feed(session: Session, settings: Settings, scope: Scope, fmt: FeedFormat) -> bytes:
-    return render(settings, scope, fmt, newest(session, scope, settings.feed_size))
+    views = newest(session, scope, settings.feed_size)
+    return render(settings, scope, fmt, views, last_withdrawn(session, scope))
 
 
 def _json_feed(settings: Settings, scope: Scope, views: list[posts.PostView]) -> bytes:

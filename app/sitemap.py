@@ -15,7 +15,7 @@ from xml.sax.saxutils import XMLGenerator
 from xml.sax.xmlreader import AttributesImpl
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, literal_column, select
+from sqlalchemy import Engine, case, func, literal_column, select
 from sqlmodel import Session
 
 from app import derived, urls
@@ -34,6 +34,8 @@ SECTIONS = ("posts", "tags", "stories", "pages")
 
 Row = tuple[str, datetime | None]  # (site path, lastmod)
 published: Any = Post.status == STATUS_PUBLISHED
+# In a GROUP BY: the group holds at least one published essay (it is listed).
+_any_published: Any = func.max(case((published, 1), else_=0)) == 1
 # SQLModel types columns as plain values; the queries below use them as SQL expressions.
 P: Any = Post
 MAX_ID = 2**31 - 1  # ids are 32-bit integers; PostgreSQL refuses larger parameters
@@ -70,7 +72,8 @@ def _post_rows(session: Session, lo: int, hi: int) -> Iterator[Row]:
 
 
 def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
-    """Tags or stories that list at least one published essay, lastmod = its newest change."""
+    """Tags or stories that list at least one published essay, lastmod = the newest change of
+    their essays, deleted ones included (a page changes when an essay leaves it)."""
     table: Any = Tag if kind == "tags" else Story
     link: Any = PostTag if kind == "tags" else PostStory
     owner = link.tag_id if kind == "tags" else link.story_id
@@ -81,8 +84,9 @@ def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
             select(table.id, table.slug, func.max(P.updated_at))
             .join(link, owner == table.id)
             .join(Post, P.id == link.post_id)
-            .where(published, table.id > after, _in_range(table.id, lo, hi))
+            .where(table.id > after, _in_range(table.id, lo, hi))
             .group_by(table.id, table.slug)
+            .having(_any_published)
             .order_by(table.id)
             .limit(BATCH)
         ).all()
@@ -93,32 +97,38 @@ def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
         after = batch[-1][0]
 
 
-def _month_lastmods(session: Session, tz: ZoneInfo) -> dict[tuple[int, int], datetime]:
-    """Newest change per archive month (in the site's timezone, like the archive pages)."""
+def _month_lastmods(
+    session: Session, tz: ZoneInfo
+) -> tuple[dict[tuple[int, int], datetime], datetime | None]:
+    """Newest change per archive month that lists a published essay (in the site's timezone,
+    like the archive pages), deleted essays' changes included; and the newest change of all."""
     months: dict[tuple[int, int], datetime] = {}
+    listed: set[tuple[int, int]] = set()
     after = 0
     while True:
         batch = session.execute(
-            select(P.id, P.published_at, P.updated_at)
-            .where(published, P.id > after)
+            select(P.id, P.published_at, P.updated_at, P.status)
+            .where(P.id > after)
             .order_by(P.id)
             .limit(BATCH)
         ).all()
-        for _, published_at, updated_at in batch:
+        for _, published_at, updated_at, status in batch:
             local = published_at.astimezone(tz)
             key = (local.year, local.month)
             if key not in months or months[key] < updated_at:
                 months[key] = updated_at
+            if status == STATUS_PUBLISHED:
+                listed.add(key)
         if len(batch) < BATCH:
-            return months
+            newest = max(months.values(), default=None)
+            return {key: months[key] for key in listed}, newest
         after = batch[-1][0]
 
 
 def _page_rows(session: Session, tz: ZoneInfo) -> Iterator[Row]:
-    months = derived.at_version(
+    months, newest = derived.at_version(
         session, ("sitemap months", tz.key), lambda: _month_lastmods(session, tz)
     )
-    newest = max(months.values(), default=None)
     yield "/", newest
     if months:
         yield "/archive", newest
@@ -172,22 +182,21 @@ def _chunks(session: Session, section: str) -> list[tuple[int, datetime | None]]
 
 
 def _chunks_now(session: Session, section: str) -> list[tuple[int, datetime | None]]:
+    # A chunk's lastmod counts its deleted essays' changes too (its pages lost them then).
     if section == "pages":
-        newest = session.execute(select(func.max(P.updated_at)).where(published)).scalar()
+        newest = session.execute(select(func.max(P.updated_at))).scalar()
         return [(0, newest)]
     # The divisor is inlined: PostgreSQL only matches the GROUP BY expression with the SELECT
     # one when both are literally the same, and two bound parameters are not.
     size: Any = literal_column(str(int(MAX_URLS)))
     if section == "posts":
         bucket: Any = P.id // size
-        query = select(bucket, func.max(P.updated_at)).where(published)
+        query = select(bucket, func.max(P.updated_at))
     else:
         link: Any = PostTag if section == "tags" else PostStory
         bucket = (link.tag_id if section == "tags" else link.story_id) // size
-        query = (
-            select(bucket, func.max(P.updated_at)).join(Post, P.id == link.post_id).where(published)
-        )
-    rows = session.execute(query.group_by(bucket).order_by(bucket)).all()
+        query = select(bucket, func.max(P.updated_at)).join(Post, P.id == link.post_id)
+    rows = session.execute(query.group_by(bucket).having(_any_published).order_by(bucket)).all()
     return [(int(n), lastmod) for n, lastmod in rows]
 
 

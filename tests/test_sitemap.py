@@ -1,6 +1,6 @@
 """/sitemap.xml (sitemaps.org), its index past the URL limit, and /robots.txt."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -139,3 +139,26 @@ def test_robots_names_the_sitemap(client: TestClient) -> None:
     lines = response.text.splitlines()
     assert "User-agent: *" in lines
     assert f"Sitemap: {SITE_URL}/sitemap.xml" in lines
+
+
+def test_a_deleted_essay_moves_the_lastmod_of_the_pages_it_left(
+    client: TestClient, engine: Engine, site: list[posts.Post], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It left `/`, its tag, its month and the feeds: their dates said nothing had changed, so
+    a crawler or feed reader had no reason to look again."""
+    post = add_post(
+        engine, cycle=9, title="Brief", published_at="2026-01-20T12:00:00Z", tags=["QQQ"]
+    )
+    later = post.updated_at + timedelta(hours=1)  # well after every other change
+    monkeypatch.setattr(posts, "utcnow", lambda: later)
+    with db.write_session(engine) as session:
+        posts.delete_post(session, post.id)  # type: ignore[arg-type]
+    when = later.replace(microsecond=0)
+    urls = urlset(client.get("/sitemap.xml").content)
+    for page in ("/", "/archive", "/archive/2026/01", "/tags/qqq"):
+        assert datetime.fromisoformat(urls[SITE_URL + page]) == when, page
+    for feed in ("/atom.xml", "/tags/qqq/atom.xml"):
+        updated = ET.fromstring(client.get(feed).content).findtext(
+            "{http://www.w3.org/2005/Atom}updated"
+        )
+        assert datetime.fromisoformat(updated or "").replace(microsecond=0) == when, feed
