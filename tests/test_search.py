@@ -110,7 +110,9 @@ def test_hostile_queries_never_fail(client: TestClient, engine: Engine, q: str) 
 def test_long_query_is_shortened_with_a_message(client: TestClient, engine: Engine) -> None:
     add_post(engine)
     _, doc = results(client, "breadth " * 500)
-    assert "only its first" in doc.xpath("string(//p[@class='notice'])")
+    assert "only its first 12 words were used" in doc.xpath("string(//p[@class='notice'])")
+    _, doc = results(client, "breadth" + " " * 5000)
+    assert "only its first 1 word was used" in doc.xpath("string(//p[@class='notice'])")
 
 
 def test_parse_query_keeps_only_words() -> None:
