@@ -60,3 +60,42 @@ def test_concurrent_posts_with_one_idempotency_key_create_exactly_one(
     assert all(s in (201, 409) for s in statuses), statuses  # 409: the first is still in flight
     assert 201 in statuses
     assert post_count(engine) == 1
+
+
+def test_each_racing_put_is_answered_with_the_version_it_wrote(
+    settings, engine, engine_token, tmp_path
+):  # type: ignore[no-untyped-def]
+    """Read after the commit, an answer could hold a concurrent PUT's title and ETag: the
+    writer's next If-Match then passed over an edit it never saw."""
+    from conftest import add_post, start_server, stop_server
+
+    post = add_post(engine, cycle=7000)
+    server = start_server(settings, tmp_path, workers=2)
+    url = f"{server.url}/api/v1/posts/{post.id}"
+    answers: list[tuple[str, str, str]] = []
+    lock = threading.Lock()
+
+    def put(title: str, barrier: threading.Barrier) -> None:
+        with httpx.Client(timeout=60) as client:
+            barrier.wait()
+            reply = client.put(url, json=post_json(cycle=7000, title=title), headers=engine_token)
+        assert reply.status_code == 200, reply.text
+        with lock:
+            answers.append((title, reply.json()["title"], reply.headers["etag"]))
+
+    try:
+        for round_ in range(4):
+            barrier = threading.Barrier(6)
+            threads = [
+                threading.Thread(target=put, args=(f"Race {round_} writer {w}", barrier))
+                for w in range(6)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        stop_server(server)
+    assert len(answers) == 24
+    assert [sent for sent, got, _ in answers if got != sent] == []
+    assert len({etag for *_, etag in answers}) == 24  # each its own version
