@@ -39,6 +39,11 @@ class BodyGate:
         try:
             self._check_length(headers)
             body = await self._read(receive)
+            if body is None:
+                # The client left before its body was all sent (short of its Content-Length, or
+                # without the last chunk): an abandoned request changes nothing, even when what
+                # arrived happens to parse.
+                return
             if body and scope["path"].startswith("/api/"):
                 check_json(headers.get("content-type"), body)
         except BodyRefused as refused:
@@ -67,13 +72,14 @@ class BodyGate:
         if int(declared) > self.max_body_bytes:
             raise self._too_large()
 
-    async def _read(self, receive: Receive) -> bytes:
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body; None when the client disconnected before it ended."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

@@ -255,6 +255,32 @@ def test_body_over_the_limit_is_refused_before_it_is_read(live_server):
     assert "application/problem+json" in answer
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_cut_short_by_a_disconnect_changes_nothing(live_server, engine, token, framing):
+    """A complete JSON object, then the client leaves before its declared length (or the last
+    chunk): an abandoned request, not an essay to publish."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    before = snapshot(engine)
+    body = json.dumps(post_json(cycle=5200, title="Incomplete")).encode()
+    head = (
+        f"POST /api/v1/posts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {token}\r\n"
+    ).encode()
+    if framing == "chunked":
+        sent = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(body) + body + b"\r\n"
+    else:
+        sent = head + b"Content-Length: %d\r\n\r\n" % (len(body) + 50) + body
+    url = urlsplit(live_server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(sent)
+        time.sleep(0.3)  # the server has read all of it, and waits for the rest
+    time.sleep(0.5)  # it sees the disconnect
+    assert snapshot(engine) == before
+
+
 def test_streamed_body_over_the_limit_is_413(client, auth, engine):
     before = snapshot(engine)
     sent = []
