@@ -21,3 +21,21 @@ def test_readme_test_command_is_the_one_ci_runs() -> None:
     command = re.search(r'^TEST_COMMAND="(.+)"$', ci, re.MULTILINE)
     assert command is not None
     assert command.group(1) in README
+
+
+def test_the_engines_publish_example_runs(live_server, engine) -> None:  # type: ignore[no-untyped-def]
+    """The README's `publish()`, as an engine would copy it: a retry gets the same post."""
+    from conftest import post_json
+
+    from app import tokens
+
+    block = re.search(r"```python\n(.*?def publish\(.*?)```", README, re.DOTALL)
+    assert block is not None
+    namespace: dict[str, object] = {}
+    exec(block.group(1), namespace)  # noqa: S102 - our own README's example
+    publish = namespace["publish"]
+    token = tokens.create_token(engine, "engine")
+    essay = post_json(cycle=812)
+    first = publish(essay, token, base=live_server.url, patience=30)  # type: ignore[operator]
+    again = publish(essay, token, base=live_server.url, patience=30)  # type: ignore[operator]
+    assert first["id"] == again["id"] and first["url"].endswith(first["slug"])
