@@ -1,6 +1,11 @@
 """The application factory: `create_app(settings)` builds a Workshop app on its own database."""
 
+import ctypes
 import gc
+import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections.abc import Coroutine
 from importlib.resources import files
@@ -166,6 +171,7 @@ def _answer_head_like_get(*routers: APIRouter) -> None:
 
 def app_from_env() -> Workshop:
     """Entry point for `uvicorn --factory app.main:app_from_env` (each worker builds its own)."""
+    _end_with_the_supervisor()
     app = create_app(Settings())
     # What the worker built to serve (modules, the app, templates, statements) lives as long
     # as the worker: the cyclic garbage collector need not walk it again. Each full collection
@@ -176,3 +182,23 @@ def app_from_env() -> Workshop:
     # (in-process, 10.8 -> 10.3 us a request). Cycles are still collected, a little later.
     gc.set_threshold(10_000)
     return app
+
+
+def _end_with_the_supervisor() -> None:
+    """A worker of `workshop serve --workers N` stops (SIGTERM, a clean stop) when the serve
+    that started it dies. Killed with SIGKILL, the serve left its workers running for good,
+    holding the port (a new serve could not bind it) and serving the old code. Linux only; a
+    single-worker serve runs in the serve's own process and is left alone."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent.pid:  # it died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -78,7 +78,9 @@ def test_a_held_folder_is_removed_when_its_block_ends(tmp_path: Path, monkeypatc
 
 def _wait_gone(pids: list[int]) -> None:
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and any(
+        Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in pids
+    ):
         time.sleep(0.05)
 
 
@@ -133,3 +135,25 @@ def test_a_single_worker_serve_stopped_with_sigterm_removes_its_folders(
     stop_server(server)  # SIGTERM
     assert server.process.returncode == 0, server.log.read_text()
     assert _serve_folders(tempdir) == []
+
+
+def test_a_killed_serves_workers_stop_with_it(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL of the serve left its workers running for good: holding the port, serving the
+    old code, and writing into folders nobody would remove."""
+    server = start_server(settings, tmp_path, workers=2)
+    workers = worker_pids(server.process.pid)
+    assert len(workers) == 2
+    server.process.kill()
+    server.process.wait()
+    _wait_gone(workers)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+    for pid in alive:  # left running: stopped here, so that the failure leaves no orphans
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
