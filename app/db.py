@@ -65,7 +65,8 @@ def _open_existing(path: Path, timeout: float) -> sqlite3.Connection:
     """A connection to the database file at `path`, which must exist: SQLite would otherwise
     make an empty database there (a command run from the wrong folder, a file deleted under a
     running server) and serve an empty site, or take writes nobody will read. Only `db
-    upgrade` (and `serve`, which runs it) creates the file, through Alembic's own engine."""
+    upgrade` (and `serve` and `import`, which run it) creates the file, through Alembic's own
+    engine."""
     uri = f"file:{quote(str(path))}?mode=rw"
     try:
         return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=timeout)
