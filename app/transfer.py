@@ -137,8 +137,23 @@ def _store(
     existing = session.get(Post, parsed.post_id) if parsed.post_id is not None else None
     if parsed.deleted_at is not None:
         return _store_deleted(session, author, path, parsed, existing, batch, prepared)
-    if parsed.post_id is not None and existing is not None:
-        result = posts.update_post(
+    result = _write(session, author, parsed, existing, batch, prepared)
+    if existing is not None:
+        return ImportResult(path, "updated" if result.changed else "unchanged", result.post.id)
+    return ImportResult(path, "imported" if result.created else "unchanged", result.post.id)
+
+
+def _write(
+    session: Session,
+    author: str,
+    parsed: exportfmt.ExportedPost,
+    existing: Post | None,
+    batch: posts.Batch,
+    prepared: posts.Prepared,
+) -> posts.SaveResult:
+    """The file's essay written over the post with its id (`existing`), or created."""
+    if existing is not None and parsed.post_id is not None:
+        return posts.update_post(
             session,
             parsed.post_id,
             parsed.post,
@@ -147,11 +162,9 @@ def _store(
             batch=batch,
             prepared=prepared,
         )
-        return ImportResult(path, "updated" if result.changed else "unchanged", result.post.id)
-    result = posts.create_post(
+    return posts.create_post(
         session, parsed.post, author, post_id=parsed.post_id, batch=batch, prepared=prepared
     )
-    return ImportResult(path, "imported" if result.created else "unchanged", result.post.id)
 
 
 def _store_deleted(
@@ -174,20 +187,7 @@ def _store_deleted(
     ):
         return ImportResult(path, "unchanged", existing.id, deleted=True)
     was_deleted = existing is not None and existing.status == STATUS_DELETED
-    if existing is None:
-        result = posts.create_post(
-            session, parsed.post, author, post_id=parsed.post_id, batch=batch, prepared=prepared
-        )
-    else:
-        result = posts.update_post(
-            session,
-            parsed.post_id,
-            parsed.post,
-            author,
-            reason="import",
-            batch=batch,
-            prepared=prepared,
-        )
+    result = _write(session, author, parsed, existing, batch, prepared)
     post_id = result.post.id
     assert post_id is not None
     posts.delete_post(session, post_id, batch=batch, deleted_at=parsed.deleted_at)

@@ -46,6 +46,14 @@ def many(engine: Engine, count: int) -> list[posts.Post]:
     ]
 
 
+def _one_published_one_withdrawn(engine: Engine) -> tuple[posts.Post, posts.Post]:
+    post = add_post(engine)
+    gone = add_post(engine, cycle=901, title="Withdrawn")
+    with db.write_session(engine) as session:
+        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
+    return post, gone
+
+
 # --- the essay page -------------------------------------------------------------------------------
 
 
@@ -238,10 +246,7 @@ def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
 def test_redirects_and_error_pages_say_how_long_caches_keep_them(
     client: TestClient, engine: Engine
 ) -> None:
-    post = add_post(engine)
-    gone = add_post(engine, cycle=901, title="Withdrawn")
-    with db.write_session(engine) as session:
-        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
+    post, gone = _one_published_one_withdrawn(engine)
     # Without Cache-Control a browser keeps a 301 for good: a title edited and edited back
     # would send it around in a loop.
     for path in (f"/read/{post.id}/old-slug", f"/read/{post.id}", "/cycle/900"):
@@ -514,10 +519,7 @@ def test_head_answers_like_get(uncached_client: TestClient, engine: Engine, path
 def test_if_none_match_star_does_not_hide_a_missing_page(
     client: TestClient, engine: Engine
 ) -> None:
-    post = add_post(engine)
-    gone = add_post(engine, cycle=901, title="Withdrawn")
-    with db.write_session(engine) as session:
-        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
+    post, gone = _one_published_one_withdrawn(engine)
     star = {"If-None-Match": "*", **HTML}
     # "*" matched any path: unknown, withdrawn and moved pages all answered 304.
     for path, status in [
