@@ -26,14 +26,14 @@ from urllib.parse import quote
 
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import NullPool, case, create_engine, delete, make_url, select, update
+from sqlalchemy import NullPool, case, create_engine, make_url, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, col
 
-from app import beacon, db
+from app import beacon, db, pagepack
 from app.config import Settings
 from app.errors import WorkshopError
-from app.models import EssayPack, SiteState
+from app.models import SiteState
 from app.posts import CONTENT_VERSION, content_version, serialize_writers
 
 
@@ -102,7 +102,7 @@ def _restore_sqlite(settings: Settings, source: Path) -> None:
             raise BackupError(
                 f"{source} could not be upgraded to the latest migration: {exc}"
             ) from None
-        version = _ready_copy(copy, _sqlite_content_version(target), _pack_folder(target))
+        version = _ready_copy(copy, _sqlite_content_version(target), pagepack.folder_of(target))
         try:
             with (
                 contextlib.closing(sqlite3.connect(copy)) as src,
@@ -115,10 +115,10 @@ def _restore_sqlite(settings: Settings, source: Path) -> None:
 
 
 def _sqlite_path(settings: Settings) -> Path:
-    database = make_url(settings.database_url).database
-    if not database or database == ":memory:":
+    path = db.sqlite_path(settings.database_url)
+    if path is None:
         raise BackupError("an in-memory database cannot be backed up")
-    return Path(database).resolve()
+    return path
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
@@ -163,23 +163,15 @@ def _sqlite_content_version(path: Path) -> int:
     return int(row[0]) if row else 0
 
 
-def _pack_folder(target: Path) -> Path:
-    return target.with_name(target.name + "-pages")  # as app/pagepack.py names it
-
-
 def _ready_copy(copy: Path, before: int, packs: Path) -> int:
     """Make the upgraded copy ready to be the database: its content version past `before`, and
     no pack row naming a file that is not in the database's pack folder (`workshop pages
     refresh` packs those pages again; until then they are read from `essay_pages`). Its new
     content version."""
-    # pagepack.forget_missing looks in the folder beside the session's own file: the copy's.
-    present = set(os.listdir(packs)) if packs.is_dir() else set()
     engine = create_engine(f"sqlite:///{copy}", poolclass=NullPool)
     try:
         with Session(engine) as session:
-            named = set(session.execute(select(col(EssayPack.pack)).distinct()).scalars())
-            if missing := sorted(named - present):
-                session.execute(delete(EssayPack).where(col(EssayPack.pack).in_(missing)))
+            pagepack.forget_missing(session, packs)
             version = _move_version_past(session, before)
             session.commit()
             return version

@@ -43,7 +43,7 @@ def make_engine(settings: Settings) -> Engine:
     url = normalize_url(settings.database_url)
     if url.startswith("sqlite"):
         timeout = settings.sqlite_busy_timeout_ms / 1000
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": timeout},
@@ -210,10 +210,14 @@ def sqlite_file(engine: Engine) -> Path | None:
     the beacon, the pack folder); None for PostgreSQL or a database in memory."""
     if engine.dialect.name != "sqlite":
         return None
-    return _sqlite_path(engine.url)
+    return sqlite_path(engine.url)
 
 
-def _sqlite_path(url: str | URL) -> Path | None:
+def sqlite_path(url: str | URL) -> Path | None:
+    """The database file an SQLite URL names, absolute; None for a database in memory (or a
+    `file:` URI) and for PostgreSQL."""
+    if not str(url).startswith("sqlite"):
+        return None
     database = make_url(url).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None

@@ -108,8 +108,7 @@ def newest(session: Session, scope: Scope, limit: int) -> list[posts.PostView]:
     """The newest published essays in `scope`, walking the (id, published_at, post_id) index."""
     if scope.kind == "site":
         return posts.load_views(session, posts.list_published(session, limit))
-    link: type[PostTag] | type[PostStory] = PostTag if scope.kind == "tag" else PostStory
-    owner: Any = PostTag.tag_id if link is PostTag else PostStory.story_id
+    link, owner = _link_of(scope)
     query = (
         select(Post)
         .join(link, link.post_id == Post.id)  # type: ignore[arg-type]
@@ -203,10 +202,16 @@ def last_withdrawn(session: Session, scope: Scope) -> datetime | None:
     changed then, though every entry it still lists is older."""
     query = select(func.max(Post.updated_at)).where(Post.status == STATUS_DELETED)  # type: ignore[arg-type]
     if scope.kind != "site":
-        link: type[PostTag] | type[PostStory] = PostTag if scope.kind == "tag" else PostStory
-        owner: Any = PostTag.tag_id if link is PostTag else PostStory.story_id
+        link, owner = _link_of(scope)
         query = query.join(link, link.post_id == Post.id).where(owner == scope.row_id)  # type: ignore[arg-type]
     return session.execute(query).scalar()
+
+
+def _link_of(scope: Scope) -> tuple[type[PostTag] | type[PostStory], Any]:
+    """The table linking essays to a tag's or story's scope, and its column naming the scope."""
+    if scope.kind == "tag":
+        return PostTag, PostTag.tag_id
+    return PostStory, PostStory.story_id
 
 
 class _HubLinks:

@@ -68,7 +68,12 @@ class Page:
 def folder(engine: Engine) -> Path | None:
     """The pack folder of an SQLite database file; None for PostgreSQL or a database in memory."""
     found = db.sqlite_file(engine)
-    return None if found is None else found.with_name(found.name + "-pages")
+    return None if found is None else folder_of(found)
+
+
+def folder_of(database: Path) -> Path:
+    """The pack folder beside the SQLite database file `database`."""
+    return database.with_name(database.name + "-pages")
 
 
 def store(session: Session, post_ids: Sequence[int], pages: Sequence[Page]) -> None:
@@ -159,10 +164,11 @@ def remove_unused(engine: Engine) -> int:
     return removed
 
 
-def forget_missing(session: Session) -> None:
+def forget_missing(session: Session, where: Path | None = None) -> None:
     """Drop the rows whose pack file is not in the folder (a database copied or restored without
-    it), so `workshop pages refresh` packs those pages again."""
-    where = folder(session.get_bind())  # type: ignore[arg-type]
+    it), so `workshop pages refresh` packs those pages again. `where`: the folder, if not the
+    one beside the session's own database (a restore readies a copy for another file)."""
+    where = where or folder(session.get_bind())  # type: ignore[arg-type]
     if where is None:
         return
     present = set(os.listdir(where)) if where.is_dir() else set()
