@@ -61,6 +61,7 @@ class Scope:
     slug: str = ""
     name: str = ""
     row_id: int = 0
+    left_at: datetime | None = None  # when an edit last took an essay off the tag or story
 
     @property
     def page_path(self) -> str:
@@ -96,11 +97,11 @@ def resolve_scope(session: Session, kind: str, slug: str) -> Scope:
     if kind == "tag":
         tag = session.execute(select(Tag).where(Tag.slug == slug)).scalars().first()  # type: ignore[arg-type]
         if tag is not None:
-            return Scope("tag", tag.slug, tag.name, tag.id or 0)
+            return Scope("tag", tag.slug, tag.name, tag.id or 0, tag.left_at)
     elif kind == "story":
         story = session.execute(select(Story).where(Story.slug == slug)).scalars().first()  # type: ignore[arg-type]
         if story is not None:
-            return Scope("story", story.slug, story.title, story.id or 0)
+            return Scope("story", story.slug, story.title, story.id or 0, story.left_at)
     raise FeedNotFound(f"no {kind} {slug!r}")
 
 
@@ -198,13 +199,14 @@ def _updated(views: list[posts.PostView], withdrawn: datetime | None) -> datetim
 
 
 def last_withdrawn(session: Session, scope: Scope) -> datetime | None:
-    """When an essay of `scope` was last deleted (a deleted post's `updated_at`): the feed
-    changed then, though every entry it still lists is older."""
+    """When an essay last left `scope` (a deleted post's `updated_at`, or an edit that took it
+    off the tag or story): the feed changed then, though every entry it still lists is older."""
     query = select(func.max(Post.updated_at)).where(Post.status == STATUS_DELETED)  # type: ignore[arg-type]
     if scope.kind != "site":
         link, owner = _link_of(scope)
         query = query.join(link, link.post_id == Post.id).where(owner == scope.row_id)  # type: ignore[arg-type]
-    return session.execute(query).scalar()
+    deleted = session.execute(query).scalar()
+    return max((t for t in (deleted, scope.left_at) if t is not None), default=None)
 
 
 def _link_of(scope: Scope) -> tuple[type[PostTag] | type[PostStory], Any]:

@@ -113,6 +113,9 @@ class Tag(SQLModel, table=True):
     id: int | None = SQLField(default=None, primary_key=True)
     name: str = SQLField(max_length=100)
     slug: str = SQLField(max_length=120, unique=True)
+    # When an edit last took an essay off this tag: its page and feed changed then, though no
+    # essay it still lists did (the sitemap's lastmod and the feed's `updated` count it).
+    left_at: datetime | None = SQLField(default=None, sa_column=Column(UTCDateTime()))
 
 
 class PostTag(SQLModel, table=True):
@@ -138,6 +141,8 @@ class Story(SQLModel, table=True):
     id: int | None = SQLField(default=None, primary_key=True)
     title: str = SQLField(max_length=300)
     slug: str = SQLField(max_length=120, unique=True)
+    # As Tag.left_at.
+    left_at: datetime | None = SQLField(default=None, sa_column=Column(UTCDateTime()))
 
 
 class PostStory(SQLModel, table=True):

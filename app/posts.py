@@ -494,6 +494,7 @@ def _apply(
     session.flush()
     assert post.id is not None
 
+    tags_before, stories_before = (set(), set()) if fresh else _linked_groups(session, post.id)
     for table in () if fresh else (Mind, PostTag, PostStory):
         session.execute(delete(table).where(col(table.post_id) == post.id))
     view = PostView(post)
@@ -524,8 +525,27 @@ def _apply(
                 published_at=post.published_at,
             )
         )
+    _note_left(session, Tag, tags_before - {t.id for t in view.tags}, post.updated_at)
+    _note_left(session, Story, stories_before - {s.id for s, _ in view.stories}, post.updated_at)
     post.page_html = render(view) if render is not None else None
     session.flush()
+
+
+def _linked_groups(session: Session, post_id: int) -> tuple[set[int], set[int]]:
+    """The ids of the tags and of the stories a post is on now."""
+    tags = session.execute(select(col(PostTag.tag_id)).where(col(PostTag.post_id) == post_id))
+    stories = session.execute(
+        select(col(PostStory.story_id)).where(col(PostStory.post_id) == post_id)
+    )
+    return set(tags.scalars()), set(stories.scalars())
+
+
+def _note_left(
+    session: Session, table: type[Tag] | type[Story], ids: set[int], at: datetime
+) -> None:
+    """An essay left these tags or stories: their pages and feeds changed `at`."""
+    if ids:
+        session.execute(update(table).where(col(table.id).in_(ids)).values(left_at=at))
 
 
 def _get_or_create(

@@ -73,7 +73,8 @@ def _post_rows(session: Session, lo: int, hi: int) -> Iterator[Row]:
 
 def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
     """Tags or stories that list at least one published essay, lastmod = the newest change of
-    their essays, deleted ones included (a page changes when an essay leaves it)."""
+    their essays, deleted ones included, or the last edit that took one off them (a page changes
+    when an essay leaves it)."""
     table: Any = Tag if kind == "tags" else Story
     link: Any = PostTag if kind == "tags" else PostStory
     owner = link.tag_id if kind == "tags" else link.story_id
@@ -81,17 +82,17 @@ def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
     after = lo - 1
     while True:
         batch = session.execute(
-            select(table.id, table.slug, func.max(P.updated_at))
+            select(table.id, table.slug, func.max(P.updated_at), table.left_at)
             .join(link, owner == table.id)
             .join(Post, P.id == link.post_id)
             .where(table.id > after, _in_range(table.id, lo, hi))
-            .group_by(table.id, table.slug)
+            .group_by(table.id, table.slug, table.left_at)
             .having(_any_published)
             .order_by(table.id)
             .limit(BATCH)
         ).all()
-        for _, slug, lastmod in batch:
-            yield path(slug), lastmod
+        for _, slug, newest, left_at in batch:
+            yield path(slug), newest if left_at is None else max(newest, left_at)
         if len(batch) < BATCH:
             return
         after = batch[-1][0]

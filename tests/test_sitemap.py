@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 from xml.etree import ElementTree as ET
 
 import pytest
-from conftest import SITE_URL, add_post
+from conftest import SITE_URL, add_post, sample_input
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -162,3 +162,35 @@ def test_a_deleted_essay_moves_the_lastmod_of_the_pages_it_left(
             "{http://www.w3.org/2005/Atom}updated"
         )
         assert datetime.fromisoformat(updated or "").replace(microsecond=0) == when, feed
+
+
+def test_an_edit_that_takes_an_essay_off_a_tag_moves_that_tags_lastmod(
+    client: TestClient, engine: Engine, site: list[posts.Post], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tag's and the story's pages lost an essay, though every essay they still list is
+    unchanged: their sitemap lastmod and their feeds' `updated` said nothing had changed."""
+    post = add_post(
+        engine,
+        cycle=9,
+        title="Brief",
+        published_at="2026-01-20T12:00:00Z",
+        tags=["QQQ"],
+        stories=[{"title": "Mega-Cap Decline", "status": "fading"}],
+    )
+    later = post.updated_at + timedelta(hours=1)  # well after every other change
+    monkeypatch.setattr(posts, "utcnow", lambda: later)
+    edited = sample_input(
+        cycle=9, title="Brief", published_at="2026-01-20T12:00:00Z", tags=[], stories=[]
+    )
+    with db.write_session(engine) as session:
+        posts.update_post(session, post.id, edited, "Workshop")  # type: ignore[arg-type]
+    when = later.replace(microsecond=0)
+    urls = urlset(client.get("/sitemap.xml").content)
+    for page in ("/tags/qqq", "/stories/mega-cap-decline"):
+        assert datetime.fromisoformat(urls[SITE_URL + page]) == when, page
+    for feed in ("/tags/qqq/atom.xml", "/stories/mega-cap-decline/atom.xml"):
+        updated = ET.fromstring(client.get(feed).content).findtext(
+            "{http://www.w3.org/2005/Atom}updated"
+        )
+        assert datetime.fromisoformat(updated or "").replace(microsecond=0) == when, feed
+    assert datetime.fromisoformat(urls[SITE_URL + "/tags/tsla"]) < when  # it lost nothing
