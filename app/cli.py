@@ -137,7 +137,7 @@ def token_group() -> None:
 @token_group.command("create")
 @click.argument("name")
 def token_create(name: str) -> None:
-    """Create a token and print it once (only its hash is stored)."""
+    """Create a token and print it once (only its hash is stored); no live token may have NAME."""
     token = _run(lambda: tokens.create_token(db.make_engine(_settings()), name))
     click.echo(token)
     click.echo(f"token {name!r} created; it is shown only this once", err=True)
@@ -145,7 +145,7 @@ def token_create(name: str) -> None:
 
 @token_group.command("list")
 def token_list() -> None:
-    """Name, created, last used and revoked time of every token."""
+    """Name, created, last used and revoked time of every token (revoked ones stay listed)."""
     found = tokens.list_tokens(db.make_engine(_settings()))
     click.echo(f"{'NAME':<24} {'CREATED':<20} {'LAST USED':<20} REVOKED")
     for t in found:
@@ -158,7 +158,8 @@ def token_list() -> None:
 @token_group.command("revoke")
 @click.argument("name")
 def token_revoke(name: str) -> None:
-    """Revoke a token; the next request that uses it gets 401."""
+    """Revoke the live token NAME; the next request that uses it gets 401, and the name is free
+    for a new token."""
     _run(lambda: tokens.revoke_token(db.make_engine(_settings()), name))
     click.echo(f"token {name!r} revoked")
 

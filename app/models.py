@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
@@ -183,9 +184,20 @@ class Revision(SQLModel, table=True):
 
 class ApiToken(SQLModel, table=True):
     __tablename__ = "api_tokens"
+    __table_args__ = (
+        # A name is taken only while its token is live: after a leak the operator revokes
+        # `engine` and creates `engine` again, and the revoked row stays as the record.
+        Index(
+            "uq_api_tokens_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
 
     id: int | None = SQLField(default=None, primary_key=True)
-    name: str = SQLField(max_length=100, unique=True)
+    name: str = SQLField(max_length=100)
     token_hash: str = SQLField(max_length=64, unique=True)
     created_at: datetime = _utc_column()
     last_used_at: datetime | None = _utc_column(nullable=True)

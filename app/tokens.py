@@ -6,7 +6,8 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, update
-from sqlmodel import Session
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col
 
 from app.db import write_session
 from app.errors import WorkshopError
@@ -37,32 +38,54 @@ def hash_token(token: str) -> str:
 
 
 def create_token(engine: Engine, name: str) -> str:
+    """A new token for `name`, which no live token may have (a revoked one's name is free)."""
     name = name.strip()
     if not name or len(name) > 100:
         raise WorkshopError("a token name is 1 to 100 characters")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    taken = TokenNameTaken(f"a token named {name!r} already exists")
     with write_session(engine) as session:
-        if session.execute(select(ApiToken).where(ApiToken.name == name)).first():  # type: ignore[arg-type]
-            raise TokenNameTaken(f"a token named {name!r} already exists")
+        if _live(session, name) is not None:
+            raise taken
         session.add(ApiToken(name=name, token_hash=hash_token(token), created_at=utcnow()))
-        session.commit()
+        try:
+            session.commit()
+        except IntegrityError:
+            # On PostgreSQL another create of this name can commit between the check and the
+            # insert; the unique index on live names refuses the later one.
+            session.rollback()
+            if _live(session, name) is not None:
+                raise taken from None
+            raise
     return token
 
 
 def list_tokens(engine: Engine) -> list[ApiToken]:
+    """Every token, revoked ones too; a name's tokens oldest first (its live one, if any, last)."""
     with Session(engine) as session:
-        return list(session.execute(select(ApiToken).order_by(ApiToken.name)).scalars())
+        return list(
+            session.execute(
+                select(ApiToken).order_by(col(ApiToken.name), col(ApiToken.id))
+            ).scalars()
+        )
 
 
 def revoke_token(engine: Engine, name: str) -> None:
+    """Revoke the live token named `name`; its revoked namesakes are left as they are."""
     with write_session(engine) as session:
-        token = session.execute(select(ApiToken).where(ApiToken.name == name)).scalars().first()  # type: ignore[arg-type]
+        token = _live(session, name)
         if token is None:
+            if session.execute(select(col(ApiToken.id)).where(col(ApiToken.name) == name)).first():
+                raise TokenNotFound(f"no live token named {name!r}: it is already revoked")
             raise TokenNotFound(f"no token named {name!r}")
-        if token.revoked_at is None:
-            token.revoked_at = utcnow()
-            session.add(token)
-            session.commit()
+        token.revoked_at = utcnow()
+        session.add(token)
+        session.commit()
+
+
+def _live(session: Session, name: str) -> ApiToken | None:
+    live = select(ApiToken).where(col(ApiToken.name) == name, col(ApiToken.revoked_at).is_(None))
+    return session.execute(live).scalars().first()
 
 
 def verify(session: Session, presented: str) -> Authenticated | None:
