@@ -182,10 +182,10 @@ def test_the_loser_of_a_race_for_a_name_gets_the_one_line_error(cli, engine, set
     assert [row[1] for row in _rows_named(engine, "engine")] == [tokens.hash_token(raced[0])]
 
 
-def test_0009_frees_revoked_names_in_a_database_with_tokens(engine, settings):
+def test_0010_frees_revoked_names_in_a_database_with_tokens(engine, settings):
     """The upgrade keeps every token of a database made before it (the old constraint dropped,
     a table rebuild on SQLite); the downgrade keeps one row per name, a live one first."""
-    db.downgrade(settings, "0008")
+    db.downgrade(settings, "0009")
     live = tokens.create_token(engine, "engine")
     tokens.create_token(engine, "spare")
     tokens.revoke_token(engine, "spare")
@@ -204,7 +204,7 @@ def test_0009_frees_revoked_names_in_a_database_with_tokens(engine, settings):
         tokens.create_token(engine, "old")
         tokens.revoke_token(engine, "old")
     rows = _all_rows(engine)
-    db.downgrade(settings, "0008")
+    db.downgrade(settings, "0009")
     kept = [rows[0], rows[2], rows[4]]  # engine; spare's live token; old's later revoked one
     assert [row[1] for row in kept] == ["engine", "spare", "old"]
     assert _all_rows(engine) == kept
