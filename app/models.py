@@ -217,6 +217,9 @@ class IdempotencyKey(SQLModel, table=True):
     response_body: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     response_location: str | None = SQLField(default=None, max_length=500)
     created_at: datetime = _utc_column()
+    # Who holds an in-flight claim (app/idempotency.py), so a retry can tell a request still
+    # running from one whose worker was killed. None on claims made before migration 0009.
+    owner: str | None = SQLField(default=None, max_length=128)
 
 
 class AuthFailure(SQLModel, table=True):
