@@ -52,7 +52,7 @@ from app.models import IdempotencyKey, utcnow
 
 IN_FLIGHT = "in_flight"
 DONE = "done"
-# The last resort, for an owner nobody here can judge (a claim from before migration 0009, or
+# The last resort, for an owner nobody here can judge (a claim from before migration 0011, or
 # from another machine on SQLite's shared disk): a claim this old belongs to a request that
 # died (no request runs this long), and the next retry takes the key over.
 ABANDONED_AFTER = timedelta(minutes=1)

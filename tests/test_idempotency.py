@@ -185,7 +185,7 @@ def wait_for_claim(engine: Engine) -> None:
 
 def test_a_request_whose_claim_was_taken_over_commits_nothing(engine, settings) -> None:
     """The last resort takes over a claim older than ABANDONED_AFTER, whose owner may still
-    be at work (a claim from before migration 0009, another machine on SQLite): that owner's
+    be at work (a claim from before migration 0011, another machine on SQLite): that owner's
     write then rolls back, and the key's work is done once, by the retry."""
     first = idempotency.claim(engine, settings, "token:1", "key-1", "hash-1")
     assert isinstance(first, idempotency.Claim)

@@ -1,7 +1,7 @@
 """idempotency owner: who holds an in-flight Idempotency-Key claim
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-05 15:00:00
 
 A claim names the process that made it (its PostgreSQL advisory lock, or on SQLite its pid and
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
