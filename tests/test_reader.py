@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import lxml.html
 import pytest
-from conftest import SITE_URL, add_post, one_published_one_withdrawn
+from conftest import SITE_URL, add_post, one_published_one_withdrawn, sample_input
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
@@ -233,6 +233,33 @@ def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
     doc = page(client, canonical, status=410)
     assert texts(doc, "//main//h1") == ["This essay was withdrawn"]
     assert page(client, "/").xpath("//ol[@class='entries']/li") == []
+
+
+def test_the_cycle_of_a_withdrawn_essay_is_gone_as_its_page_is(
+    client: TestClient, engine: Engine
+) -> None:
+    _, gone = one_published_one_withdrawn(engine)  # cycle 901
+    essay = f"/read/{gone.id}/{gone.slug}"
+    # The cycle's lookup skipped withdrawn essays: 404, where the essay's own page says 410.
+    for accept in ("text/html", "application/problem+json"):
+        for _ in range(2):  # the second from the response cache
+            by_cycle = client.get("/cycle/901", headers={"Accept": accept})
+            by_page = client.get(essay, headers={"Accept": accept})
+            assert (by_cycle.status_code, by_page.status_code) == (410, 410), accept
+            for name in ("content-type", "cache-control", "vary"):
+                assert by_cycle.headers[name] == by_page.headers[name], (accept, name)
+    assert texts(page(client, "/cycle/901", status=410), "//main//h1") == texts(
+        page(client, essay, status=410), "//main//h1"
+    )
+    problems = [client.get(path).json() for path in ("/cycle/901", essay)]
+    assert [sorted(p) for p in problems] == [sorted(problems[1])] * 2
+    assert [p["title"] for p in problems] == ["Post deleted"] * 2
+    assert client.get("/cycle/902").status_code == 404  # a cycle without an essay
+    again = sample_input(cycle=901, title="Back")
+    with db.write_session(engine) as session:  # published again: the cycle leads to it
+        posts.update_post(session, gone.id, again, "Workshop")  # type: ignore[arg-type]
+    back = client.get("/cycle/901")
+    assert (back.status_code, back.headers["location"]) == (302, f"/read/{gone.id}/back")
 
 
 def test_redirects_and_error_pages_say_how_long_caches_keep_them(

@@ -396,7 +396,9 @@ def _live_essay_page(request: Request, number: int, slug: str, canonical: bool) 
 @router.get("/cycle/{cycle}")
 def cycle(cycle: str, session: SessionDep) -> Response:
     number = _path_int(cycle, "cycle", minimum=0)
-    post = posts.get_post(session, posts.post_id_for_cycle(session, number))
+    post = posts.get_post(session, posts.post_id_for_cycle(session, number), include_deleted=True)
+    if post.status == posts.STATUS_DELETED:  # the answer its page gives
+        raise PostGone(f"essay {post.id} (cycle {number}) was withdrawn")
     return _redirect_to(post, status=302)
 
 
