@@ -235,6 +235,37 @@ def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
     assert page(client, "/").xpath("//ol[@class='entries']/li") == []
 
 
+@pytest.mark.parametrize(
+    ("path", "heading", "detail"),
+    [
+        ("/read/99999/x", "This essay doesn't exist", "no post with id 99999"),
+        ("/read/99999", "This essay doesn't exist", "no post with id 99999"),
+        ("/read/abc", "This essay doesn't exist", "no essay 'abc'"),
+        ("/cycle/5", "This essay doesn't exist", "no essay for cycle 5"),
+        ("/read/{gone}/{slug}", "This essay was withdrawn", "essay {gone} was withdrawn"),
+        ("/cycle/901", "This essay was withdrawn", "essay {gone} (cycle 901) was withdrawn"),
+        ("/tags/nope", "Nothing at this address", "no tag 'nope'"),
+        ("/stories/nope", "Nothing at this address", "no story 'nope'"),
+        ("/archive/2026/13", "Nothing at this address", "no archive for 2026-13"),
+        ("/nowhere", "Nothing at this address", "Not Found"),
+    ],
+)
+def test_error_pages_speak_to_readers_and_problems_to_api_clients(
+    client: TestClient, engine: Engine, path: str, heading: str, detail: str
+) -> None:
+    _, gone = one_published_one_withdrawn(engine)
+    path = path.format(gone=gone.id, slug=gone.slug)
+    problem = client.get(path, headers={"Accept": "application/problem+json"})
+    assert problem.headers["content-type"] == "application/problem+json"
+    assert problem.json()["detail"] == detail.format(gone=gone.id)
+    doc = page(client, path, status=problem.status_code)
+    assert texts(doc, "//main//h1") == [heading]
+    assert texts(doc, "//title")[0].startswith(heading)
+    # The page's paragraph was the API's detail ("no post with id 99999").
+    assert problem.json()["detail"] not in texts(doc, "//main")[0]
+    assert {"/", "/archive"} <= set(hrefs(doc, "//main//a"))
+
+
 def test_the_cycle_of_a_withdrawn_essay_is_gone_as_its_page_is(
     client: TestClient, engine: Engine
 ) -> None:
