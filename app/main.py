@@ -1,5 +1,6 @@
 """The application factory: `create_app(settings)` builds a Workshop app on its own database."""
 
+import copy
 import ctypes
 import gc
 import multiprocessing
@@ -125,7 +126,7 @@ def create_app(settings: Settings | None = None) -> Workshop:
     app.state.templates = make_templates(settings)
     app.state.renderer = Renderer(app.state.templates)  # the essay page's stored HTML
     problems.install(app)
-    _answer_head_like_get(ops.router, reader.router)  # before including: routes are copied
+    _answer_head_like_get(ops.router, reader.router, ingest.router, feeds.router)
     app.include_router(ops.router)
     app.include_router(reader.router)
     app.include_router(ingest.router)
@@ -160,12 +161,26 @@ def create_app(settings: Settings | None = None) -> Workshop:
 
 
 def _answer_head_like_get(*routers: APIRouter) -> None:
-    """HEAD wherever a page answers GET (RFC 9110 section 9.3.2), as Starlette's own routes do
-    and FastAPI's do not: link checkers, uptime probes and CDNs send HEAD, and got 405. The
-    server sends no body for HEAD. (The API keeps its documented methods and schema.)"""
+    """HEAD wherever a route answers GET (RFC 9110 section 9.3.2), as Starlette's own routes do
+    and FastAPI's do not: link checkers, uptime probes, CDNs and HTTP clients send HEAD, and got
+    405. The route runs as for GET, with the same checks; the server sends no body for HEAD.
+
+    A documented route keeps its one GET operation in the schema (HEAD is implied by GET, and a
+    HEAD operation per GET would double the API's operations and their ids): a copy of it that
+    answers HEAD, left out of the schema, joins the router. Called before the routers are
+    included, so the app's routing sees every route they hold. (The routers are the modules'
+    own, shared by every app built: a path that answers HEAD already is left as it is.)"""
     for router in routers:
-        for route in router.routes:
-            if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
+        routes = [route for route in router.routes if isinstance(route, APIRoute)]
+        answered = {route.path for route in routes if route.methods and "HEAD" in route.methods}
+        for route in routes:
+            if not route.methods or "GET" not in route.methods or route.path in answered:
+                continue
+            if route.include_in_schema:
+                head = copy.copy(route)
+                head.methods, head.include_in_schema = {"HEAD"}, False
+                router.routes.append(head)
+            else:
                 route.methods.add("HEAD")
 
 

@@ -641,9 +641,9 @@ def get_post(session: Session, post_id: int, *, include_deleted: bool = False) -
 
 
 def post_id_for_cycle(session: Session, cycle: int) -> int:
-    post_id = session.execute(
-        select(col(Post.id)).where(col(Post.cycle) == cycle, col(Post.status) == STATUS_PUBLISHED)
-    ).scalar()
+    """The id of the cycle's essay, withdrawn or not (a withdrawn essay keeps its cycle, which
+    no other essay can take): /cycle/{n} answers 410 for it, as its page does."""
+    post_id = session.execute(select(col(Post.id)).where(col(Post.cycle) == cycle)).scalar()
     if post_id is None:
         raise PostNotFound(f"no essay for cycle {cycle}")
     return int(post_id)

@@ -68,7 +68,7 @@ def install(app: FastAPI) -> None:
         if wants_html(request):
             from app.routes.reader import error_page
 
-            return error_page(request, exc.status, exc.title, exc.detail)
+            return error_page(request, exc.status, exc.title, exc.detail, exc)
         extra: dict[str, Any] = {
             k: v for k, v in exc.extra.items() if isinstance(v, str | int | float)
         }

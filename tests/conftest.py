@@ -174,6 +174,15 @@ def add_post(engine: Engine, post_id: int | None = None, **overrides: object) ->
         return result.post
 
 
+def one_published_one_withdrawn(engine: Engine) -> tuple[posts.Post, posts.Post]:
+    """A published essay (cycle 900) and a withdrawn one (cycle 901)."""
+    post = add_post(engine)
+    gone = add_post(engine, cycle=901, title="Withdrawn")
+    with db.write_session(engine) as session:
+        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
+    return post, gone
+
+
 # --- a real server ----------------------------------------------------------------------------
 
 

@@ -49,8 +49,8 @@ def test_a_refused_method_is_named_with_every_method_the_path_answers(client) ->
     # Starlette named only the first route's methods: `Allow: POST` on /api/v1/posts, which
     # also lists the essays on GET.
     cases = {
-        "/api/v1/posts": "GET, POST",
-        "/api/v1/posts/1": "GET, PUT, DELETE",
+        "/api/v1/posts": "GET, HEAD, POST",
+        "/api/v1/posts/1": "GET, HEAD, PUT, DELETE",
         "/": "GET, HEAD",
         "/feed.xml": "GET, HEAD",
         "/static/app.css": "GET, HEAD",

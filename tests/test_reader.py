@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import lxml.html
 import pytest
-from conftest import SITE_URL, add_post
+from conftest import SITE_URL, add_post, one_published_one_withdrawn, sample_input
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
@@ -44,14 +44,6 @@ def many(engine: Engine, count: int) -> list[posts.Post]:
         )
         for i in range(count)
     ]
-
-
-def _one_published_one_withdrawn(engine: Engine) -> tuple[posts.Post, posts.Post]:
-    post = add_post(engine)
-    gone = add_post(engine, cycle=901, title="Withdrawn")
-    with db.write_session(engine) as session:
-        posts.delete_post(session, gone.id)  # type: ignore[arg-type]
-    return post, gone
 
 
 # --- the essay page -------------------------------------------------------------------------------
@@ -243,10 +235,68 @@ def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
     assert page(client, "/").xpath("//ol[@class='entries']/li") == []
 
 
+@pytest.mark.parametrize(
+    ("path", "heading", "detail"),
+    [
+        ("/read/99999/x", "This essay doesn't exist", "no post with id 99999"),
+        ("/read/99999", "This essay doesn't exist", "no post with id 99999"),
+        ("/read/abc", "This essay doesn't exist", "no essay 'abc'"),
+        ("/cycle/5", "This essay doesn't exist", "no essay for cycle 5"),
+        ("/read/{gone}/{slug}", "This essay was withdrawn", "essay {gone} was withdrawn"),
+        ("/cycle/901", "This essay was withdrawn", "essay {gone} (cycle 901) was withdrawn"),
+        ("/tags/nope", "Nothing at this address", "no tag 'nope'"),
+        ("/stories/nope", "Nothing at this address", "no story 'nope'"),
+        ("/archive/2026/13", "Nothing at this address", "no archive for 2026-13"),
+        ("/nowhere", "Nothing at this address", "Not Found"),
+    ],
+)
+def test_error_pages_speak_to_readers_and_problems_to_api_clients(
+    client: TestClient, engine: Engine, path: str, heading: str, detail: str
+) -> None:
+    _, gone = one_published_one_withdrawn(engine)
+    path = path.format(gone=gone.id, slug=gone.slug)
+    problem = client.get(path, headers={"Accept": "application/problem+json"})
+    assert problem.headers["content-type"] == "application/problem+json"
+    assert problem.json()["detail"] == detail.format(gone=gone.id)
+    doc = page(client, path, status=problem.status_code)
+    assert texts(doc, "//main//h1") == [heading]
+    assert texts(doc, "//title")[0].startswith(heading)
+    # The page's paragraph was the API's detail ("no post with id 99999").
+    assert problem.json()["detail"] not in texts(doc, "//main")[0]
+    assert {"/", "/archive"} <= set(hrefs(doc, "//main//a"))
+
+
+def test_the_cycle_of_a_withdrawn_essay_is_gone_as_its_page_is(
+    client: TestClient, engine: Engine
+) -> None:
+    _, gone = one_published_one_withdrawn(engine)  # cycle 901
+    essay = f"/read/{gone.id}/{gone.slug}"
+    # The cycle's lookup skipped withdrawn essays: 404, where the essay's own page says 410.
+    for accept in ("text/html", "application/problem+json"):
+        for _ in range(2):  # the second from the response cache
+            by_cycle = client.get("/cycle/901", headers={"Accept": accept})
+            by_page = client.get(essay, headers={"Accept": accept})
+            assert (by_cycle.status_code, by_page.status_code) == (410, 410), accept
+            for name in ("content-type", "cache-control", "vary"):
+                assert by_cycle.headers[name] == by_page.headers[name], (accept, name)
+    assert texts(page(client, "/cycle/901", status=410), "//main//h1") == texts(
+        page(client, essay, status=410), "//main//h1"
+    )
+    problems = [client.get(path).json() for path in ("/cycle/901", essay)]
+    assert [sorted(p) for p in problems] == [sorted(problems[1])] * 2
+    assert [p["title"] for p in problems] == ["Post deleted"] * 2
+    assert client.get("/cycle/902").status_code == 404  # a cycle without an essay
+    again = sample_input(cycle=901, title="Back")
+    with db.write_session(engine) as session:  # published again: the cycle leads to it
+        posts.update_post(session, gone.id, again, "Workshop")  # type: ignore[arg-type]
+    back = client.get("/cycle/901")
+    assert (back.status_code, back.headers["location"]) == (302, f"/read/{gone.id}/back")
+
+
 def test_redirects_and_error_pages_say_how_long_caches_keep_them(
     client: TestClient, engine: Engine
 ) -> None:
-    post, gone = _one_published_one_withdrawn(engine)
+    post, gone = one_published_one_withdrawn(engine)
     # Without Cache-Control a browser keeps a 301 for good: a title edited and edited back
     # would send it around in a loop.
     for path in (f"/read/{post.id}/old-slug", f"/read/{post.id}", "/cycle/900"):
@@ -486,40 +536,10 @@ def test_archive_months_no_essay_can_be_in_are_404(client: TestClient, path: str
 # --- HTTP ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/",
-        "ESSAY",
-        "/read/{id}",
-        "/read/{id}/old-slug",
-        "/cycle/900",
-        "/cycle/1",
-        "/archive",
-        "/archive/2026/04",
-        "/tags/qqq",
-        "/stories/narrow-leadership",
-        "/search?q=breadth",
-        "/healthz",
-        "/readyz",
-    ],
-)
-def test_head_answers_like_get(uncached_client: TestClient, engine: Engine, path: str) -> None:
-    post = add_post(engine)
-    path = f"/read/{post.id}/{post.slug}" if path == "ESSAY" else path.format(id=post.id)
-    got = uncached_client.get(path, headers=HTML)
-    # FastAPI routes answer only the methods they name: HEAD was 405 on every page.
-    head = uncached_client.head(path, headers=HTML)
-    assert head.status_code == got.status_code, (path, head.status_code)
-    assert head.content == b""
-    for name in ("etag", "location", "cache-control", "content-type"):
-        assert head.headers.get(name) == got.headers.get(name), name
-
-
 def test_if_none_match_star_does_not_hide_a_missing_page(
     client: TestClient, engine: Engine
 ) -> None:
-    post, gone = _one_published_one_withdrawn(engine)
+    post, gone = one_published_one_withdrawn(engine)
     star = {"If-None-Match": "*", **HTML}
     # "*" matched any path: unknown, withdrawn and moved pages all answered 304.
     for path, status in [

@@ -58,10 +58,26 @@ def render(
     return response
 
 
-def error_page(request: Request, status: int, title: str, detail: str) -> HTMLResponse:
+def error_page(
+    request: Request, status: int, title: str, detail: str, error: Exception | None = None
+) -> HTMLResponse:
+    """The HTML error page. A 404 or 410 tells a reader in plain words what is missing (and
+    the page links home and to the archive); the precise detail ("no post with id 99999") is
+    for API clients, in the problem+json the same request gets with another Accept."""
+    heading, message = _reader_words(status, error) or (title, detail)
     return render(
-        request, "error.html", status_code=status, status=status, title=title, detail=detail
+        request, "error.html", status_code=status, status=status, heading=heading, message=message
     )
+
+
+def _reader_words(status: int, error: Exception | None) -> tuple[str, str] | None:
+    if status == 410:  # only a withdrawn essay is gone
+        return "This essay was withdrawn", "It is no longer published here."
+    if status == 404 and isinstance(error, PostNotFound):
+        return "This essay doesn't exist", "The link may be mistyped or cut short."
+    if status == 404:
+        return "Nothing at this address", "The link may be mistyped, or the page may have moved."
+    return None
 
 
 def page_etag(request: Request, version: int) -> str:
@@ -396,7 +412,9 @@ def _live_essay_page(request: Request, number: int, slug: str, canonical: bool) 
 @router.get("/cycle/{cycle}")
 def cycle(cycle: str, session: SessionDep) -> Response:
     number = _path_int(cycle, "cycle", minimum=0)
-    post = posts.get_post(session, posts.post_id_for_cycle(session, number))
+    post = posts.get_post(session, posts.post_id_for_cycle(session, number), include_deleted=True)
+    if post.status == posts.STATUS_DELETED:  # the answer its page gives
+        raise PostGone(f"essay {post.id} (cycle {number}) was withdrawn")
     return _redirect_to(post, status=302)
 
 
