@@ -4,6 +4,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from conftest import IN_CI, LiveServer, add_post
@@ -290,3 +291,25 @@ def test_what_scrolls_sideways_is_a_named_tab_stop(browser: Browser, site: dict[
     page.wait_for_function("() => document.activeElement.scrollLeft > 0")
     assert no_horizontal_scroll(page)
     page.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_confidence_bars_show_in_forced_colours(
+    browser: Browser, site: dict[str, str], scheme: Literal["light", "dark"]
+) -> None:
+    """A Windows contrast theme replaces background colours: the bars must not vanish into
+    their track (the percentages beside them stay the text that screen readers read)."""
+    context = browser.new_context(
+        forced_colors="active", color_scheme=scheme, viewport={"width": 390, "height": 844}
+    )
+    page = context.new_page()
+    page.goto(site["essay"])
+    for bar in page.locator("section.debate .bar:has(> span)").all():
+        fill, track = bar.evaluate(
+            "e => [getComputedStyle(e.firstElementChild).backgroundColor,"
+            " getComputedStyle(e).backgroundColor]"
+        )
+        assert fill != track, (fill, track)
+        assert bar.evaluate("e => getComputedStyle(e).borderTopStyle") != "none"
+    page.screenshot(path=str(SHOTS / f"essay-phone-forced-colors-{scheme}.png"))
+    context.close()
