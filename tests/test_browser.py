@@ -4,6 +4,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from conftest import IN_CI, LiveServer, add_post
@@ -26,10 +27,10 @@ RICH_BODY = """I need to be direct: the *breadth* of this move matters more than
 
 > Flow: the outflows are real, and they are concentrated in the largest names.
 
-| Ticker | Move | Volume vs 20d | Note |
-|---|---:|---:|---|
-| QQQ | -2.4% | 1.8x | broadest decline since the winter |
-| TSLA | -5.1% | 2.6x | led the tape lower all session long |
+| Ticker | Move | Volume vs 20d | Implied volatility | Open interest | Note |
+|---|---:|---:|---:|---:|---|
+| QQQ | -2.4% | 1.8x | 21.3 | 1,204,553 | broadest decline since the winter |
+| TSLA | -5.1% | 2.6x | 58.9 | 3,118,002 | led the tape lower all session long |
 
 A very long link: https://example.com/a/really/long/path/that/keeps/going/and/going/without/any/break/at/all/whatsoever
 
@@ -256,3 +257,59 @@ def test_pages_break_no_rule_of_their_security_policy(
             bar = page.locator("section.debate li.mind .bar > span").first.bounding_box()
             assert bar is not None and bar["width"] > 0
         page.close()
+
+
+# Every element of the main content that scrolls sideways: it must be a keyboard stop.
+SIDEWAYS_SCROLLERS = """() => [...document.querySelectorAll('main *')]
+  .filter(e => ['auto', 'scroll'].includes(getComputedStyle(e).overflowX)
+               && e.scrollWidth > e.clientWidth)
+  .map(e => ({tag: e.localName, role: e.getAttribute('role'),
+              name: e.getAttribute('aria-label'), tabindex: e.getAttribute('tabindex')}))"""
+
+
+def test_what_scrolls_sideways_is_a_named_tab_stop(browser: Browser, site: dict[str, str]) -> None:
+    """WCAG 2.1.1: a box that scrolls must be reachable by keyboard in every browser (Chromium
+    focuses a scroller by itself, Safari does not). At the 320 px of WCAG's reflow rule the
+    essay's table scrolls in a region with a name and a tab stop; its long code line wraps."""
+    page = browser.new_page(viewport={"width": 320, "height": 640}, reduced_motion="reduce")
+    page.goto(site["essay"])
+    assert no_horizontal_scroll(page)
+    assert page.evaluate(SIDEWAYS_SCROLLERS) == [
+        {"tag": "div", "role": "region", "name": "Table 1", "tabindex": "0"}
+    ]
+    region = page.get_by_role("region", name="Table 1")
+    assert region.locator("> table").count() == 1
+    for _ in range(len(page.locator("a[href]").all()) + 5):
+        page.keyboard.press("Tab")
+        if region.evaluate("e => e === document.activeElement"):
+            break
+    outline = region.evaluate(
+        "e => [getComputedStyle(e).outlineStyle, getComputedStyle(e).outlineWidth]"
+    )
+    assert outline[0] != "none" and outline[1] != "0px", "the focused table shows no focus ring"
+    page.keyboard.press("ArrowRight")  # scrolls the focused box, not the page
+    page.wait_for_function("() => document.activeElement.scrollLeft > 0")
+    assert no_horizontal_scroll(page)
+    page.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_confidence_bars_show_in_forced_colours(
+    browser: Browser, site: dict[str, str], scheme: Literal["light", "dark"]
+) -> None:
+    """A Windows contrast theme replaces background colours: the bars must not vanish into
+    their track (the percentages beside them stay the text that screen readers read)."""
+    context = browser.new_context(
+        forced_colors="active", color_scheme=scheme, viewport={"width": 390, "height": 844}
+    )
+    page = context.new_page()
+    page.goto(site["essay"])
+    for bar in page.locator("section.debate .bar:has(> span)").all():
+        fill, track = bar.evaluate(
+            "e => [getComputedStyle(e.firstElementChild).backgroundColor,"
+            " getComputedStyle(e).backgroundColor]"
+        )
+        assert fill != track, (fill, track)
+        assert bar.evaluate("e => getComputedStyle(e).borderTopStyle") != "none"
+    page.screenshot(path=str(SHOTS / f"essay-phone-forced-colors-{scheme}.png"))
+    context.close()
