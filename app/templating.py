@@ -111,6 +111,21 @@ def json_script(value: Any) -> Markup:
     return Markup(text)
 
 
+def scrollable_tables(body_html: str) -> Markup:
+    """An essay's HTML with each table in a box of its own that scrolls sideways when the table is
+    wider than a phone. A box that scrolls must be reachable by keyboard (WCAG 2.1.1): a tab stop,
+    with a role and a name for screen readers. Raw HTML is off in Markdown (`app/render.py`), so
+    every `<table>` is the renderer's and none nests. Done here, not in the renderer, so essays
+    stored before it get the box too."""
+    first, *tables = body_html.split("<table>")
+    boxed = (
+        f'<div class="table-scroll" role="region" aria-label="Table {n}" tabindex="0">'
+        f"<table>{rest.replace('</table>', '</table></div>', 1)}"
+        for n, rest in enumerate(tables, 1)
+    )
+    return Markup(first + "".join(boxed))
+
+
 def page_path(request: Any) -> str:
     """The path a page is known by (its canonical and Open Graph URL): a list page's own cursor
     is part of it, so page 3 of an archive is not announced as a copy of page 1."""
@@ -149,4 +164,5 @@ def make_templates(settings: Settings) -> Jinja2Templates:
     env.filters["percent"] = lambda value: f"{round(value * 100)}%"
     env.filters["iso"] = iso
     env.filters["json_script"] = json_script
+    env.filters["scrollable_tables"] = scrollable_tables
     return templates
