@@ -76,6 +76,7 @@ if [[ -n ${REBUILD_BASE:-} ]] || ! docker image inspect "$BASE" >/dev/null 2>&1;
     debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
         || { tail "$WORK/debootstrap.log"; fail "debootstrap"; }
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    mkdir -p "$ROOT/usr/local/share/ca-certificates"
     cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/" 2>/dev/null || true
     in_root() {
         chroot "$ROOT" /usr/bin/env -i HOME=/root DEBIAN_FRONTEND=noninteractive \
@@ -83,12 +84,12 @@ if [[ -n ${REBUILD_BASE:-} ]] || ! docker image inspect "$BASE" >/dev/null 2>&1;
             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/sh -ec "$1"
     }
     PY312=$(ls -d "${PYENV_ROOT:-/root/.pyenv}"/versions/3.12.* 2>/dev/null | sort -V | tail -1 || true)
-    # What python:3.12-slim installs beside its own CPython build.
-    LIBS="ca-certificates netbase tzdata libssl3 libsqlite3-0 libffi8 libbz2-1.0 liblzma5 zlib1g
-          libreadline8 libncursesw6 libuuid1 libgdbm6 libgdbm-compat4 libexpat1"
+    # What python:3.12-slim installs beside its own CPython build (which, like this, has no Tk).
+    LIBS="ca-certificates netbase tzdata libssl3 libsqlite3-0 libffi8 libbz2-1.0 liblzma5 zlib1g"
+    LIBS+=" libreadline8 libncursesw6 libuuid1 libgdbm6 libgdbm-compat4 libexpat1 libnsl2 libtirpc3"
     if [[ -n $PY312 ]]; then
         say "stand-in: Debian $SUITE minbase + CPython $(basename "$PY312") from $PY312"
-        in_root "apt-get update -qq && apt-get install -y -qq --no-install-recommends $LIBS >/dev/null"
+        in_root "apt-get update -qq && apt-get install -y -qq --no-install-recommends $LIBS >/dev/null 2>&1"
         tar -C "$PY312" -c --exclude=./lib/python3.12/site-packages --exclude=./lib/python3.12/test \
             --exclude=__pycache__ . | tar -C "$ROOT/usr/local" -x
         mkdir -p "$ROOT/usr/local/lib/python3.12/site-packages"
@@ -102,14 +103,14 @@ if [[ -n ${REBUILD_BASE:-} ]] || ! docker image inspect "$BASE" >/dev/null 2>&1;
         BASE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     else
         say "stand-in: Debian $SUITE minbase + Debian's python3 in a venv (no pyenv 3.12 here)"
-        in_root "apt-get update -qq && apt-get install -y -qq --no-install-recommends $LIBS python3 python3-venv >/dev/null
+        in_root "apt-get update -qq && apt-get install -y -qq --no-install-recommends $LIBS python3 python3-venv >/dev/null 2>&1
                  update-ca-certificates >/dev/null 2>&1
                  python3 -m venv /usr/local/venv
                  /usr/local/venv/bin/pip install -q --no-cache-dir --upgrade pip"
         BASE_PATH=/usr/local/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     fi
     in_root "apt-get clean; rm -rf /var/lib/apt/lists/* /root/.cache; python --version; pip --version"
-    missing=$(chroot "$ROOT" /bin/sh -c 'for f in $(find / -xdev -path "*/lib-dynload/*.so"); do ldd "$f" | grep "not found"; done' || true)
+    missing=$(chroot "$ROOT" /bin/sh -c 'for f in $(find / -xdev -path "*/lib-dynload/*.so" ! -name "*tkinter*"); do ldd "$f" | grep "not found"; done' || true)
     [[ -z $missing ]] || fail "stand-in python lacks shared libraries: $missing"
     rm -f "$ROOT/etc/resolv.conf"
     tar -C "$ROOT" -c . | docker import \
@@ -126,7 +127,7 @@ mkdir "$WORK/ctx"
 git -C "$REPO" archive "$REF" | tar -x -C "$WORK/ctx"
 docker build --network host -t "$IMAGE" "$WORK/ctx" >"$WORK/build.log" 2>&1 \
     || { tail -30 "$WORK/build.log"; fail "docker build"; }
-grep -E '^Sending build context|^Successfully built' "$WORK/build.log" || true
+grep -E '^Sending build context|^Successfully built [0-9a-f]+$' "$WORK/build.log" || true
 
 # ---- 4. run and check
 http() {  # http METHOD PATH [TOKEN] [JSON]: "<status> <location>" then the body, from inside
@@ -172,9 +173,9 @@ essay() {  # essay CYCLE TITLE: a post body as the engine sends it
 say "run (no network, volume $VOLUME)"
 docker run -d --name "$NAME" --network none -v "$VOLUME:/data" "$IMAGE" >/dev/null
 wait_ready "$NAME"
-user=$(docker exec "$NAME" id -un); uids=$(docker top "$NAME" -o uid | tail -n +2 | sort -u | tr '\n' ' ')
+user=$(docker exec "$NAME" id -un); uids=$(docker top "$NAME" -o pid,uid | awk 'NR > 1 {print $2}' | sort -u | tr '\n' ' ')
 [[ $user == workshop && $uids == "10001 " ]] || fail "runs as $user, processes' uids: $uids"
-echo "  user: $user, every process uid 10001 ($(docker top "$NAME" -o pid | tail -n +2 | wc -l) processes)"
+echo "  user: $user, every process uid 10001 ($(docker top "$NAME" -o pid,uid | tail -n +2 | wc -l) processes)"
 docker logs "$NAME" 2>&1 | grep -q 'database at head' || fail "no 'database at head' in the log"
 echo "  log: database at head"
 expect 200 GET /healthz
