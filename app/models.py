@@ -179,6 +179,8 @@ class Revision(SQLModel, table=True):
     version: int
     reason: str = SQLField(max_length=20)
     created_at: datetime = _utc_column()
+    # Where the essay was in time before the change: the archive month it may have left then.
+    published_at: datetime | None = SQLField(default=None, sa_column=Column(UTCDateTime()))
     snapshot: str = SQLField(sa_column=Column(Text, nullable=False))
 
 

@@ -461,6 +461,7 @@ def _snapshot(session: Session, post: Post, reason: str) -> None:
             version=post.version,
             reason=reason,
             created_at=utcnow(),
+            published_at=post.published_at,
             snapshot=json.dumps(snapshot, ensure_ascii=False),
         )
     )

@@ -16,12 +16,12 @@ from xml.sax.xmlreader import AttributesImpl
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, case, func, literal_column, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from app import derived, urls
 from app.config import Settings
 from app.errors import SitemapNotFound
-from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Story, Tag
+from app.models import STATUS_PUBLISHED, Post, PostStory, PostTag, Revision, Story, Tag
 
 NS = "http://www.sitemaps.org/schemas/sitemap/0.9"
 # Addresses per file. The protocol allows 50,000, but such a file is ~7 MB: too big for the
@@ -102,7 +102,8 @@ def _month_lastmods(
     session: Session, tz: ZoneInfo
 ) -> tuple[dict[tuple[int, int], datetime], datetime | None]:
     """Newest change per archive month that lists a published essay (in the site's timezone,
-    like the archive pages), deleted essays' changes included; and the newest change of all."""
+    like the archive pages), deleted essays' changes and edits that moved an essay out of the
+    month included; and the newest change of all."""
     months: dict[tuple[int, int], datetime] = {}
     listed: set[tuple[int, int]] = set()
     after = 0
@@ -121,8 +122,31 @@ def _month_lastmods(
             if status == STATUS_PUBLISHED:
                 listed.add(key)
         if len(batch) < BATCH:
-            newest = max(months.values(), default=None)
-            return {key: months[key] for key in listed}, newest
+            break
+        after = batch[-1][0]
+    for published_at, left_at in _moves(session):  # months that essays left by an edit
+        local = published_at.astimezone(tz)
+        key = (local.year, local.month)
+        if key not in months or months[key] < left_at:
+            months[key] = left_at
+    newest = max(months.values(), default=None)
+    return {key: months[key] for key in listed}, newest
+
+
+def _moves(session: Session) -> Iterator[tuple[datetime, datetime]]:
+    """(where an essay was in time, when an edit changed it) for every revision that says."""
+    after = 0
+    while True:
+        batch = session.execute(
+            select(col(Revision.id), col(Revision.published_at), col(Revision.created_at))
+            .where(col(Revision.published_at).is_not(None), col(Revision.id) > after)
+            .order_by(col(Revision.id))
+            .limit(BATCH)
+        ).all()
+        for _, published_at, created_at in batch:
+            yield published_at, created_at
+        if len(batch) < BATCH:
+            return
         after = batch[-1][0]
 
 

@@ -194,3 +194,20 @@ def test_an_edit_that_takes_an_essay_off_a_tag_moves_that_tags_lastmod(
         )
         assert datetime.fromisoformat(updated or "").replace(microsecond=0) == when, feed
     assert datetime.fromisoformat(urls[SITE_URL + "/tags/tsla"]) < when  # it lost nothing
+
+
+def test_an_edit_that_moves_an_essay_to_another_month_moves_the_month_it_left(
+    client: TestClient, engine: Engine, site: list[posts.Post], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """January's archive page lost an essay, though every essay it still lists is unchanged."""
+    post = add_post(engine, cycle=9, title="Brief", published_at="2026-01-20T12:00:00Z")
+    later = post.updated_at + timedelta(hours=1)  # well after every other change
+    monkeypatch.setattr(posts, "utcnow", lambda: later)
+    moved = sample_input(cycle=9, title="Brief", published_at="2026-04-12T12:00:00Z")
+    with db.write_session(engine) as session:
+        posts.update_post(session, post.id, moved, "Workshop")  # type: ignore[arg-type]
+    when = later.replace(microsecond=0)
+    urls = urlset(client.get("/sitemap.xml").content)
+    for month in ("/archive/2026/01", "/archive/2026/04"):  # the month it left, and its new one
+        assert datetime.fromisoformat(urls[SITE_URL + month]) == when, month
+    assert datetime.fromisoformat(urls[SITE_URL + "/archive/2026/02"]) < when  # untouched
