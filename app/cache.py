@@ -52,6 +52,19 @@ Asked = tuple[bytes, bool, bool, bytes | None, bytes | None]
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
+# Where the app says, in the request's scope, when a stored copy of its answer must be made
+# again though the content version is the same (`refresh_at`).
+_REFRESH_AT = "workshop.cache_refresh_at"
+
+
+def refresh_at(scope: Scope, when: float) -> None:
+    """Tell the response cache to keep this answer only until `when` (a `time.time()`): a feed
+    answered right after a write goes without `Last-Modified` for a second or two
+    (`freshness.ContentState.last_modified`), and its copy would otherwise go without it for
+    as long as the version lasts."""
+    scope.setdefault("state", {})[_REFRESH_AT] = when
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     status: int
@@ -60,6 +73,7 @@ class Entry:
     etag: bytes | None
     last_modified: bytes | None
     not_modified_headers: list[tuple[bytes, bytes]]  # what a 304 repeats, then X-Cache: hit
+    refresh_at: float | None = None  # made again from then on (`refresh_at` above)
     size: int = field(init=False, default=0)  # bytes it holds, about: counted once
 
     def __post_init__(self) -> None:
@@ -223,7 +237,7 @@ class ResponseCache:
         host, gzip, html, if_none_match, if_modified_since = asked
         key: Key = (host, scope["path"], scope["query_string"], gzip, html, version)
 
-        entry = self.store.get(key)
+        entry = _current(self.store.get(key))
         filling = self._filling.get(key) if entry is None else None
         if filling is not None:
             # Another request is rendering this very answer: wait for it rather than render it
@@ -259,7 +273,7 @@ class ResponseCache:
         if version is None:
             return None
         host, gzip, html, if_none_match, if_modified_since = asked
-        entry = self.store.get((host, path, query, gzip, html, version))
+        entry = _current(self.store.get((host, path, query, gzip, html, version)))
         if entry is None:
             return None
         return _reply(entry, method == "HEAD", if_none_match, if_modified_since)
@@ -329,7 +343,7 @@ class ResponseCache:
                 else:
                     chunks.append(body)
                 if keep and not message.get("more_body", False) and start is not None:
-                    self._store(key, start, b"".join(chunks))
+                    self._store(key, start, b"".join(chunks), scope.get("state", {}))
             await send(message)
 
         self._filling[key] = filled = asyncio.Event()
@@ -340,7 +354,7 @@ class ResponseCache:
                 del self._filling[key]
             filled.set()  # waiters find the stored entry, or (not cacheable) ask the app
 
-    def _store(self, key: Key, start: Message, body: bytes) -> None:
+    def _store(self, key: Key, start: Message, body: bytes, state: dict[str, Any]) -> None:
         headers = [(k.lower(), v) for k, v in start["headers"]]
         found = dict(headers)
         if b"content-length" not in found and start["status"] not in (204, 304):
@@ -349,7 +363,13 @@ class ResponseCache:
         etag, last_modified = found.get(b"etag"), found.get(b"last-modified")
         not_modified = [(k, v) for k, v in headers if k in NOT_MODIFIED_HEADERS]
         entry = Entry(
-            start["status"], [*headers, HIT], body, etag, last_modified, [*not_modified, HIT]
+            start["status"],
+            [*headers, HIT],
+            body,
+            etag,
+            last_modified,
+            [*not_modified, HIT],
+            state.get(_REFRESH_AT),
         )
         self.store.put(key, entry)
 
@@ -373,6 +393,13 @@ def _asked(headers: list[tuple[bytes, bytes]]) -> Asked | None:
         elif name == b"if-modified-since":
             if_modified_since = value
     return host, gzip, html, if_none_match, if_modified_since
+
+
+def _current(entry: Entry | None) -> Entry | None:
+    """The entry, unless the app asked for it to be made again by now (`refresh_at`)."""
+    if entry is not None and entry.refresh_at is not None and entry.refresh_at <= time.time():
+        return None
+    return entry
 
 
 def _reply(

@@ -24,6 +24,9 @@ RENDER_REVISION = 1
 
 CACHE_CONTROL = "public, max-age=60, s-maxage=300, stale-while-revalidate=600"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# How far an answer's Date may lag the clock: uvicorn makes it anew about once a second, on a
+# timer of the worker's event loop.
+DATE_LAG_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,19 @@ class ContentState:
         return f'W/"v{self.version}-{digest}"'
 
     @property
-    def last_modified(self) -> str:
+    def sendable_at(self) -> float:
+        """When `Last-Modified` may be sent: never later than the answer's Date (RFC 9110
+        section 8.8.2.1). The change time runs ahead of the clock while writes come faster than
+        one a second (`posts._bump_content_version`), and is the current second right after
+        any write."""
+        return self.changed_at.timestamp() + DATE_LAG_SECONDS
+
+    def last_modified(self, now: float) -> str | None:
+        """The header's value, or None until `sendable_at`. Not the clock's time instead: a
+        client holding that value could then miss a change made later in the same second; with
+        no `Last-Modified` it revalidates by ETag."""
+        if now < self.sendable_at:
+            return None
         return format_datetime(self.changed_at, usegmt=True)
 
 
@@ -58,12 +73,12 @@ def content_state(session: Session) -> ContentState:
     return ContentState(int(rows.get(CONTENT_VERSION) or 0), changed_at)
 
 
-def validators(state: ContentState, path: str, site: str) -> dict[str, str]:
-    return {
-        "ETag": state.etag(path, site),
-        "Last-Modified": state.last_modified,
-        "Cache-Control": CACHE_CONTROL,
-    }
+def validators(state: ContentState, path: str, site: str, now: float) -> dict[str, str]:
+    headers = {"ETag": state.etag(path, site), "Cache-Control": CACHE_CONTROL}
+    last_modified = state.last_modified(now)
+    if last_modified is not None:
+        headers["Last-Modified"] = last_modified
+    return headers
 
 
 def is_fresh(headers: Mapping[str, str], state: ContentState, path: str, site: str) -> bool:

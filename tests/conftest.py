@@ -16,12 +16,13 @@ import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine, make_url, update
+from sqlmodel import col
 
 from app import db, posts
 from app.config import Settings
 from app.main import create_app
-from app.models import PostIn
+from app.models import PostIn, SiteState
 
 PG_URL = os.environ.get("WORKSHOP_TEST_DATABASE_URL", "")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -181,6 +182,20 @@ def one_published_one_withdrawn(engine: Engine) -> tuple[posts.Post, posts.Post]
     with db.write_session(engine) as session:
         posts.delete_post(session, gone.id)  # type: ignore[arg-type]
     return post, gone
+
+
+def as_if_written_a_minute_ago(engine: Engine) -> None:
+    """A fixture writes faster than one essay a second, which puts the site's change time
+    ahead of the clock (each write moves it a second on), and feeds hold `Last-Modified` back
+    until the clock has passed it: as if those writes had been made a minute ago."""
+    ago = int(time.time()) - 60 - posts.CHANGED_AT_EPOCH
+    with db.write_session(engine) as session:
+        session.execute(
+            update(SiteState)
+            .where(col(SiteState.name) == posts.CONTENT_CHANGED_AT, col(SiteState.value) > ago)
+            .values(value=ago)
+        )
+        session.commit()
 
 
 # --- a real server ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ polled conditionally (ETag / Last-Modified / 304 without rendering)."""
 import html
 import json
 import re
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -12,7 +13,7 @@ from xml.etree import ElementTree as ET
 
 import feedparser
 import pytest
-from conftest import SITE_URL, add_post, sample_input
+from conftest import SITE_URL, add_post, as_if_written_a_minute_ago, sample_input
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, text
 
@@ -35,7 +36,7 @@ MEDIA = {
 
 @pytest.fixture
 def essays(engine: Engine) -> list[posts.Post]:
-    return [
+    made = [
         add_post(engine, cycle=900, published_at="2026-04-01T10:00:00Z"),
         add_post(
             engine,
@@ -56,6 +57,8 @@ def essays(engine: Engine) -> list[posts.Post]:
             published_at="2026-04-03T10:00:00Z",
         ),
     ]
+    as_if_written_a_minute_ago(engine)
+    return made
 
 
 def rfc3339(value: str) -> datetime:
@@ -383,13 +386,17 @@ def test_etag_changes_on_every_write_and_only_then(
     def etag() -> str:
         return client.get("/feed.xml").headers["etag"]
 
-    def modified() -> datetime:
-        return parsedate_to_datetime(client.get("/feed.xml").headers["last-modified"])
+    def changed_since(held: str) -> bool:
+        """What a client that only sends If-Modified-Since learns."""
+        answer = client.get("/feed.xml", headers={"If-Modified-Since": held})
+        assert answer.status_code in (200, 304)
+        return answer.status_code == 200
 
     seen = {etag()}
     assert etag() in seen  # reading changes nothing
     assert client.get("/atom.xml").headers["etag"] not in seen  # one ETag per document
-    last = modified()
+    held = client.get("/feed.xml").headers["last-modified"]
+    assert not changed_since(held)
 
     with db.write_session(engine) as session:  # an identical replacement is not a change
         posts.update_post(
@@ -398,13 +405,12 @@ def test_etag_changes_on_every_write_and_only_then(
             sample_input(cycle=900, published_at="2026-04-01T10:00:00Z"),
             "Workshop",
         )  # type: ignore[arg-type]
-    assert etag() in seen
+    assert etag() in seen and not changed_since(held)
 
     add_post(engine, cycle=903, title="A New Essay")
     assert etag() not in seen
     seen.add(etag())
-    assert modified() > last
-    last = modified()
+    assert changed_since(held)
 
     with db.write_session(engine) as session:
         posts.update_post(
@@ -412,13 +418,42 @@ def test_etag_changes_on_every_write_and_only_then(
         )  # type: ignore[arg-type]
     assert etag() not in seen
     seen.add(etag())
-    assert modified() > last  # even within the same second: If-Modified-Since alone sees it
+    assert changed_since(held)  # within the same second too
 
     with db.write_session(engine) as session:
         posts.delete_post(session, essays[1].id)  # type: ignore[arg-type]
     assert etag() not in seen
     old = client.get("/feed.xml", headers={"If-None-Match": next(iter(seen))})
     assert old.status_code == 200 and old.content
+
+
+def test_last_modified_is_never_later_than_date_and_never_hides_a_change(
+    client: TestClient, engine: Engine, essays: list[posts.Post]
+) -> None:
+    """Writes faster than one a second put the change time ahead of the clock: Last-Modified
+    is then left out (RFC 9110 section 8.8.2.1: never later than Date) until the clock has
+    passed it, and comes back in the stored copy too; a client holding an older one sees
+    every change."""
+    held = client.get("/feed.xml").headers["last-modified"]
+    for cycle in (910, 911, 912, 913):
+        add_post(engine, cycle=cycle, title=f"Burst {cycle}")
+
+    def last_modified() -> str | None:
+        answer = client.get("/feed.xml")
+        sent = answer.headers.get("last-modified")
+        if sent is not None:  # what the server's Date says, a second or so late at most
+            assert parsedate_to_datetime(sent).timestamp() <= time.time() - 1
+        return sent
+
+    assert last_modified() is None  # the change time is seconds ahead of the clock
+    assert client.get("/feed.xml").headers["x-cache"] == "hit"
+    since = client.get("/feed.xml", headers={"If-Modified-Since": held})
+    assert since.status_code == 200
+    while (sent := last_modified()) is None:  # the same version, once the clock is past it
+        time.sleep(0.2)
+    assert parsedate_to_datetime(sent) > parsedate_to_datetime(held)
+    again = client.get("/feed.xml", headers={"If-Modified-Since": sent})
+    assert again.status_code == 304 and again.headers["last-modified"] == sent
 
 
 def test_stale_validators_get_the_full_document(

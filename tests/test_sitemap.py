@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 from xml.etree import ElementTree as ET
 
 import pytest
-from conftest import SITE_URL, add_post, sample_input
+from conftest import SITE_URL, add_post, as_if_written_a_minute_ago, sample_input
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -38,6 +38,7 @@ def site(engine: Engine) -> list[posts.Post]:
     ]
     with db.write_session(engine) as session:
         posts.delete_post(session, made[2].id)  # type: ignore[arg-type]
+    as_if_written_a_minute_ago(engine)
     return made
 
 

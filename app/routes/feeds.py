@@ -5,13 +5,14 @@ current costs one small query and gets an empty 304, without any rendering.
 """
 
 import re
+import time
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from sqlmodel import Session
 
-from app import feeds, freshness, sitemap, urls
+from app import cache, feeds, freshness, sitemap, urls
 from app.db import SessionDep
 from app.errors import SitemapNotFound
 from app.feeds import MEDIA_TYPES, FeedFormat
@@ -38,7 +39,10 @@ def _conditional(request: Request, session: Session) -> tuple[dict[str, str], Re
     _snapshot(session)
     state = freshness.content_state(session)
     site = request.app.state.templates.env.globals["site_fingerprint"]
-    headers = freshness.validators(state, request.url.path, site)
+    now = time.time()
+    headers = freshness.validators(state, request.url.path, site, now)
+    if "Last-Modified" not in headers:  # a stored copy of this answer must not outlive that
+        cache.refresh_at(request.scope, state.sendable_at)
     if freshness.is_fresh(request.headers, state, request.url.path, site):
         return headers, Response(status_code=304, headers=headers)
     return headers, None
