@@ -273,9 +273,9 @@ class ResponseCache:
         if version is None:
             return None
         host, gzip, html, if_none_match, if_modified_since = asked
-        entry = _current(self.store.get((host, path, query, gzip, html, version)))
-        if entry is None:
-            return None
+        entry = self.store.get((host, path, query, gzip, html, version))
+        if entry is None or (entry.refresh_at is not None and entry.refresh_at <= time.time()):
+            return None  # (`_current`, inline: the front door's hot path)
         return _reply(entry, method == "HEAD", if_none_match, if_modified_since)
 
     async def _answer(
