@@ -27,6 +27,7 @@ that broke) is refused with 409 when it tries to commit, so the key's work still
 """
 
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -41,7 +42,6 @@ import psycopg
 from pydantic import BaseModel
 from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
 from app import db
@@ -49,6 +49,8 @@ from app.config import Settings
 from app.db import PG_CONNECT_TIMEOUT, write_session
 from app.errors import WorkshopError
 from app.models import IdempotencyKey, utcnow
+
+log = logging.getLogger("workshop.errors")
 
 IN_FLIGHT = "in_flight"
 DONE = "done"
@@ -119,8 +121,12 @@ def claim(
             select(IdempotencyKey)
             .where(col(IdempotencyKey.scope) == scope, col(IdempotencyKey.key) == key)
             .with_for_update()
-        ).scalar_one()
+        ).scalar_one_or_none()
+        if row is None:  # released by its refused request between our insert and this read
+            raise _in_flight(key)
         expired = row.created_at <= now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
+        if not expired and row.request_hash != request_hash:
+            raise _reused(key)  # whether or not its first request is still alive
         abandoned = row.state == IN_FLIGHT and (
             row.created_at <= now - ABANDONED_AFTER or _owner_gone(session, row.owner)
         )
@@ -149,19 +155,19 @@ def claim(
                 session.commit()
                 return Claim(row.id, owner)
             raise _in_flight(key)
-        if row.request_hash != request_hash:
-            raise IdempotencyKeyReused(
-                f"Idempotency-Key {key!r} was first used for a different request; "
-                "use a new key for a new request",
-                errors=[
-                    {"field": "Idempotency-Key", "message": "already used for a different request"}
-                ],
-            )
         if row.state == IN_FLIGHT:
             raise _in_flight(key)
         return StoredResponse(
             row.response_status or 200, row.response_body or "", row.response_location
         )
+
+
+def _reused(key: str) -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        f"Idempotency-Key {key!r} was first used for a different request; "
+        "use a new key for a new request",
+        errors=[{"field": "Idempotency-Key", "message": "already used for a different request"}],
+    )
 
 
 def _in_flight(key: str) -> IdempotencyKeyInFlight:
@@ -271,7 +277,8 @@ def _new_owner(engine: Engine) -> str:
     different claim to the fence)."""
     claim_id = secrets.token_hex(6)
     if engine.dialect.name == "postgresql":
-        return f"pg {_process_lock(engine)} {claim_id}"
+        lock = _process_lock(engine)
+        return f"pg {lock} {claim_id}" if lock is not None else f"- - {claim_id}"
     process = _this_process()
     return f"proc {process} {claim_id}" if process is not None else f"- - {claim_id}"
 
@@ -329,8 +336,29 @@ _locks_mutex = threading.Lock()
 _inherited: list[Any] = []  # a parent's connections, never closed here: closing ends its session
 
 
-def _process_lock(engine: Engine) -> int:
-    """The key of the advisory lock this process holds on the database while it runs.
+def _after_fork_in_child() -> None:
+    global _locks_mutex
+    _locks_mutex = threading.Lock()  # another thread of the parent may have held it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# A silently dropped connection (a NAT or load balancer timing it out while it idles between
+# essays) is found within a minute instead of TCP's fifteen, while claims wait on the mutex.
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+def _process_lock(engine: Engine) -> int | None:
+    """The key of the advisory lock this process holds on the database while it runs; None
+    when it cannot be taken (then a claim names no owner anyone can judge, and a retry waits
+    for `ABANDONED_AFTER`, as before owners were named): the lock speeds a retry up, it must
+    not stop a write.
 
     On a connection of its own, outside the pool, idle between claims: a pooled connection goes
     back to the pool with the lock (or drops it early), and one per request in flight could use
@@ -355,13 +383,16 @@ def _process_lock(engine: Engine) -> int:
                 autocommit=True,
                 application_name="workshop claims",
                 connect_timeout=PG_CONNECT_TIMEOUT,
+                **_KEEPALIVES,  # type: ignore[arg-type]
             )
             # Random, so that no other process (on any host) has it; if one does, another.
             key = secrets.randbits(63)
             while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:  # type: ignore[index]
                 key = secrets.randbits(63)
-        except psycopg.Error as exc:
-            # What any other query would raise, so the request answers 503 (app/problems.py).
-            raise OperationalError("taking the claims lock", None, exc) from exc
+        except psycopg.Error:
+            # A server at max_connections, say: the write goes on under the one-minute rule.
+            log.warning("Idempotency-Key claims lock not taken", exc_info=True)
+            _locks.pop(engine, None)
+            return None
         _locks[engine] = (db.forks, conn, key)
         return key

@@ -179,7 +179,7 @@ class Revision(SQLModel, table=True):
     version: int
     reason: str = SQLField(max_length=20)
     created_at: datetime = _utc_column()
-    # Where the essay was in time before the change: the archive month it may have left then.
+    # Where the essay was in time, when the change moved it: the archive month it left then.
     published_at: datetime | None = SQLField(default=None, sa_column=Column(UTCDateTime()))
     snapshot: str = SQLField(sa_column=Column(Text, nullable=False))
 
@@ -220,7 +220,7 @@ class IdempotencyKey(SQLModel, table=True):
     response_location: str | None = SQLField(default=None, max_length=500)
     created_at: datetime = _utc_column()
     # Who holds an in-flight claim (app/idempotency.py), so a retry can tell a request still
-    # running from one whose worker was killed. None on claims made before migration 0009.
+    # running from one whose worker was killed. None on claims made before migration 0011.
     owner: str | None = SQLField(default=None, max_length=128)
 
 

@@ -313,7 +313,7 @@ def update_post(
                 f"cycle {data.cycle} already belongs to post {other.id}", post_id=other.id
             )
     around_before = essaypage.neighbours(session, {post_id})  # before the edit moves or renames it
-    _snapshot(session, post, reason)
+    _snapshot(session, post, reason, moved=data.published_at != post.published_at)
     post.status = STATUS_PUBLISHED
     post.content_hash = digest
     post.version += 1
@@ -445,7 +445,9 @@ def _check_if_match(post: Post, if_match: str | None) -> None:
         )
 
 
-def _snapshot(session: Session, post: Post, reason: str) -> None:
+def _snapshot(session: Session, post: Post, reason: str, moved: bool = False) -> None:
+    """Keep `post` as it is now as a revision; `moved`: the change gives it another publish
+    time (the revision then says where it was: the archive month it may leave, `sitemap`)."""
     view = load_views(session, [post])[0]
     snapshot = {
         "id": post.id,
@@ -461,7 +463,7 @@ def _snapshot(session: Session, post: Post, reason: str) -> None:
             version=post.version,
             reason=reason,
             created_at=utcnow(),
-            published_at=post.published_at,
+            published_at=post.published_at if moved else None,
             snapshot=json.dumps(snapshot, ensure_ascii=False),
         )
     )
@@ -546,7 +548,8 @@ def _note_left(
 ) -> None:
     """An essay left these tags or stories: their pages and feeds changed `at`."""
     if ids:
-        session.execute(update(table).where(col(table.id).in_(ids)).values(left_at=at))
+        later = case((col(table.left_at) > at, col(table.left_at)), else_=at)  # never backwards
+        session.execute(update(table).where(col(table.id).in_(ids)).values(left_at=later))
 
 
 def _get_or_create(

@@ -58,9 +58,10 @@ def static_url_factory() -> Callable[[str], str]:
 
 
 def build_fingerprint() -> str:
-    """A hash of every template and static file: part of page ETags, so a deploy that changes
-    the design (with the same content) never answers 304 with yesterday's page."""
-    h = hashlib.sha256()
+    """A hash of every template and static file, and of this module (its filters shape every
+    page): part of page ETags and of the stored pages' key, so a deploy that changes the design
+    (with the same content) never answers 304 with yesterday's page."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
     for root in (_templates_root(), _static_root()):
         for path in sorted(root.iterdir()):
             if path.is_file() and path.suffix in {".html", ".xml", ".css", ".svg", ".js"}:
@@ -115,8 +116,9 @@ def scrollable_tables(body_html: str) -> Markup:
     """An essay's HTML with each table in a box of its own that scrolls sideways when the table is
     wider than a phone. A box that scrolls must be reachable by keyboard (WCAG 2.1.1): a tab stop,
     with a role and a name for screen readers. Raw HTML is off in Markdown (`app/render.py`), so
-    every `<table>` is the renderer's and none nests. Done here, not in the renderer, so essays
-    stored before it get the box too."""
+    every `<table>` is the renderer's and none nests. Done here, not in the renderer, so that the
+    essays' stored Markdown HTML need not be made again: their stored pages are, as after any
+    change to the templates or this module (`build_fingerprint`)."""
     first, *tables = body_html.split("<table>")
     boxed = (
         f'<div class="table-scroll" role="region" aria-label="Table {n}" tabindex="0">'

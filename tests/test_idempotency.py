@@ -19,7 +19,7 @@ from sqlalchemy import Engine, make_url, select, text, update
 from sqlmodel import Session
 from test_concurrency import fire_together, post_count
 
-from app import idempotency, posts, tokens
+from app import db, idempotency, posts, tokens
 from app.config import Settings
 from app.db import write_session
 from app.models import IdempotencyKey, PostIn, utcnow
@@ -219,3 +219,60 @@ def test_a_request_whose_claim_was_taken_over_commits_nothing(engine, settings) 
     replay = idempotency.claim(engine, settings, "token:1", "key-1", "hash-1")
     assert isinstance(replay, idempotency.StoredResponse)
     assert replay.body == f'{{"id": {post_id}}}'
+
+
+def test_a_different_request_under_a_dead_claims_key_is_still_refused(
+    live_server, engine, settings, token, tmp_path
+) -> None:
+    """The key was first used for another body: 422 whether or not that request still runs
+    (a take-over would have run the new body under the old key)."""
+    first_body = post_json(cycle=None)
+    holder = hold_claim(settings, tmp_path, *request_of(engine, token, first_body))
+    try:
+        kill(holder)
+        wait_until_its_lock_is_free(engine)
+        other = httpx.post(
+            live_server.url + API,
+            json=post_json(cycle=None, title="Another Essay Entirely"),
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "essay-1"},
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert other.status_code == 422, other.text
+    assert post_count(engine) == 0
+    retry = httpx.post(
+        live_server.url + API,
+        json=first_body,
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "essay-1"},
+    )
+    assert retry.status_code == 201 and post_count(engine) == 1
+
+
+@pytest.mark.skipif(not PG_URL, reason="PostgreSQL: the claims lock is a connection of its own")
+def test_a_claims_lock_that_cannot_be_taken_does_not_stop_the_write(settings) -> None:
+    """A server that refuses the lock's connection (here a role allowed one connection, which
+    the pool holds): the claim names no owner anyone can judge (the one-minute rule), and the
+    write goes on."""
+    url = make_url(settings.database_url)
+    role = f"claims_{os.getpid()}_{time.monotonic_ns()}"
+    admin = psycopg.connect(url.set(drivername="postgresql").render_as_string(False))
+    admin.autocommit = True
+    admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1')
+    admin.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
+    admin.execute(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+    limited = Settings(_env_file=None, database_url=url.set(username=role).render_as_string(False))
+    engine = db.make_engine(limited)
+    try:
+        with engine.connect() as conn:  # the one connection the role may have, kept by the pool
+            conn.execute(text("SELECT 1"))
+        claimed = idempotency.claim(engine, limited, "token:1", "essay-1", "hash")
+        assert isinstance(claimed, idempotency.Claim) and claimed.owner.startswith("- - ")
+        idempotency.complete(engine, claimed, idempotency.StoredResponse(201, "{}", None))
+        again = idempotency.claim(engine, limited, "token:1", "essay-1", "hash")
+        assert isinstance(again, idempotency.StoredResponse) and again.status == 201
+    finally:
+        engine.dispose()
+        admin.execute(f'DROP OWNED BY "{role}"')
+        admin.execute(f'DROP ROLE "{role}"')
+        admin.close()
