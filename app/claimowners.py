@@ -117,8 +117,8 @@ _KEEPALIVES = {
 def _process_lock(engine: Engine) -> int | None:
     """The key of the advisory lock this process holds on the database while it runs; None
     when it cannot be taken (then a claim names no owner anyone can judge, and a retry waits
-    for `idempotency.ABANDONED_AFTER`, as before owners were named): the lock speeds a retry up, it must
-    not stop a write.
+    for `idempotency.ABANDONED_AFTER`, as before owners were named): the lock speeds a retry
+    up, it must not stop a write.
 
     On a connection of its own, outside the pool, idle between claims: a pooled connection goes
     back to the pool with the lock (or drops it early), and one per request in flight could use
