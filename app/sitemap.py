@@ -9,13 +9,13 @@ exceeds the protocol's limit, however many rows were deleted or imported with ga
 
 import io
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import XMLGenerator
 from xml.sax.xmlreader import AttributesImpl
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, case, func, literal_column, select, tuple_
+from sqlalchemy import Engine, case, func, literal, literal_column, select
 from sqlmodel import Session, col
 
 from app import derived, urls
@@ -103,29 +103,29 @@ def _month_lastmods(
 ) -> tuple[dict[tuple[int, int], datetime], datetime | None]:
     """Newest change per archive month that lists a published essay (in the site's timezone,
     like the archive pages), deleted essays' changes and edits that moved an essay out of the
-    month included; and the newest change of all."""
+    month included; and the newest change of all.
+
+    The database groups the essays by month, with the months' bounds in UTC worked out here
+    (the time zone's rules stay in Python): one pass over `ix_posts_sitemap`, which holds every
+    column it reads. 100,000 essays: 0.8 s when each essay's row came back to Python."""
+    first, last = session.execute(select(func.min(P.published_at), func.max(P.published_at))).one()
     months: dict[tuple[int, int], datetime] = {}
     listed: set[tuple[int, int]] = set()
-    after: tuple[str, int] = ("", 0)
-    while True:
-        # In the order of ix_posts_sitemap, which holds every column read here: the index alone
-        # is read (100,000 essays: 0.10 s, where walking the posts table by id took 0.7-6 s).
-        batch = session.execute(
-            select(P.status, P.id, P.published_at, P.updated_at)
-            .where(tuple_(P.status, P.id) > after)
-            .order_by(P.status, P.id)
-            .limit(BATCH)
-        ).all()
-        for status, _, published_at, updated_at in batch:
-            local = published_at.astimezone(tz)
-            key = (local.year, local.month)
-            if key not in months or months[key] < updated_at:
-                months[key] = updated_at
-            if status == STATUS_PUBLISHED:
-                listed.add(key)
-        if len(batch) < BATCH:
-            break
-        after = (batch[-1][0], batch[-1][1])
+    if first is not None:
+        keys, starts = _months_between(first, last, tz)
+        published = func.max(case((P.status == STATUS_PUBLISHED, 1), else_=0))
+        query = select(literal(0), func.max(P.updated_at), published)  # one month
+        if len(starts) > 1:
+            # The first month whose successor starts after the essay: CASE tries them in order.
+            month = case(
+                *((P.published_at < start, n) for n, start in enumerate(starts[1:])),
+                else_=len(starts) - 1,
+            )
+            query = select(month, func.max(P.updated_at), published).group_by(month)
+        for n, newest, any_published in session.execute(query):
+            months[keys[n]] = newest
+            if any_published:
+                listed.add(keys[n])
     for published_at, left_at in _moves(session):  # months that essays left by an edit
         local = published_at.astimezone(tz)
         key = (local.year, local.month)
@@ -133,6 +133,21 @@ def _month_lastmods(
             months[key] = left_at
     newest = max(months.values(), default=None)
     return {key: months[key] for key in listed}, newest
+
+
+def _months_between(
+    first: datetime, last: datetime, tz: ZoneInfo
+) -> tuple[list[tuple[int, int]], list[datetime]]:
+    """The local months from `first`'s to `last`'s, and the UTC instant each one starts."""
+    keys: list[tuple[int, int]] = []
+    starts: list[datetime] = []
+    local, end = first.astimezone(tz), last.astimezone(tz)
+    year, month = local.year, local.month
+    while (year, month) <= (end.year, end.month):
+        keys.append((year, month))
+        starts.append(datetime(year, month, 1, tzinfo=tz).astimezone(UTC))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return keys, starts
 
 
 def _moves(session: Session) -> Iterator[tuple[datetime, datetime]]:
