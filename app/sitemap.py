@@ -237,9 +237,22 @@ def _chunks_now(session: Session, section: str) -> list[tuple[int, datetime | No
     else:
         link: Any = PostTag if section == "tags" else PostStory
         bucket = (link.tag_id if section == "tags" else link.story_id) // size
-        query = select(bucket, func.max(P.updated_at)).join(Post, P.id == link.post_id)
+        # `+ 0` keeps SQLite from looking each link's essay up by id (a read of its row per
+        # link: 0.7 s warm, 6.8 s cold for 100,000 essays' tags): it walks ix_posts_sitemap,
+        # which holds the status and the change time, and finds each essay's links by their
+        # key instead (0.1 s). PostgreSQL hashes the join either way.
+        query = select(bucket, func.max(P.updated_at)).join(Post, P.id + 0 == link.post_id)
     rows = session.execute(query.group_by(bucket).having(_any_published).order_by(bucket)).all()
-    return [(int(n), lastmod) for n, lastmod in rows]
+    chunks = {int(n): lastmod for n, lastmod in rows}
+    if section in ("tags", "stories"):  # and the edits that took an essay off one of them
+        table: Any = Tag if section == "tags" else Story
+        left = table.id // size
+        for n, left_at in session.execute(
+            select(left, func.max(table.left_at)).where(table.left_at.is_not(None)).group_by(left)
+        ):
+            if int(n) in chunks and chunks[int(n)] < left_at:
+                chunks[int(n)] = left_at
+    return sorted(chunks.items())
 
 
 def child_path(section: str, chunk: int) -> str:

@@ -166,7 +166,11 @@ def test_a_deleted_essay_moves_the_lastmod_of_the_pages_it_left(
 
 
 def test_an_edit_that_takes_an_essay_off_a_tag_moves_that_tags_lastmod(
-    client: TestClient, engine: Engine, site: list[posts.Post], monkeypatch: pytest.MonkeyPatch
+    client: TestClient,
+    uncached_client: TestClient,
+    engine: Engine,
+    site: list[posts.Post],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The tag's and the story's pages lost an essay, though every essay they still list is
     unchanged: their sitemap lastmod and their feeds' `updated` said nothing had changed."""
@@ -195,6 +199,15 @@ def test_an_edit_that_takes_an_essay_off_a_tag_moves_that_tags_lastmod(
         )
         assert datetime.fromisoformat(updated or "").replace(microsecond=0) == when, feed
     assert datetime.fromisoformat(urls[SITE_URL + "/tags/tsla"]) < when  # it lost nothing
+    monkeypatch.setattr(sitemap, "MAX_URLS", 2)  # an index: its tag and story chunks move too
+    index = ET.fromstring(uncached_client.get("/sitemap.xml").content)
+    for section in ("tags", "stories"):
+        chunks = [
+            datetime.fromisoformat(child.findtext(f"{NS}lastmod") or "")
+            for child in index.findall(f"{NS}sitemap")
+            if f"/sitemaps/{section}-" in (child.findtext(f"{NS}loc") or "")
+        ]
+        assert max(chunks) == when, section
 
 
 def test_an_edit_that_moves_an_essay_to_another_month_moves_the_month_it_left(
