@@ -85,16 +85,15 @@ def claim(
         dialect = session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         # RETURNING tells whether this request made the claim (rowcount is unreliable here).
+        claimed = {
+            "request_hash": request_hash,
+            "state": IN_FLIGHT,
+            "created_at": now,
+            "owner": owner,
+        }
         inserted = session.execute(
             insert(IdempotencyKey)
-            .values(
-                scope=scope,
-                key=key,
-                request_hash=request_hash,
-                state=IN_FLIGHT,
-                created_at=now,
-                owner=owner,
-            )
+            .values(scope=scope, key=key, **claimed)
             .on_conflict_do_nothing(index_elements=["scope", "key"])
             .returning(col(IdempotencyKey.id))
         ).scalar()
@@ -124,15 +123,7 @@ def claim(
                     col(IdempotencyKey.state) == row.state,
                     col(IdempotencyKey.owner).is_not_distinct_from(row.owner),
                 )
-                .values(
-                    request_hash=request_hash,
-                    state=IN_FLIGHT,
-                    created_at=now,
-                    owner=owner,
-                    response_status=None,
-                    response_body=None,
-                    response_location=None,
-                )
+                .values(**claimed, response_status=None, response_body=None, response_location=None)
                 .execution_options(synchronize_session=False)
             )
             if taken.rowcount == 1:  # type: ignore[attr-defined]
