@@ -84,7 +84,7 @@ def _group_rows(session: Session, kind: str, lo: int, hi: int) -> Iterator[Row]:
         batch = session.execute(
             select(table.id, table.slug, func.max(P.updated_at), table.left_at)
             .join(link, owner == table.id)
-            .join(Post, P.id == link.post_id)
+            .join(Post, P.id + 0 == link.post_id)  # as in `_chunks_now`: 1.9 -> 0.2 s for tags
             .where(table.id > after, _in_range(table.id, lo, hi))
             .group_by(table.id, table.slug, table.left_at)
             .having(_any_published)
