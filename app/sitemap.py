@@ -34,8 +34,9 @@ SECTIONS = ("posts", "tags", "stories", "pages")
 
 Row = tuple[str, datetime | None]  # (site path, lastmod)
 published: Any = Post.status == STATUS_PUBLISHED
-# In a GROUP BY: the group holds at least one published essay (it is listed).
-_any_published: Any = func.max(case((published, 1), else_=0)) == 1
+# In a GROUP BY: 1 when the group holds at least one published essay (it is listed), else 0.
+_listed: Any = func.max(case((published, 1), else_=0))
+_any_published: Any = _listed == 1
 # SQLModel types columns as plain values; the queries below use them as SQL expressions.
 P: Any = Post
 MAX_ID = 2**31 - 1  # ids are 32-bit integers; PostgreSQL refuses larger parameters
@@ -113,18 +114,17 @@ def _month_lastmods(
     listed: set[tuple[int, int]] = set()
     if first is not None:
         keys, starts = _months_between(first, last, tz)
-        published = func.max(case((P.status == STATUS_PUBLISHED, 1), else_=0))
-        query = select(literal(0), func.max(P.updated_at), published)  # one month
+        query = select(literal(0), func.max(P.updated_at), _listed)  # one month
         if len(starts) > 1:
             # The first month whose successor starts after the essay: CASE tries them in order.
             month = case(
                 *((P.published_at < start, n) for n, start in enumerate(starts[1:])),
                 else_=len(starts) - 1,
             )
-            query = select(month, func.max(P.updated_at), published).group_by(month)
-        for n, newest, any_published in session.execute(query):
+            query = select(month, func.max(P.updated_at), _listed).group_by(month)
+        for n, newest, listed_here in session.execute(query):
             months[keys[n]] = newest
-            if any_published:
+            if listed_here:
                 listed.add(keys[n])
     for published_at, left_at in _moves(session):  # months that essays left by an edit
         local = published_at.astimezone(tz)
