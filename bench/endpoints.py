@@ -17,6 +17,9 @@ from app.routes.ingest import _encode_cursor as api_cursor
 from bench.corpus import COMMON_TAG, COMMON_WORD, PHRASE, RARE_WORD, Corpus
 
 ESSAY_SAMPLE = 5000  # random essay paths handed to wrk (all of them in a smaller archive)
+# The same drawn from every essay of the archive: readers spread over more essays than a worker
+# keeps places for (a crawler), the case the sample above does not show past 20,000 essays.
+EVERY_ESSAY = "essay (every essay, evenly)"
 PAGE_SIZE = 20  # the server's default page_size: the last page of / is the 20 oldest essays
 API_LIMIT = 20
 SITEMAP_CHILD = "/sitemaps/posts-1.xml"  # ids 5,000-9,999: exists once the archive passes 5,000
@@ -113,7 +116,8 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
                 .order_by(Post.id)
             ).all()
             step = max(1, len(rows) // ESSAY_SAMPLE)
-            essays = [f"/read/{i}/{s}" for i, s in rows[::step]]
+            every = [f"/read/{i}/{s}" for i, s in rows]
+            essays = every[::step]
             oldest_first = (
                 select(Post)
                 .where(published)  # type: ignore[arg-type]
@@ -149,6 +153,7 @@ def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:
         Endpoint(
             "essay (random ids)", popular, random_essays_script(essays, workdir / "essays.lua")
         ),
+        Endpoint(EVERY_ESSAY, popular, random_essays_script(every, workdir / "every.lua")),
         Endpoint("essay (one popular)", popular),
         Endpoint("/", "/"),
         Endpoint("/ next page", ""),
