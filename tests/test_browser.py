@@ -4,7 +4,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from conftest import IN_CI, LiveServer, add_post
@@ -26,6 +26,8 @@ from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 RICH_BODY = """I need to be direct: the *breadth* of this move matters more than its size.
 
 > Flow: the outflows are real, and they are concentrated in the largest names.
+
+# Where the outflows went
 
 | Ticker | Move | Volume vs 20d | Implied volatility | Open interest | Note |
 |---|---:|---:|---:|---:|---|
@@ -197,7 +199,19 @@ def test_hostile_essay_runs_no_script(
     assert dialogs == []
 
 
-def test_keyboard_reaches_every_link(browser: Browser, site: dict[str, str]) -> None:
+# What Chromium gives a screen reader: every node of the accessibility tree it exposes.
+def accessibility_tree(page: Page) -> list[dict[str, Any]]:
+    cdp = page.context.new_cdp_session(page)
+    nodes: list[dict[str, Any]] = cdp.send("Accessibility.getFullAXTree")["nodes"]
+    cdp.detach()
+    return [n for n in nodes if not n.get("ignored")]
+
+
+def test_keyboard_reaches_every_link_and_the_title_heads_the_page(
+    browser: Browser, site: dict[str, str]
+) -> None:
+    """Every link is a tab stop with a visible focus ring; the title is the one h1 and the
+    body's headings sit below it."""
     page = open_page(browser, "desktop", site["essay"])
     links = page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
     reached: list[str] = []
@@ -211,6 +225,19 @@ def test_keyboard_reaches_every_link(browser: Browser, site: dict[str, str]) -> 
             reached.append(info[0])
             assert info[1] != "none" and info[2] != "0px", f"no visible focus on {info[0]}"
     assert set(links) <= set(reached)
+    tree = accessibility_tree(page)
+    headings = [
+        (
+            next(prop["value"]["value"] for prop in n["properties"] if prop["name"] == "level"),
+            n["name"]["value"],
+        )
+        for n in tree
+        if n["role"]["value"] == "heading"
+    ]
+    assert [name for level, name in headings if level == 1] == [
+        "The Selloff Is Real, But It's Not a Regime Signal Yet"
+    ]
+    assert (2, "Where the outflows went") in headings
     page.close()
 
 

@@ -93,6 +93,58 @@ def test_essay_page_shows_everything(client: TestClient, engine: Engine) -> None
     assert len(doc.xpath("//h1")) == 1
 
 
+HEADINGS_BODY = """# What the minds argued
+
+Macro opened.
+
+## The case for flow
+
+### The outflows
+
+#### By sector
+
+##### Tech
+
+###### Semis
+
+####### not a heading, seven hashes
+
+```
+# a comment in code, not a heading
+<h1>nor this</h1>
+```
+
+A `<h2>` in code and a &lt;h3&gt; in text stay text.
+"""
+
+
+def test_body_headings_sit_below_the_title(client: TestClient, engine: Engine) -> None:
+    """The title is the page's one h1: a body's `#` heading is an h2, and every level below
+    moves down one (h6 stays h6), so a screen reader's heading list nests under the title."""
+    post = add_post(engine, body=HEADINGS_BODY)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    assert texts(doc, "//h1") == [post.title]
+    prose = doc.xpath("//div[contains(@class,'prose')]")[0]
+    headings = [
+        (h.tag, " ".join(h.text_content().split()))
+        for h in prose.xpath(
+            ".//*[self::h1 or self::h2 or self::h3 or self::h4 or self::h5 or self::h6]"
+        )
+    ]
+    assert headings == [
+        ("h2", "What the minds argued"),
+        ("h3", "The case for flow"),
+        ("h4", "The outflows"),
+        ("h5", "By sector"),
+        ("h6", "Tech"),
+        ("h6", "Semis"),
+    ]
+    assert prose.xpath(".//pre/code/text()") == [
+        "# a comment in code, not a heading\n<h1>nor this</h1>\n"
+    ]
+    assert "A <h2> in code and a <h3> in text stay text." in texts(prose, ".//p")
+
+
 def test_new_and_absent_minds(client: TestClient, engine: Engine) -> None:
     add_post(engine, cycle=899, published_at="2026-04-04T10:00:00Z", title="Before")
     post = add_post(

@@ -2,6 +2,7 @@ import pytest
 from htmlcheck import executable_parts, tags
 
 from app.render import excerpt, is_safe_url, render_markdown
+from app.templating import prose
 
 HOSTILE_BODIES = [
     "<script>alert(1)</script>",
@@ -41,6 +42,7 @@ HOSTILE_BODIES = [
 def test_nothing_executable_survives(body: str) -> None:
     html = render_markdown(body)
     assert executable_parts(html) == [], html
+    assert executable_parts(prose(html)) == [], prose(html)  # as the essay page shows it
 
 
 def test_commonmark_extensions() -> None:
@@ -51,6 +53,20 @@ def test_commonmark_extensions() -> None:
     found = set(tags(html))
     assert {"table", "thead", "td", "s", "sup", "section"} <= found
     assert "“quote”" in html and "–" in html
+
+
+# Text an author writes that looks like the tags the essay page changes (`templating.prose`):
+# raw HTML is off, so none of it is a tag, and the page leaves all of it as it is.
+LOOKALIKES = [
+    "`<h1>code</h1>` and <h2>raw</h2> and &lt;h3&gt;",
+    "```\n<h1>in a block</h1>\n```",
+]
+
+
+@pytest.mark.parametrize("body", LOOKALIKES)
+def test_the_page_leaves_what_an_author_wrote(body: str) -> None:
+    html = render_markdown(body)
+    assert prose(html) == html
 
 
 def test_safe_links_are_kept() -> None:
