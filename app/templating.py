@@ -118,20 +118,39 @@ def json_script(value: Any) -> Markup:
 # essay already stored without rendering their Markdown again: their stored pages are made again
 # as after any change to the templates or this module (`build_fingerprint`). They match only the
 # Markdown renderer's own tags (`app/render.py`): raw HTML is off, so every `<` in an essay's text
-# is `&lt;`.
+# is `&lt;`, and a link an author writes has neither an id nor a class.
 _HEADING_TAG = re.compile(r"<(/?)h([1-6])>")
+_FOOTNOTE_REF = re.compile(r'<a href="#fn(\d+)" id="(fnref\1(?::\d+)?)">\[\1(?::\d+)?\]</a>')
+_FOOTNOTE_BACKREF = re.compile(r'<a href="#fnref(\d+)(?::(\d+))?" class="footnote-backref"')
 
 
 def prose(body_html: str) -> Markup:
     """An essay's stored HTML as shown below its title on the essay page."""
     # str(): on Markup, replace() would escape the tags it is given and so match none.
-    return Markup(scrollable_tables(headings_below_title(str(body_html))))
+    return Markup(scrollable_tables(named_footnote_links(headings_below_title(str(body_html)))))
 
 
 def headings_below_title(body_html: str) -> str:
     """The body's headings one level down (h1 -> h2, ..., h6 stays h6): the essay's title is
     the page's only h1, and screen reader users move through a page by its heading levels."""
     return _HEADING_TAG.sub(lambda m: f"<{m[1]}h{min(int(m[2]) + 1, 6)}>", body_html)
+
+
+def named_footnote_links(body_html: str) -> str:
+    """Footnote links with names a screen reader can say: a reference is "Footnote 1" (not
+    "[1]"), a link back is "Back to reference 1" (not "↩︎"). Every reference to one note shows
+    its number alone, "[1]": the renderer's "[1:1]" for the second one reads like a ratio."""
+    body_html = _FOOTNOTE_REF.sub(
+        lambda m: f'<a href="#fn{m[1]}" id="{m[2]}" aria-label="Footnote {m[1]}">[{m[1]}]</a>',
+        body_html,
+    )
+    return _FOOTNOTE_BACKREF.sub(_backref_name, body_html)
+
+
+def _backref_name(link: re.Match[str]) -> str:
+    note, later = link[1], link[2]  # `later`: the second reference to the note is 1, and so on
+    which = f" (occurrence {int(later) + 1})" if later else ""
+    return f'{link[0]} aria-label="Back to reference {note}{which}"'
 
 
 def scrollable_tables(body_html: str) -> str:

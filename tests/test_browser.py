@@ -42,7 +42,7 @@ Supercalifragilisticexpialidocioussupercalifragilisticexpialidocious words must 
 def conviction(minds): return sum(m.confidence for m in minds) / len(minds)  # a long line of code
 ```
 
-Contrarian disagreed, as usual.[^1]
+Contrarian disagreed, as usual.[^1] Flow noted it, again.[^1]
 
 [^1]: Contrarian has disagreed in most cycles this month.
 """
@@ -207,11 +207,11 @@ def accessibility_tree(page: Page) -> list[dict[str, Any]]:
     return [n for n in nodes if not n.get("ignored")]
 
 
-def test_keyboard_reaches_every_link_and_the_title_heads_the_page(
+def test_keyboard_reaches_every_link_and_screen_readers_can_tell_them_apart(
     browser: Browser, site: dict[str, str]
 ) -> None:
-    """Every link is a tab stop with a visible focus ring; the title is the one h1 and the
-    body's headings sit below it."""
+    """Every link is a tab stop with a visible focus ring and a name that says something (the
+    footnotes' "↩︎" did not); the title is the one h1 and the body's headings sit below it."""
     page = open_page(browser, "desktop", site["essay"])
     links = page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
     reached: list[str] = []
@@ -226,6 +226,10 @@ def test_keyboard_reaches_every_link_and_the_title_heads_the_page(
             assert info[1] != "none" and info[2] != "0px", f"no visible focus on {info[0]}"
     assert set(links) <= set(reached)
     tree = accessibility_tree(page)
+    names = [str(n.get("name", {}).get("value", "")) for n in tree if n["role"]["value"] == "link"]
+    assert len(names) == len(links)
+    assert [name for name in names if not any(c.isalnum() for c in name)] == []
+    assert {"Footnote 1", "Back to reference 1", "Back to reference 1 (occurrence 2)"} <= set(names)
     headings = [
         (
             next(prop["value"]["value"] for prop in n["properties"] if prop["name"] == "level"),

@@ -83,7 +83,7 @@ def test_absent_minds_come_from_the_neighbours(uncached_client, engine) -> None:
 
 
 # An essay's body as the Markdown renderer stored it before essay pages moved its headings
-# below the title: a `#` heading is an h1.
+# below the title and named its footnote links: a `#` heading is an h1, a back-link is "↩︎".
 BODY_HTML_STORED_BEFORE = (
     "<h1>What the minds argued</h1>\n"
     '<p>Flow saw outflows.<sup class="footnote-ref"><a href="#fn1" id="fnref1">[1]</a></sup></p>\n'
@@ -110,3 +110,5 @@ def test_essays_stored_before_a_deploy_get_its_page_fixes(uncached_client, engin
     assert [h.text_content() for h in doc.xpath("//h1")] == [post.title]
     prose = doc.xpath("//div[contains(@class,'prose')]")[0]
     assert [h.text_content() for h in prose.xpath(".//h2")] == ["What the minds argued"]
+    assert prose.xpath(".//sup[@class='footnote-ref']/a/@aria-label") == ["Footnote 1"]
+    assert prose.xpath(".//a[@class='footnote-backref']/@aria-label") == ["Back to reference 1"]

@@ -145,6 +145,40 @@ def test_body_headings_sit_below_the_title(client: TestClient, engine: Engine) -
     assert "A <h2> in code and a <h3> in text stay text." in texts(prose, ".//p")
 
 
+FOOTNOTES_BODY = """Flow saw outflows.[^flow] Macro disagreed.[^macro] Flow held its view.[^flow]
+
+[^flow]: Five days running.
+[^macro]: Rates, not flows.
+"""
+
+
+def test_footnote_links_have_names_a_screen_reader_can_say(
+    client: TestClient, engine: Engine
+) -> None:
+    """A reference is "Footnote 1" and a link back "Back to reference 1", not "[1]" and "↩︎";
+    each link still leads to the other (the note's second reference has a back-link too)."""
+    post = add_post(engine, body=FOOTNOTES_BODY)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    refs = doc.xpath("//div[contains(@class,'prose')]//sup[@class='footnote-ref']/a")
+    assert [(a.get("aria-label"), a.text_content()) for a in refs] == [
+        ("Footnote 1", "[1]"),
+        ("Footnote 2", "[2]"),
+        ("Footnote 1", "[1]"),  # the renderer's own text here is "[1:1]"
+    ]
+    backs = doc.xpath("//section[@class='footnotes']//a[@class='footnote-backref']")
+    assert [a.get("aria-label") for a in backs] == [
+        "Back to reference 1",
+        "Back to reference 1 (occurrence 2)",
+        "Back to reference 2",
+    ]
+    for a in refs:  # each reference leads to its note, and the note's back-link to it
+        (note,) = doc.xpath(f"//li[@id='{a.get('href')[1:]}']")
+        assert f"#{a.get('id')}" in note.xpath(".//a[@class='footnote-backref']/@href")
+    assert [a.get("href") for a in backs] == [
+        "#" + a.get("id") for a in (refs[0], refs[2], refs[1])
+    ]
+
+
 def test_new_and_absent_minds(client: TestClient, engine: Engine) -> None:
     add_post(engine, cycle=899, published_at="2026-04-04T10:00:00Z", title="Before")
     post = add_post(

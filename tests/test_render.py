@@ -1,3 +1,4 @@
+import lxml.html
 import pytest
 from htmlcheck import executable_parts, tags
 
@@ -60,6 +61,9 @@ def test_commonmark_extensions() -> None:
 LOOKALIKES = [
     "`<h1>code</h1>` and <h2>raw</h2> and &lt;h3&gt;",
     "```\n<h1>in a block</h1>\n```",
+    "[[1]](#fn1) and [[1:1]](#fn1)",
+    "[\u21a9\ufe0e](#fnref1) and [\u21a9\ufe0e](#fnref1:1)",
+    '<a href="#fn1" id="fnref1">[1]</a> <a href="#fnref1" class="footnote-backref">x</a>',
 ]
 
 
@@ -67,6 +71,18 @@ LOOKALIKES = [
 def test_the_page_leaves_what_an_author_wrote(body: str) -> None:
     html = render_markdown(body)
     assert prose(html) == html
+
+
+def test_the_page_names_only_the_renderers_footnote_links() -> None:
+    html = render_markdown("See [[1]](#fn1).[^1]\n\n[^1]: Or [\u21a9\ufe0e](#fnref1).")
+    doc = lxml.html.fragment_fromstring(prose(html), create_parent="div")
+    names = [(a.text_content(), a.get("aria-label")) for a in doc.iter("a")]
+    assert names == [
+        ("[1]", None),
+        ("[1]", "Footnote 1"),
+        ("\u21a9\ufe0e", None),
+        ("\u21a9\ufe0e", "Back to reference 1"),
+    ]
 
 
 def test_safe_links_are_kept() -> None:
