@@ -131,9 +131,15 @@ def prose(body_html: str) -> Markup:
 
 
 def headings_below_title(body_html: str) -> str:
-    """The body's headings one level down (h1 -> h2, ..., h6 stays h6): the essay's title is
-    the page's only h1, and screen reader users move through a page by its heading levels."""
-    return _HEADING_TAG.sub(lambda m: f"<{m[1]}h{min(int(m[2]) + 1, 6)}>", body_html)
+    """The body's headings moved so that its top level is h2, each keeping its place below the
+    one above it (h6 the floor): the essay's title is the page's only h1, and screen reader
+    users move through a page by its heading levels. A body of `#` and `##` shows h2 and h3; one
+    of `##` alone stays h2, beside "The debate" rather than under it."""
+    levels = [int(level) for closing, level in _HEADING_TAG.findall(body_html) if not closing]
+    shift = 2 - min(levels, default=2)
+    if not shift:
+        return body_html
+    return _HEADING_TAG.sub(lambda m: f"<{m[1]}h{max(2, min(int(m[2]) + shift, 6))}>", body_html)
 
 
 def named_footnote_links(body_html: str) -> str:

@@ -145,6 +145,28 @@ def test_body_headings_sit_below_the_title(client: TestClient, engine: Engine) -
     assert "A <h2> in code and a <h3> in text stay text." in texts(prose, ".//p")
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("## Flow\n\ntext\n\n### Outflows\n\ntext", ["h2", "h3"]),
+        ("### Flow\n\ntext\n\n#### Outflows\n\ntext", ["h2", "h3"]),
+        ("## Flow\n\ntext\n\n#### Outflows\n\ntext", ["h2", "h4"]),
+    ],
+    ids=["h2 stays", "h3 moves up", "a skipped level stays skipped"],
+)
+def test_body_top_heading_is_h2(
+    client: TestClient, engine: Engine, body: str, expected: list[str]
+) -> None:
+    """The body's top level becomes h2 whatever the author began with, so its sections sit
+    beside "The debate" (an h2), not under it; the levels below keep their distance."""
+    post = add_post(engine, body=body)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    prose = doc.xpath("//div[contains(@class,'prose')]")[0]
+    assert [h.tag for h in prose.xpath(".//*[self::h1 or self::h2 or self::h3 or self::h4]")] == (
+        expected
+    )
+
+
 FOOTNOTES_BODY = """Flow saw outflows.[^flow] Macro disagreed.[^macro] Flow held its view.[^flow]
 
 [^flow]: Five days running.
