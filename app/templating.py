@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime
 from importlib.resources import files
@@ -112,20 +113,63 @@ def json_script(value: Any) -> Markup:
     return Markup(text)
 
 
-def scrollable_tables(body_html: str) -> Markup:
-    """An essay's HTML with each table in a box of its own that scrolls sideways when the table is
-    wider than a phone. A box that scrolls must be reachable by keyboard (WCAG 2.1.1): a tab stop,
-    with a role and a name for screen readers. Raw HTML is off in Markdown (`app/render.py`), so
-    every `<table>` is the renderer's and none nests. Done here, not in the renderer, so that the
-    essays' stored Markdown HTML need not be made again: their stored pages are, as after any
-    change to the templates or this module (`build_fingerprint`)."""
+# The essay body as its page shows it. An essay's HTML is rendered once, when it is written, and
+# stored (`posts.body_html`); these steps run when the page is rendered, so a deploy reaches every
+# essay already stored without rendering their Markdown again: their stored pages are made again
+# as after any change to the templates or this module (`build_fingerprint`). They match only the
+# Markdown renderer's own tags (`app/render.py`): raw HTML is off, so every `<` in an essay's text
+# is `&lt;`, and a link an author writes has neither an id nor a class.
+_HEADING_TAG = re.compile(r"<(/?)h([1-6])>")
+_FOOTNOTE_REF = re.compile(r'<a href="#fn(\d+)" id="(fnref\1(?::\d+)?)">\[\1(?::\d+)?\]</a>')
+_FOOTNOTE_BACKREF = re.compile(r'<a href="#fnref(\d+)(?::(\d+))?" class="footnote-backref"')
+
+
+def prose(body_html: str) -> Markup:
+    """An essay's stored HTML as shown below its title on the essay page."""
+    # str(): on Markup, replace() would escape the tags it is given and so match none.
+    return Markup(scrollable_tables(named_footnote_links(headings_below_title(str(body_html)))))
+
+
+def headings_below_title(body_html: str) -> str:
+    """The body's headings moved so that its top level is h2, each keeping its place below the
+    one above it (h6 the floor): the essay's title is the page's only h1, and screen reader
+    users move through a page by its heading levels. A body of `#` and `##` shows h2 and h3; one
+    of `##` alone stays h2, beside "The debate" rather than under it."""
+    levels = [int(level) for closing, level in _HEADING_TAG.findall(body_html) if not closing]
+    shift = 2 - min(levels, default=2)
+    if not shift:
+        return body_html
+    return _HEADING_TAG.sub(lambda m: f"<{m[1]}h{max(2, min(int(m[2]) + shift, 6))}>", body_html)
+
+
+def named_footnote_links(body_html: str) -> str:
+    """Footnote links with names a screen reader can say: a reference is "Footnote 1" (not
+    "[1]"), a link back is "Back to reference 1" (not "↩︎"). Every reference to one note shows
+    its number alone, "[1]": the renderer's "[1:1]" for the second one reads like a ratio."""
+    body_html = _FOOTNOTE_REF.sub(
+        lambda m: f'<a href="#fn{m[1]}" id="{m[2]}" aria-label="Footnote {m[1]}">[{m[1]}]</a>',
+        body_html,
+    )
+    return _FOOTNOTE_BACKREF.sub(_backref_name, body_html)
+
+
+def _backref_name(link: re.Match[str]) -> str:
+    note, later = link[1], link[2]  # `later`: the second reference to the note is 1, and so on
+    which = f" (occurrence {int(later) + 1})" if later else ""
+    return f'{link[0]} aria-label="Back to reference {note}{which}"'
+
+
+def scrollable_tables(body_html: str) -> str:
+    """Each table in a box of its own that scrolls sideways when the table is wider than a
+    phone. A box that scrolls must be reachable by keyboard (WCAG 2.1.1): a tab stop, with a
+    role and a name for screen readers. Every `<table>` is the renderer's and none nests."""
     first, *tables = body_html.split("<table>")
     boxed = (
         f'<div class="table-scroll" role="region" aria-label="Table {n}" tabindex="0">'
         f"<table>{rest.replace('</table>', '</table></div>', 1)}"
         for n, rest in enumerate(tables, 1)
     )
-    return Markup(first + "".join(boxed))
+    return first + "".join(boxed)
 
 
 def page_path(request: Any) -> str:
@@ -166,5 +210,5 @@ def make_templates(settings: Settings) -> Jinja2Templates:
     env.filters["percent"] = lambda value: f"{round(value * 100)}%"
     env.filters["iso"] = iso
     env.filters["json_script"] = json_script
-    env.filters["scrollable_tables"] = scrollable_tables
+    env.filters["prose"] = prose
     return templates

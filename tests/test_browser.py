@@ -4,7 +4,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from conftest import IN_CI, LiveServer, add_post
@@ -27,6 +27,8 @@ RICH_BODY = """I need to be direct: the *breadth* of this move matters more than
 
 > Flow: the outflows are real, and they are concentrated in the largest names.
 
+# Where the outflows went
+
 | Ticker | Move | Volume vs 20d | Implied volatility | Open interest | Note |
 |---|---:|---:|---:|---:|---|
 | QQQ | -2.4% | 1.8x | 21.3 | 1,204,553 | broadest decline since the winter |
@@ -40,7 +42,7 @@ Supercalifragilisticexpialidocioussupercalifragilisticexpialidocious words must 
 def conviction(minds): return sum(m.confidence for m in minds) / len(minds)  # a long line of code
 ```
 
-Contrarian disagreed, as usual.[^1]
+Contrarian disagreed, as usual.[^1] Flow noted it, again.[^1]
 
 [^1]: Contrarian has disagreed in most cycles this month.
 """
@@ -197,7 +199,19 @@ def test_hostile_essay_runs_no_script(
     assert dialogs == []
 
 
-def test_keyboard_reaches_every_link(browser: Browser, site: dict[str, str]) -> None:
+# What Chromium gives a screen reader: every node of the accessibility tree it exposes.
+def accessibility_tree(page: Page) -> list[dict[str, Any]]:
+    cdp = page.context.new_cdp_session(page)
+    nodes: list[dict[str, Any]] = cdp.send("Accessibility.getFullAXTree")["nodes"]
+    cdp.detach()
+    return [n for n in nodes if not n.get("ignored")]
+
+
+def test_keyboard_reaches_every_link_and_screen_readers_can_tell_them_apart(
+    browser: Browser, site: dict[str, str]
+) -> None:
+    """Every link is a tab stop with a visible focus ring and a name that says something (the
+    footnotes' "↩︎" did not); the title is the one h1 and the body's headings sit below it."""
     page = open_page(browser, "desktop", site["essay"])
     links = page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
     reached: list[str] = []
@@ -211,6 +225,23 @@ def test_keyboard_reaches_every_link(browser: Browser, site: dict[str, str]) -> 
             reached.append(info[0])
             assert info[1] != "none" and info[2] != "0px", f"no visible focus on {info[0]}"
     assert set(links) <= set(reached)
+    tree = accessibility_tree(page)
+    names = [str(n.get("name", {}).get("value", "")) for n in tree if n["role"]["value"] == "link"]
+    assert len(names) == len(links)
+    assert [name for name in names if not any(c.isalnum() for c in name)] == []
+    assert {"Footnote 1", "Back to reference 1", "Back to reference 1 (occurrence 2)"} <= set(names)
+    headings = [
+        (
+            next(prop["value"]["value"] for prop in n["properties"] if prop["name"] == "level"),
+            n["name"]["value"],
+        )
+        for n in tree
+        if n["role"]["value"] == "heading"
+    ]
+    assert [name for level, name in headings if level == 1] == [
+        "The Selloff Is Real, But It's Not a Regime Signal Yet"
+    ]
+    assert (2, "Where the outflows went") in headings
     page.close()
 
 

@@ -1,6 +1,7 @@
 """The essay page's stored HTML (posts.page_html): written with the post, identical to a live
 render, replaced on every edit, and ignored when another build or site rendered it."""
 
+import lxml.html
 from conftest import SITE_URL, add_post, post_json
 from sqlalchemy import Engine, text
 
@@ -79,3 +80,35 @@ def test_absent_minds_come_from_the_neighbours(uncached_client, engine) -> None:
     assert 'class="mind absent"><span class="mind-name">Volatility' in page.text
     for name in ("Macro", "Flow", "Contrarian"):
         assert f'<span class="mind-name">{name}</span>' in page.text
+
+
+# An essay's body as the Markdown renderer stored it before essay pages moved its headings
+# below the title and named its footnote links: a `#` heading is an h1, a back-link is "↩︎".
+BODY_HTML_STORED_BEFORE = (
+    "<h1>What the minds argued</h1>\n"
+    '<p>Flow saw outflows.<sup class="footnote-ref"><a href="#fn1" id="fnref1">[1]</a></sup></p>\n'
+    '<hr class="footnotes-sep" />\n<section class="footnotes">\n<ol class="footnotes-list">\n'
+    '<li id="fn1" class="footnote-item"><p>Five days running. '
+    '<a href="#fnref1" class="footnote-backref">\u21a9\ufe0e</a></p>\n</li>\n</ol>\n</section>\n'
+)
+
+
+def test_essays_stored_before_a_deploy_get_its_page_fixes(uncached_client, engine) -> None:
+    """The page adjusts the stored body HTML when it renders (`templating.prose`), so an essay
+    written before gets a deploy's fixes without rendering its Markdown again: its stored
+    fragment comes from another build and is made again from the same stored body."""
+    post = add_post(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE posts SET body_html = :html WHERE id = :id"),
+            {"html": BODY_HTML_STORED_BEFORE, "id": post.id},
+        )
+    _set_stored(engine, post.id, "<!--fragment:0000000000000000-->STALE<!--workshop:head-->")
+    page = uncached_client.get(f"/read/{post.id}/{post.slug}")
+    assert page.status_code == 200
+    doc = lxml.html.fromstring(page.text)
+    assert [h.text_content() for h in doc.xpath("//h1")] == [post.title]
+    prose = doc.xpath("//div[contains(@class,'prose')]")[0]
+    assert [h.text_content() for h in prose.xpath(".//h2")] == ["What the minds argued"]
+    assert prose.xpath(".//sup[@class='footnote-ref']/a/@aria-label") == ["Footnote 1"]
+    assert prose.xpath(".//a[@class='footnote-backref']/@aria-label") == ["Back to reference 1"]

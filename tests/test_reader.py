@@ -93,6 +93,114 @@ def test_essay_page_shows_everything(client: TestClient, engine: Engine) -> None
     assert len(doc.xpath("//h1")) == 1
 
 
+HEADINGS_BODY = """# What the minds argued
+
+Macro opened.
+
+## The case for flow
+
+### The outflows
+
+#### By sector
+
+##### Tech
+
+###### Semis
+
+####### not a heading, seven hashes
+
+```
+# a comment in code, not a heading
+<h1>nor this</h1>
+```
+
+A `<h2>` in code and a &lt;h3&gt; in text stay text.
+"""
+
+
+def test_body_headings_sit_below_the_title(client: TestClient, engine: Engine) -> None:
+    """The title is the page's one h1: a body's `#` heading is an h2, and every level below
+    moves down one (h6 stays h6), so a screen reader's heading list nests under the title."""
+    post = add_post(engine, body=HEADINGS_BODY)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    assert texts(doc, "//h1") == [post.title]
+    prose = doc.xpath("//div[contains(@class,'prose')]")[0]
+    headings = [
+        (h.tag, " ".join(h.text_content().split()))
+        for h in prose.xpath(
+            ".//*[self::h1 or self::h2 or self::h3 or self::h4 or self::h5 or self::h6]"
+        )
+    ]
+    assert headings == [
+        ("h2", "What the minds argued"),
+        ("h3", "The case for flow"),
+        ("h4", "The outflows"),
+        ("h5", "By sector"),
+        ("h6", "Tech"),
+        ("h6", "Semis"),
+    ]
+    assert prose.xpath(".//pre/code/text()") == [
+        "# a comment in code, not a heading\n<h1>nor this</h1>\n"
+    ]
+    assert "A <h2> in code and a <h3> in text stay text." in texts(prose, ".//p")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("## Flow\n\ntext\n\n### Outflows\n\ntext", ["h2", "h3"]),
+        ("### Flow\n\ntext\n\n#### Outflows\n\ntext", ["h2", "h3"]),
+        ("## Flow\n\ntext\n\n#### Outflows\n\ntext", ["h2", "h4"]),
+    ],
+    ids=["h2 stays", "h3 moves up", "a skipped level stays skipped"],
+)
+def test_body_top_heading_is_h2(
+    client: TestClient, engine: Engine, body: str, expected: list[str]
+) -> None:
+    """The body's top level becomes h2 whatever the author began with, so its sections sit
+    beside "The debate" (an h2), not under it; the levels below keep their distance."""
+    post = add_post(engine, body=body)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    prose = doc.xpath("//div[contains(@class,'prose')]")[0]
+    assert [h.tag for h in prose.xpath(".//*[self::h1 or self::h2 or self::h3 or self::h4]")] == (
+        expected
+    )
+
+
+FOOTNOTES_BODY = """Flow saw outflows.[^flow] Macro disagreed.[^macro] Flow held its view.[^flow]
+
+[^flow]: Five days running.
+[^macro]: Rates, not flows.
+"""
+
+
+def test_footnote_links_have_names_a_screen_reader_can_say(
+    client: TestClient, engine: Engine
+) -> None:
+    """A reference is "Footnote 1" and a link back "Back to reference 1", not "[1]" and "↩︎";
+    each link still leads to the other (the note's second reference has a back-link too)."""
+    post = add_post(engine, body=FOOTNOTES_BODY)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    refs = doc.xpath("//div[contains(@class,'prose')]//sup[@class='footnote-ref']/a")
+    assert [(a.get("aria-label"), a.text_content()) for a in refs] == [
+        ("Footnote 1", "[1]"),
+        ("Footnote 2", "[2]"),
+        ("Footnote 1", "[1]"),  # the renderer's own text here is "[1:1]"
+    ]
+    backs = doc.xpath("//section[@class='footnotes']//a[@class='footnote-backref']")
+    assert [a.get("aria-label") for a in backs] == [
+        "Back to reference 1",
+        "Back to reference 1 (occurrence 2)",
+        "Back to reference 2",
+    ]
+    for a in refs:  # each reference leads to its note, and the note's back-link to it
+        (note,) = doc.xpath(f"//li[@id='{a.get('href')[1:]}']")
+        assert f"#{a.get('id')}" in note.xpath(".//a[@class='footnote-backref']/@href")
+    assert [a.get("href") for a in backs] == [
+        "#" + a.get("id") for a in (refs[0], refs[2], refs[1])
+    ]
+
+
 def test_new_and_absent_minds(client: TestClient, engine: Engine) -> None:
     add_post(engine, cycle=899, published_at="2026-04-04T10:00:00Z", title="Before")
     post = add_post(

@@ -1,7 +1,9 @@
+import lxml.html
 import pytest
 from htmlcheck import executable_parts, tags
 
 from app.render import excerpt, is_safe_url, render_markdown
+from app.templating import prose
 
 HOSTILE_BODIES = [
     "<script>alert(1)</script>",
@@ -41,6 +43,7 @@ HOSTILE_BODIES = [
 def test_nothing_executable_survives(body: str) -> None:
     html = render_markdown(body)
     assert executable_parts(html) == [], html
+    assert executable_parts(prose(html)) == [], prose(html)  # as the essay page shows it
 
 
 def test_commonmark_extensions() -> None:
@@ -51,6 +54,35 @@ def test_commonmark_extensions() -> None:
     found = set(tags(html))
     assert {"table", "thead", "td", "s", "sup", "section"} <= found
     assert "“quote”" in html and "–" in html
+
+
+# Text an author writes that looks like the tags the essay page changes (`templating.prose`):
+# raw HTML is off, so none of it is a tag, and the page leaves all of it as it is.
+LOOKALIKES = [
+    "`<h1>code</h1>` and <h2>raw</h2> and &lt;h3&gt;",
+    "```\n<h1>in a block</h1>\n```",
+    "[[1]](#fn1) and [[1:1]](#fn1)",
+    "[\u21a9\ufe0e](#fnref1) and [\u21a9\ufe0e](#fnref1:1)",
+    '<a href="#fn1" id="fnref1">[1]</a> <a href="#fnref1" class="footnote-backref">x</a>',
+]
+
+
+@pytest.mark.parametrize("body", LOOKALIKES)
+def test_the_page_leaves_what_an_author_wrote(body: str) -> None:
+    html = render_markdown(body)
+    assert prose(html) == html
+
+
+def test_the_page_names_only_the_renderers_footnote_links() -> None:
+    html = render_markdown("See [[1]](#fn1).[^1]\n\n[^1]: Or [\u21a9\ufe0e](#fnref1).")
+    doc = lxml.html.fragment_fromstring(prose(html), create_parent="div")
+    names = [(a.text_content(), a.get("aria-label")) for a in doc.iter("a")]
+    assert names == [
+        ("[1]", None),
+        ("[1]", "Footnote 1"),
+        ("\u21a9\ufe0e", None),
+        ("\u21a9\ufe0e", "Back to reference 1"),
+    ]
 
 
 def test_safe_links_are_kept() -> None:
