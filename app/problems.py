@@ -68,7 +68,7 @@ def install(app: FastAPI) -> None:
         if wants_html(request):
             from app.routes.reader import error_page
 
-            return error_page(request, exc.status, exc.title, exc.detail, exc)
+            return error_page(request, exc.status, exc)
         extra: dict[str, Any] = {
             k: v for k, v in exc.extra.items() if isinstance(v, str | int | float)
         }
@@ -110,7 +110,7 @@ def install(app: FastAPI) -> None:
         if wants_html(request):
             from app.routes.reader import error_page
 
-            response = error_page(request, status, title, detail)
+            response = error_page(request, status)
             response.headers.update(headers)
             return _for_readers(request, response)
         return _for_readers(request, problem(status, title, detail, headers=headers))
@@ -128,7 +128,7 @@ def install(app: FastAPI) -> None:
         if wants_html(request):
             from app.routes.reader import error_page
 
-            response = error_page(request, exc.status_code, title, detail)
+            response = error_page(request, exc.status_code)
             response.headers.update(headers or {})
             return _for_readers(request, response)
         return _for_readers(

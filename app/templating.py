@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from app import timefmt, urls
 from app.config import Settings
@@ -90,6 +90,16 @@ def site_fingerprint(settings: Settings, build: str) -> str:
 
 class StaticAssets(StaticFiles):
     """Static files: a year and `immutable` when the URL carries the file's current hash."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            # Answered as GET: Starlette's FileResponse sends no body for HEAD, so the gzip
+            # middleware around the app had nothing to compress, and HEAD named the file's own
+            # length with no Content-Encoding or Vary where GET sends the gzipped file (RFC
+            # 9110 section 9.3.2: the headers GET would have). The server drops the body of
+            # a HEAD's answer (its scope still says HEAD).
+            scope = {**scope, "method": "GET"}
+        await super().__call__(scope, receive, send)
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)

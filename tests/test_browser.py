@@ -143,6 +143,34 @@ def test_pages_fit_and_screenshots(browser: Browser, site: dict[str, str], width
         page.close()
 
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_missing_essays_page_reads_plainly_and_leads_on(
+    browser: Browser, site: dict[str, str], live_server: LiveServer, width: str
+) -> None:
+    """A permalink with a mistyped number, as a reader sees it: plain words (it showed "Error
+    404" above them), no sideways scroll, and a search box holding the link's words that finds
+    the essay in one click."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    w, h = WIDTHS[width]
+    page = browser.new_page(viewport={"width": w, "height": h})
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text))
+    slug = site["essay"].rsplit("/", 1)[1]
+    response = page.goto(f"{live_server.url}/read/99999/{slug}")
+    assert response is not None and response.status == 404
+    assert no_horizontal_scroll(page)
+    page.screenshot(path=str(SHOTS / f"error-404-{width}.png"), full_page=True)
+    seen = page.locator("main").inner_text()
+    assert seen.split("\n")[0] == "This essay doesn’t exist"
+    assert "404" not in seen and "error" not in seen.lower()
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_url("**/search?q=*")
+    found = page.get_by_role("link", name="The Selloff Is Real, But It's Not a Regime Signal Yet")
+    assert found.get_attribute("href") == site["essay"].removeprefix(live_server.url)
+    assert not [text for text in refused if "Content Security Policy" in text], refused
+    page.close()
+
+
 def test_dark_theme_follows_the_system(browser: Browser, site: dict[str, str]) -> None:
     context = browser.new_context(color_scheme="dark", viewport={"width": 390, "height": 844})
     page = context.new_page()

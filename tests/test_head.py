@@ -2,16 +2,26 @@
 
 Every GET route of the app is listed in EXAMPLES with the requests that exercise it (found,
 missing, withdrawn, refused), so a new GET route fails `test_every_get_route_has_examples`
-until it is listed here, and then `test_head_answers_like_get` checks it.
+until it is listed here, and then `test_head_answers_like_get` checks it, in the app and
+through `workshop serve`, with and without gzip.
 """
+
+from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer, one_published_one_withdrawn
+from conftest import (
+    as_if_written_a_minute_ago,
+    one_published_one_withdrawn,
+    start_server,
+    stop_server,
+)
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from starlette.routing import Mount
+
+from app.config import Settings
 
 # `{post}`, `{slug}`: a published essay; `{gone}`, `{gone_slug}`: a withdrawn one.
 EXAMPLES: dict[str, list[str]] = {
@@ -61,11 +71,30 @@ EXAMPLES: dict[str, list[str]] = {
 # Headers that differ from one request to the next, whatever the method.
 PER_REQUEST = {"date", "x-request-id"}
 ACCEPTS = ("text/html", "application/json", "*/*")
+# Compressed (Starlette's gzip middleware, stored essay pages) or not, every answer above 500
+# bytes: a HEAD must name the GET's encoding, length and Vary either way.
+ENCODINGS = ("gzip", "identity")
 
 
 def _essays(engine: Engine) -> dict[str, object]:
     post, gone = one_published_one_withdrawn(engine)
+    as_if_written_a_minute_ago(engine)  # feeds send Last-Modified to both requests alike
     return {"post": post.id, "slug": post.slug, "gone": gone.id, "gone_slug": gone.slug}
+
+
+def _examples(values: dict[str, object]) -> list[str]:
+    return [example.format(**values) for route in sorted(EXAMPLES) for example in EXAMPLES[route]]
+
+
+def _shown(response: httpx.Response, path: str) -> list[tuple[str, str]]:
+    """The headers a HEAD must repeat from its GET (RFC 9110 section 9.3.2), every value of
+    each: all but those made per request, and the message framing. Transfer-Encoding is how
+    one message's bytes are sent (a streamed sitemap's GET goes chunked), which a HEAD, with
+    no content, need not name (RFC 9112 section 6.1); Content-Length is compared."""
+    skipped = PER_REQUEST | {"transfer-encoding"}
+    if path == "/metrics":  # the counts move between the two requests, and so the length
+        skipped |= {"content-length"}
+    return sorted((k, v) for k, v in response.headers.multi_items() if k not in skipped)
 
 
 def test_every_get_route_has_examples(app) -> None:  # type: ignore[no-untyped-def]
@@ -82,44 +111,52 @@ def test_every_get_route_has_examples(app) -> None:  # type: ignore[no-untyped-d
 def test_head_answers_like_get(uncached_client: TestClient, engine: Engine, route: str) -> None:
     # The response cache answers a HEAD from the GET it stores, which hid that FastAPI's
     # routes answer only the methods they name: HEAD of /api/v1/posts was 405 whenever the
-    # cache was off or stepped aside (a request carrying a token or a cookie).
+    # cache was off or stepped aside (a request carrying a token or a cookie). A static file's
+    # HEAD named the file's own length, and no Content-Encoding or Vary, where its GET sent it
+    # gzipped: Starlette's FileResponse sends no body for HEAD, so the gzip middleware had
+    # nothing to compress.
     values = _essays(engine)
     for example in EXAMPLES[route]:
         path = example.format(**values)
         for accept in ACCEPTS:
-            got = uncached_client.get(path, headers={"Accept": accept})
-            head = uncached_client.head(path, headers={"Accept": accept})
-            assert (head.status_code, head.content) == (got.status_code, b""), (path, accept)
-            names = set(got.headers) - PER_REQUEST
-            if path.startswith("/static/"):
-                # A file's HEAD sends no body for the gzip middleware to compress: it names the
-                # file's own length and no Content-Encoding (Starlette's FileResponse).
-                names -= {"content-length", "content-encoding", "vary"}
-            else:
-                assert set(head.headers) - PER_REQUEST == names, (path, accept)
-            if path == "/metrics":  # the counts move between the two requests
-                names.discard("content-length")
-            for name in names:
-                assert head.headers[name] == got.headers[name], (path, accept, name)
+            for encoding in ENCODINGS:
+                asked = {"Accept": accept, "Accept-Encoding": encoding}
+                got = uncached_client.get(path, headers=asked)
+                head = uncached_client.head(path, headers=asked)
+                assert (head.status_code, head.content) == (got.status_code, b""), (path, asked)
+                assert _shown(head, path) == _shown(got, path), (path, asked)
 
 
-def test_head_through_the_server(engine: Engine, token: str, live_server: LiveServer) -> None:
-    """`workshop serve` answers HEAD through its front door (cache hits, stored pages) and
-    through ASGI (everything else, here the API with the engine's token): never a body."""
+@pytest.mark.parametrize("response_cache", ["true", "false"])
+def test_head_answers_like_get_through_the_server(
+    engine: Engine, settings: Settings, token: str, tmp_path: Path, response_cache: str
+) -> None:
+    """`workshop serve` answers HEAD with GET's headers wherever the answer comes from: its
+    front door (stored essay pages, response-cache hits), the cache filling itself from the
+    GET a HEAD stands for, or the app through ASGI (static files, operator endpoints, a
+    request with the engine's token, everything when the cache is off). Never a body."""
     values = _essays(engine)
     bearer = {"Authorization": f"Bearer {token}"}
-    for example, headers in [
-        ("/api/v1/posts", bearer),
-        ("/api/v1/posts/{post}", bearer),
-        ("/api/v1/posts/{gone}", bearer),
-        ("/api/v1/posts", {}),
-        ("/read/{post}/{slug}", {}),
-        ("/", {}),
-    ]:
-        url = live_server.url + example.format(**values)
-        for _ in range(2):  # the second from the response cache, where one may answer
-            got = httpx.get(url, headers=headers)
-            head = httpx.head(url, headers=headers)
-            assert (head.status_code, head.content) == (got.status_code, b""), url
-            assert head.headers["content-length"] == got.headers["content-length"], url
-            assert head.headers.get("etag") == got.headers.get("etag"), url
+    personal = [(path, bearer) for path in _examples(values) if path.startswith("/api/")]
+    requests = [(path, {}) for path in _examples(values)] + personal
+    server = start_server(settings, tmp_path, WORKSHOP_RESPONSE_CACHE=response_cache)
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            for path, headers in requests:
+                for accept in ACCEPTS:
+                    for encoding in ENCODINGS:
+                        asked = {**headers, "Accept": accept, "Accept-Encoding": encoding}
+                        first = client.head(path, headers=asked)  # a cache miss, if cached
+                        got = client.get(path, headers=asked)
+                        head = client.head(path, headers=asked)  # as the GET was answered
+                        for answer in (first, head):
+                            assert (answer.status_code, answer.content) == (
+                                got.status_code,
+                                b"",
+                            ), (path, asked)
+                        assert _shown(head, path) == _shown(got, path), (path, asked)
+                        # The first HEAD was a miss where the GET was a hit: all else alike.
+                        missed = [(k, v) for k, v in _shown(first, path) if k != "x-cache"]
+                        assert missed == [(k, v) for k, v in _shown(got, path) if k != "x-cache"]
+    finally:
+        stop_server(server)

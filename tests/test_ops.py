@@ -1,6 +1,7 @@
 """Operator endpoints and observability: health, readiness, metrics, request ids, 503s."""
 
 import httpx
+import lxml.html
 from conftest import add_post
 
 
@@ -66,7 +67,11 @@ def test_a_refused_method_is_named_with_every_method_the_path_answers(client) ->
     assert page.status_code == 405
     assert page.headers["allow"] == "GET, HEAD"
     assert page.headers["content-type"].startswith("text/html")
-    assert "PUT is not allowed here; allowed: GET, HEAD" in page.text
+    # A reader is told in plain words (tests/test_reader.py), and led to the page itself.
+    doc = lxml.html.fromstring(page.text)
+    assert ("Go to the page", "/archive") in [
+        (a.text_content(), a.get("href")) for a in doc.iter("a")
+    ]
 
 
 def test_metrics_and_logs_from_a_real_server(engine, live_server) -> None:
@@ -101,8 +106,17 @@ def test_database_down_is_503_with_retry_after(tmp_path) -> None:
     with TestClient(app) as client:
         api = client.get("/read/1/x")
         assert api.status_code == 503 and api.headers["retry-after"] == "5"
-        page = client.get("/", headers={"accept": "text/html"})
-        assert page.status_code == 503 and "<html" in page.text
+        page = client.get("/?before=x", headers={"accept": "text/html"})
+        assert page.status_code == 503 and page.headers["retry-after"] == "5"
+        # In a reader's words ("Service unavailable", "the database is unavailable; retry
+        # shortly" was the API's problem), with the same page to try again.
+        doc = lxml.html.fromstring(page.text)
+        assert [h.text_content() for h in doc.xpath("//main//h1")] == [
+            "This page can’t be shown right now"
+        ]
+        assert "database" not in doc.xpath("//main")[0].text_content()
+        links = [(a.text_content(), a.get("href")) for a in doc.xpath("//main//a")]
+        assert links[0] == ("Try again", "/?before=x")
     logging.getLogger("workshop.errors").removeHandler(capture)
     # Each one is logged with its cause: a data error mistaken for an outage must be visible.
     assert len(logged) == 2 and all(r.exc_info and r.levelname == "ERROR" for r in logged)

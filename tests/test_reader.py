@@ -9,6 +9,7 @@ import lxml.html
 import pytest
 from conftest import SITE_URL, add_post, one_published_one_withdrawn, sample_input
 from fastapi.testclient import TestClient
+from htmlcheck import executable_parts
 from sqlalchemy import Engine, event
 
 from app import browse, db, posts
@@ -343,35 +344,125 @@ def test_redirects_and_errors(client: TestClient, engine: Engine) -> None:
     assert page(client, "/").xpath("//ol[@class='entries']/li") == []
 
 
+# What an error page must not show a reader: status codes, HTTP's words, the API's detail.
+JARGON = re.compile(
+    r"\b(error|[1-5][0-9]{2}|not found|method|allowed|GET|HEAD|PUT|cursor|database|post id)\b",
+    re.IGNORECASE,
+)
+
+
+def reader_sees(doc: lxml.html.HtmlElement) -> str:
+    """The error page's text as a reader sees it (the main content, in order), checked for the
+    ways on every error page offers: a search box, the newest essays and the archive."""
+    seen = " ".join(doc.xpath("//main")[0].text_content().split())
+    assert not JARGON.search(seen), seen
+    form = doc.xpath("//main//form[@role='search']")
+    assert len(form) == 1 and form[0].get("action") == "/search" and form[0].get("method") == "get"
+    assert form[0].xpath(".//input[@name='q']/@id") == form[0].xpath(".//label/@for") == ["q"]
+    assert {"/", "/archive"} <= set(hrefs(doc, "//main//a"))
+    return seen
+
+
 @pytest.mark.parametrize(
-    ("path", "heading", "detail"),
+    ("method", "path", "heading", "detail"),
     [
-        ("/read/99999/x", "This essay doesn't exist", "no post with id 99999"),
-        ("/read/99999", "This essay doesn't exist", "no post with id 99999"),
-        ("/read/abc", "This essay doesn't exist", "no essay 'abc'"),
-        ("/cycle/5", "This essay doesn't exist", "no essay for cycle 5"),
-        ("/read/{gone}/{slug}", "This essay was withdrawn", "essay {gone} was withdrawn"),
-        ("/cycle/901", "This essay was withdrawn", "essay {gone} (cycle 901) was withdrawn"),
-        ("/tags/nope", "Nothing at this address", "no tag 'nope'"),
-        ("/stories/nope", "Nothing at this address", "no story 'nope'"),
-        ("/archive/2026/13", "Nothing at this address", "no archive for 2026-13"),
-        ("/nowhere", "Nothing at this address", "Not Found"),
+        ("GET", "/read/99999/x", "This essay doesn’t exist", "no post with id 99999"),
+        ("GET", "/read/99999", "This essay doesn’t exist", "no post with id 99999"),
+        ("GET", "/read/abc", "This essay doesn’t exist", "no essay 'abc'"),
+        ("GET", "/cycle/5", "This essay doesn’t exist", "no essay for cycle 5"),
+        ("GET", "/read/{gone}/{slug}", "This essay was withdrawn", "essay {gone} was withdrawn"),
+        (
+            "GET",
+            "/cycle/901",
+            "This essay was withdrawn",
+            "essay {gone} (cycle 901) was withdrawn",
+        ),
+        ("GET", "/tags/nope", "This page doesn’t exist", "no tag 'nope'"),
+        ("GET", "/stories/nope", "This page doesn’t exist", "no story 'nope'"),
+        ("GET", "/archive/2026/13", "This page doesn’t exist", "no archive for 2026-13"),
+        ("GET", "/nowhere", "This page doesn’t exist", "Not Found"),
+        ("GET", "/static/nope.css", "This page doesn’t exist", "Not Found"),
+        (
+            "GET",
+            "/?before=not-a-cursor",
+            "This page of the list doesn’t exist",
+            "the page link is not valid; start from the first page",
+        ),
+        (
+            "PUT",
+            "/archive",
+            "This page can only be read",
+            "PUT is not allowed here; allowed: GET, HEAD",
+        ),
     ],
 )
 def test_error_pages_speak_to_readers_and_problems_to_api_clients(
-    client: TestClient, engine: Engine, path: str, heading: str, detail: str
+    client: TestClient, engine: Engine, method: str, path: str, heading: str, detail: str
 ) -> None:
     _, gone = one_published_one_withdrawn(engine)
     path = path.format(gone=gone.id, slug=gone.slug)
-    problem = client.get(path, headers={"Accept": "application/problem+json"})
+    problem = client.request(method, path, headers={"Accept": "application/problem+json"})
     assert problem.headers["content-type"] == "application/problem+json"
     assert problem.json()["detail"] == detail.format(gone=gone.id)
-    doc = page(client, path, status=problem.status_code)
+    response = client.request(method, path, headers=HTML)
+    assert response.status_code == problem.status_code  # the status is kept, only not shown
+    assert response.headers["content-type"].startswith("text/html")
+    doc = lxml.html.fromstring(response.text)
     assert texts(doc, "//main//h1") == [heading]
     assert texts(doc, "//title")[0].startswith(heading)
-    # The page's paragraph was the API's detail ("no post with id 99999").
-    assert problem.json()["detail"] not in texts(doc, "//main")[0]
-    assert {"/", "/archive"} <= set(hrefs(doc, "//main//a"))
+    # The page showed "Error 404" above the heading, and a 400's or 405's paragraph was the
+    # API's detail ("PUT is not allowed here; allowed: GET, HEAD").
+    seen = reader_sees(doc)
+    assert seen.startswith(heading)
+    assert problem.json()["detail"] not in seen
+
+
+@pytest.mark.parametrize(
+    ("path", "link", "target"),
+    [
+        ("/?after=not-a-cursor", "Start from the first page", "/"),
+        ("/tags/qqq?before=not-a-cursor", "Start from the first page", "/tags/qqq"),
+        ("/archive/2026/04?after=not-a-cursor", "Start from the first page", "/archive/2026/04"),
+        (
+            "/stories/narrow-leadership?before=x",
+            "Start from the first page",
+            "/stories/narrow-leadership",
+        ),
+    ],
+)
+def test_a_broken_page_link_leads_to_the_lists_first_page(
+    client: TestClient, engine: Engine, path: str, link: str, target: str
+) -> None:
+    add_post(engine)
+    doc = page(client, path, status=400)
+    reader_sees(doc)
+    assert [(a.text_content(), a.get("href")) for a in doc.xpath("//main//p/a")][0] == (
+        link,
+        target,
+    )
+
+
+def test_a_missing_essays_search_box_holds_the_words_of_its_link(
+    client: TestClient, engine: Engine
+) -> None:
+    """A permalink whose number was mistyped or cut short still names the essay: its slug's
+    words wait in the search box, a click from the essay."""
+    add_post(engine)
+    doc = page(client, "/read/99999/breadth-is-thinning-under-a-calm-index", status=404)
+    reader_sees(doc)
+    assert doc.xpath("//main//input[@name='q']/@value") == [
+        "breadth is thinning under a calm index"
+    ]
+    hostile = '/read/99999/"><svg onload=alert(1)><img src=x onerror=alert(2)>'
+    response = client.get(hostile, headers=HTML)
+    assert response.status_code == 404
+    assert executable_parts(response.text, {"link", "meta", "form"}) == []
+    doc = lxml.html.fromstring(response.text)
+    assert doc.xpath("//main//input[@name='q']/@value") == [
+        "svg onload alert 1 img src x onerror alert 2"
+    ]
+    for path in ("/read/99999", "/cycle/5", "/tags/breadth-words"):  # no essay's words in it
+        assert page(client, path, status=404).xpath("//main//input[@name='q']/@value") == [""]
 
 
 def test_the_cycle_of_a_withdrawn_essay_is_gone_as_its_page_is(
@@ -503,7 +594,10 @@ def test_cursor_out_of_range_is_a_clear_400(client: TestClient, engine: Engine, 
             response = client.get(path, params={direction: _cursor(raw)}, headers=HTML)
             assert response.status_code == 400, (path, direction, response.status_code)
             doc = lxml.html.fromstring(response.text)
-            assert any("page link" in t for t in texts(doc, "//main//p"))
+            assert texts(doc, "//main//h1") == ["This page of the list doesn’t exist"]
+            assert ("Start from the first page", path) in [
+                (a.text_content(), a.get("href")) for a in doc.xpath("//main//a")
+            ]
     response = client.get("/api/v1/posts", params={"cursor": _cursor(raw)})
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "cursor"

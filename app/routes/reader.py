@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -23,7 +24,7 @@ from app import browse, derived, essaypage, posts, search
 from app.asgi import at_shutdown
 from app.cache import Answer
 from app.db import SessionDep
-from app.errors import PostGone, PostNotFound
+from app.errors import BadCursor, PostGone, PostNotFound
 from app.urls import post_path
 
 router = APIRouter(include_in_schema=False)
@@ -58,26 +59,59 @@ def render(
     return response
 
 
-def error_page(
-    request: Request, status: int, title: str, detail: str, error: Exception | None = None
-) -> HTMLResponse:
-    """The HTML error page. A 404 or 410 tells a reader in plain words what is missing (and
-    the page links home and to the archive); the precise detail ("no post with id 99999") is
-    for API clients, in the problem+json the same request gets with another Accept."""
-    heading, message = _reader_words(status, error) or (title, detail)
+def error_page(request: Request, status: int, error: Exception | None = None) -> HTMLResponse:
+    """The HTML error page: what went wrong in a reader's words, and the ways on (search, the
+    newest essays, the archive). The status code is the answer's; the page shows none, nor the
+    precise detail ("no post with id 99999"), which is for API clients, in the problem+json
+    the same request gets with another Accept."""
+    heading, message = _reader_words(status, error)
+    retry = None
+    if isinstance(error, BadCursor):  # a list page's cursor: the list itself is there
+        retry = ("Start from the first page", _here(request))
+    elif status == 405:  # sent to, by a form elsewhere: the page itself can be read
+        retry = ("Go to the page", _here(request))
+    elif status >= 500:  # the database is down or full: the same page may answer soon
+        retry = ("Try again", _here(request, with_query=True))
     return render(
-        request, "error.html", status_code=status, status=status, heading=heading, message=message
+        request,
+        "error.html",
+        status_code=status,
+        heading=heading,
+        message=message,
+        retry=retry,
+        guess=_search_guess(request, error) if status < 500 else None,
     )
 
 
-def _reader_words(status: int, error: Exception | None) -> tuple[str, str] | None:
+def _reader_words(status: int, error: Exception | None) -> tuple[str, str]:
     if status == 410:  # only a withdrawn essay is gone
         return "This essay was withdrawn", "It is no longer published here."
     if status == 404 and isinstance(error, PostNotFound):
-        return "This essay doesn't exist", "The link may be mistyped or cut short."
-    if status == 404:
-        return "Nothing at this address", "The link may be mistyped, or the page may have moved."
-    return None
+        return "This essay doesn’t exist", "The link may be mistyped or cut short."
+    if isinstance(error, BadCursor):
+        return "This page of the list doesn’t exist", "The link may be mistyped or cut short."
+    if status == 405:  # a form elsewhere sent something here
+        return "This page can only be read", "It doesn’t take what your browser sent."
+    if status >= 500:
+        return "This page can’t be shown right now", "Please try again in a minute."
+    return "This page doesn’t exist", "The link may be mistyped, or the page may have moved."
+
+
+def _search_guess(request: Request, error: Exception | None) -> str:
+    """The words of a missing essay's slug, put in the page's search box: a link to an essay
+    whose number was mistyped or cut short still names what the reader came for."""
+    matched = _ESSAY_PATH.fullmatch(request.url.path)
+    if not isinstance(error, PostNotFound) or matched is None:
+        return ""
+    return " ".join(re.findall(r"[a-z0-9]+", matched[2].lower()))[:200]
+
+
+def _here(request: Request, with_query: bool = False) -> str:
+    """A link to this request's own path (and query) on this site: percent-encoded, and never
+    `//host/...`, which a browser would take for another site."""
+    link = "/" + quote(request.url.path.lstrip("/"))
+    query = request.url.query
+    return f"{link}?{query}" if with_query and query else link
 
 
 def page_etag(request: Request, version: int) -> str:
