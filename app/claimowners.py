@@ -150,3 +150,18 @@ def _process_lock(engine: Engine) -> int | None:
             return None
         _locks[engine] = (db.forks, conn, key)
         return key
+
+
+def drop_process_lock(engine: Engine) -> None:
+    """End the connection holding this process's lock: once PostgreSQL sees it end, a retry
+    takes over the claims of this process at once (each request still holding one is then
+    fenced off when it commits: it stores nothing). For a claim the process could not release
+    (the database did not answer), which a retry would otherwise wait out for
+    `idempotency.ABANDONED_AFTER`. The next claim takes a new lock."""
+    with _locks_mutex:
+        found = _locks.pop(engine, None)
+    if found is not None and found[0] == db.forks:
+        try:
+            found[1].close()
+        except psycopg.Error:
+            pass
