@@ -25,8 +25,8 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from app import db
-from app.db import PG_CONNECT_TIMEOUT
+from app import db, pgwaits
+from app.pgwaits import PG_CONNECT_TIMEOUT, PG_KEEPALIVES
 
 log = logging.getLogger("workshop.errors")
 
@@ -103,16 +103,6 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-# A silently dropped connection (a NAT or load balancer timing it out while it idles between
-# essays) is found within a minute instead of TCP's fifteen, while claims wait on the mutex.
-_KEEPALIVES = {
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 30_000,
-}
-
 
 def _process_lock(engine: Engine) -> int | None:
     """The key of the advisory lock this process holds on the database while it runs; None
@@ -138,12 +128,16 @@ def _process_lock(engine: Engine) -> int | None:
                 except psycopg.OperationalError:
                     found[1].close()
             url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            conn = psycopg.connect(
+            # Its waits are bounded as the pool's (`app/pgwaits.py`): claims wait on the mutex.
+            # Keepalives: idle between essays, a connection silently dropped (a NAT or load
+            # balancer timing it out) is found within a minute instead of TCP's fifteen.
+            conn = pgwaits.connect(
+                pgwaits.stall_of(engine),
                 url,
                 autocommit=True,
                 application_name="workshop claims",
                 connect_timeout=PG_CONNECT_TIMEOUT,
-                **_KEEPALIVES,  # type: ignore[arg-type]
+                **PG_KEEPALIVES,
             )
             # Random, so that no other process (on any host) has it; if one does, another.
             key = secrets.randbits(63)
@@ -156,3 +150,18 @@ def _process_lock(engine: Engine) -> int | None:
             return None
         _locks[engine] = (db.forks, conn, key)
         return key
+
+
+def drop_process_lock(engine: Engine) -> None:
+    """End the connection holding this process's lock: once PostgreSQL sees it end, a retry
+    takes over the claims of this process at once (each request still holding one is then
+    fenced off when it commits: it stores nothing). For a claim the process could not release
+    (the database did not answer), which a retry would otherwise wait out for
+    `idempotency.ABANDONED_AFTER`. The next claim takes a new lock."""
+    with _locks_mutex:
+        found = _locks.pop(engine, None)
+    if found is not None and found[0] == db.forks:
+        try:
+            found[1].close()
+        except psycopg.Error:
+            pass

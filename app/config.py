@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     author: str = "Workshop"
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+    db_timeout_seconds: float = Field(default=10.0, gt=0)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     page_size: int = Field(default=20, ge=1, le=200)

@@ -21,7 +21,9 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from app import pgwaits
 from app.config import Settings
+from app.pgwaits import PG_CONNECT_TIMEOUT, PG_KEEPALIVES
 
 
 def normalize_url(url: str) -> str:
@@ -31,12 +33,6 @@ def normalize_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return url
-
-
-# Seconds to wait for PostgreSQL to accept a connection. libpq's default is to wait as long as
-# the network does (130 s seen behind a stalled proxy): every request, `/readyz` and the CLI hung
-# that long, where a clear 503 (or error) after a few seconds is what an operator can act on.
-PG_CONNECT_TIMEOUT = 5
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -52,13 +48,15 @@ def make_engine(settings: Settings) -> Engine:
         _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
         _write_queues[engine] = (threading.Lock(), timeout)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT},
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT, **PG_KEEPALIVES},
     )
+    pgwaits.install(engine, settings.db_timeout_seconds)  # no wait for an answer is endless
+    return engine
 
 
 def _open_existing(path: Path, timeout: float) -> sqlite3.Connection:

@@ -236,7 +236,13 @@ def run(
     except BaseException:
         # Deletes only a claim still in flight: if the write committed its answer, that stays;
         # if the commit failed after the answer was recorded, the claim is freed for a retry.
-        release(engine, claimed)
+        try:
+            release(engine, claimed)
+        except Exception:
+            # The database did not answer (down, or stalled: `app/pgwaits.py`), so the claim
+            # stays in flight under this live process: its retry would get 409 until
+            # ABANDONED_AFTER. Without this process's lock, the retry takes it over at once.
+            claimowners.drop_process_lock(engine)
         raise
     if not completion.recorded:  # the action wrote nothing (e.g. a retry answered 200)
         complete(engine, claimed, answer)

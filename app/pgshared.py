@@ -15,10 +15,14 @@ The connection is driven straight through libpq (`Wire`): its socket stays regis
 event loop and statements are prepared once. psycopg's async `execute` registered and removed
 the socket per query and cost 80 us of a worker's CPU per query against 45 us this way (py-spy:
 the version query was 14% of a PostgreSQL worker answering cache hits).
+
+Each answer is waited for at most the engine's `db_timeout_seconds`; past it the connection is
+given up and every request waiting for it gets `DatabaseStalled` (`app/pgwaits.py`).
 """
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -26,7 +30,14 @@ import psycopg
 from psycopg import pq
 from sqlalchemy import Engine
 
-from app.db import PG_CONNECT_TIMEOUT
+from app.pgwaits import (
+    DEFAULT_TIMEOUT,
+    PG_CONNECT_TIMEOUT,
+    PG_KEEPALIVES,
+    Stall,
+    connect_async,
+    stall_of,
+)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -37,7 +48,7 @@ class Wire:
     """One autocommit PostgreSQL connection, driven through libpq from the event loop that
     opened it. One statement at a time (`SharedReads` asks one query after another)."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], stall: Stall | None = None) -> None:
         self._conn = conn  # psycopg opened it (and keeps the settings); libpq runs the queries
         self._pg = conn.pgconn
         self._pg.nonblocking = 1
@@ -46,6 +57,7 @@ class Wire:
         self._prepared: dict[str, bytes] = {}  # SQL -> name of its prepared statement
         self._waiter: asyncio.Future[None] | None = None
         self._broken: Exception | None = None
+        self._stall = stall or Stall(DEFAULT_TIMEOUT)  # how long an answer may take
         # Called with each NOTIFY payload as it arrives, and once if the connection breaks.
         self.on_notify: Callable[[bytes], None] | None = None
         self.on_broken: Callable[[], None] | None = None
@@ -54,10 +66,16 @@ class Wire:
     @classmethod
     async def open(cls, engine: Engine, name: str = "workshop") -> "Wire":
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await psycopg.AsyncConnection.connect(
-            url, autocommit=True, application_name=name, connect_timeout=PG_CONNECT_TIMEOUT
+        stall = stall_of(engine)
+        conn = await connect_async(
+            stall,
+            url,
+            autocommit=True,
+            application_name=name,
+            connect_timeout=PG_CONNECT_TIMEOUT,
+            **PG_KEEPALIVES,
         )
-        return cls(conn)
+        return cls(conn, stall)
 
     @property
     def usable(self) -> bool:
@@ -68,6 +86,7 @@ class Wire:
     ) -> list[Row]:
         """The rows of `sql` (placeholders $1, $2...) with these parameters (in text format), in
         text format or, with `binary`, in PostgreSQL's binary format (bytea as its bytes)."""
+        self._stall.check()  # while the server answers nothing, fail at once (nothing sent)
         name = self._prepared.get(sql)
         if name is None:
             name = b"w%d" % len(self._prepared)
@@ -81,6 +100,7 @@ class Wire:
 
     async def command(self, sql: str) -> None:
         """Run a statement that returns no rows (`LISTEN channel`), unprepared."""
+        self._stall.check()
         self._pg.send_query(sql.encode())
         await self._result(pq.ExecStatus.COMMAND_OK)
 
@@ -92,38 +112,57 @@ class Wire:
         self._pg.finish()  # what psycopg's close() does; it sees the connection closed
 
     async def _result(self, expected: pq.ExecStatus) -> pq.abc.PGresult:
-        while self._pg.flush():  # 1: the statement is not all sent yet
-            await self._writable()
-        found = error = None
-        while True:
-            while self._pg.is_busy():
-                await self._readable()
-            result = self._pg.get_result()
-            if result is None:  # the statement's results are all read
-                break
-            if result.status == expected:
-                found = result
-            else:
-                message = result.error_message.decode("utf-8", "replace").strip()
-                error = psycopg.DatabaseError(message or f"unexpected status {result.status}")
+        started = time.monotonic()
+        timer = self._loop.call_later(self._stall.timeout, self._time_out, started)
+        try:
+            while self._pg.flush():  # 1: the statement is not all sent yet
+                await self._writable()
+            found = error = None
+            while True:
+                while self._pg.is_busy():
+                    await self._readable()
+                result = self._pg.get_result()
+                if result is None:  # the statement's results are all read
+                    break
+                if result.status == expected:
+                    found = result
+                else:
+                    message = result.error_message.decode("utf-8", "replace").strip()
+                    error = psycopg.DatabaseError(message or f"unexpected status {result.status}")
+        finally:
+            timer.cancel()
+        self._stall.answered()
         if error is not None or found is None:
             raise error or psycopg.DatabaseError("no result")
         return found
+
+    def _time_out(self, started: float) -> None:
+        """The answer took longer than the bound: the connection is given up (half read)."""
+        self._stall.timed_out(started)
+        self._fail(self._stall.timeout_error())
+
+    def _fail(self, exc: Exception) -> None:
+        if self._broken is None:
+            self._broken = exc
+            self._loop.remove_reader(self._fd)
+            if self.on_broken is not None:
+                self.on_broken()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _on_readable(self) -> None:
         try:
             self._pg.consume_input()
         except Exception as exc:  # the server went away
-            self._broken = exc
-            self._loop.remove_reader(self._fd)
-            if self.on_broken is not None:
-                self.on_broken()
-        else:
-            while self.on_notify is not None and (notice := self._pg.notifies()) is not None:
-                self.on_notify(notice.extra)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            self._fail(exc)
+            return
+        while self.on_notify is not None and (notice := self._pg.notifies()) is not None:
+            self.on_notify(notice.extra)
+        self._wake()
 
     async def _readable(self) -> None:
         if self._broken is not None:
@@ -134,17 +173,16 @@ class Wire:
             raise self._broken
 
     async def _writable(self) -> None:
-        ready = self._loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        self._loop.add_writer(self._fd, wake)
+        if self._broken is not None:
+            raise self._broken
+        self._waiter = self._loop.create_future()  # woken by `_wake` too (a timeout)
+        self._loop.add_writer(self._fd, self._wake)
         try:
-            await ready
+            await self._waiter
         finally:
             self._loop.remove_writer(self._fd)
+        if self._broken is not None:
+            raise self._broken
 
 
 Fetch = Callable[[Wire, list[K]], Awaitable[dict[K, V]]]

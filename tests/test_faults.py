@@ -1,5 +1,6 @@
-"""Faults survived, nothing acknowledged lost: a killed worker, a database outage, a held SQLite
-write lock, a full disk. Every refusal is a 503/507 problem with Retry-After, never a 500."""
+"""Faults survived, nothing acknowledged lost: a killed worker, a database outage, a database
+that stops answering, a held SQLite write lock, a full disk. Every refusal is a 503/507 problem
+with Retry-After, never a 500."""
 
 import os
 import shutil
@@ -15,6 +16,7 @@ from glob import glob
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from conftest import (
     IN_CI,
@@ -124,6 +126,32 @@ class PrivatePostgres:
     def stop(self, mode: str = "fast") -> None:
         self._as_postgres(f"{self.bindir}/pg_ctl -D {self.directory}/data -m {mode} -w stop")
 
+    def freeze(self) -> None:
+        """Stop every process of the server (SIGSTOP), as a paused host would: its kernel still
+        accepts connections and acknowledges what is sent, and nothing answers."""
+        postmaster, children = self._processes()
+        os.kill(postmaster, signal.SIGSTOP)  # first: it starts no new backend meanwhile
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        postmaster, children = self._processes()
+        for pid in children:
+            os.kill(pid, signal.SIGCONT)
+        os.kill(postmaster, signal.SIGCONT)
+
+    def _processes(self) -> tuple[int, list[int]]:
+        postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        children = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+            except (OSError, ValueError):
+                continue  # not a process, or it ended meanwhile
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == postmaster:
+                children.append(int(entry.name))
+        return postmaster, children
+
 
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
@@ -146,6 +174,10 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         server.init()
         yield server
     finally:
+        try:
+            server.thaw()  # if a test froze it
+        except (OSError, ValueError):
+            pass  # not running
         try:
             server.stop("immediate")
         except subprocess.CalledProcessError:
@@ -217,6 +249,109 @@ def test_postgres_restart_under_load_is_503_then_served_again(private_postgres, 
         stop_server(host)
     assert not problems, problems
     assert 503 in seen and 500 not in seen
+
+
+# --- PostgreSQL that stops answering ----------------------------------------------------------
+
+
+def test_a_frozen_postgres_is_503_within_the_bound_then_served_again(
+    private_postgres, tmp_path
+) -> None:
+    """The server's processes stopped (SIGSTOP) under established connections: the kernel keeps
+    them open, so nothing but the app's own bound ends a wait (`app/pgwaits.py`). Readers and
+    the engine get 503 with Retry-After instead of waiting without end; a write caught waiting
+    is not acknowledged and not stored, and its retry with the same Idempotency-Key stores it
+    once; after SIGCONT the same process serves again by itself."""
+    settings = test_settings(private_postgres.url)
+    db.upgrade(settings)
+    engine = db.make_engine(settings)
+    headers = {"Authorization": f"Bearer {tokens.create_token(engine, 'engine')}"}
+    post = add_post(engine)
+    engine.dispose()
+    host = start_server(settings, tmp_path, WORKSHOP_DB_TIMEOUT_SECONDS="2")
+    essay = f"{host.url}/read/{post.id}/{post.slug}"
+    html = {"Accept": "text/html"}
+    keyed = {**headers, "Idempotency-Key": "frozen-1"}
+    body = post_json(cycle=None, title="Written While the Database Slept")
+    writer: list[httpx.Response] = []
+    held = psycopg.connect(private_postgres.url)
+    try:
+        # Established connections everywhere: the pool, the event loop's reads, the watcher,
+        # the claims lock.
+        assert httpx.get(essay, headers=html).status_code == 200
+        assert httpx.get(host.url + "/api/v1/posts").status_code == 200
+        warm = post_json(cycle=7000, title="Written Before")
+        keyed_warm = {**headers, "Idempotency-Key": "warm"}
+        assert (
+            httpx.post(host.url + "/api/v1/posts", json=warm, headers=keyed_warm).status_code == 201
+        )
+
+        # A write caught mid-transaction: another writer holds the writers' lock, the server
+        # freezes while this one waits for it.
+        held.execute("SELECT value FROM site_state WHERE name = 'content_version' FOR UPDATE")
+        waiting = threading.Thread(
+            target=lambda: writer.append(
+                httpx.post(host.url + "/api/v1/posts", json=body, headers=keyed, timeout=60)
+            )
+        )
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while not held.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the write never waited for the lock"
+            time.sleep(0.05)
+        private_postgres.freeze()
+        # The write gives up (2 s), and its claim cannot be released either (2 s more). By then
+        # the worker's lease on the content version has ended too (`app/watch.py`): until it
+        # does, pages it holds are still answered from memory, as they should be.
+        waiting.join(60)
+        assert not waiting.is_alive(), "the write is still waiting"
+
+        # Each answers at all, and with 503 (generous: the bound is 2 s, a connection 5 s).
+        reader = httpx.get(essay, headers=html, timeout=60)
+        assert reader.headers["content-type"].startswith("text/html")
+        api = httpx.get(host.url + "/api/v1/posts", timeout=60)
+        another = httpx.post(
+            host.url + "/api/v1/posts", json=post_json(cycle=7001), headers=headers, timeout=60
+        )
+        for reply in (reader, api, another, *writer):
+            assert reply.status_code == 503, reply.text
+            assert int(reply.headers["retry-after"]) > 0
+        for reply in (api, another, *writer):
+            assert reply.headers["content-type"] == "application/problem+json"
+        assert httpx.get(host.url + "/readyz", timeout=60).status_code == 503
+        assert httpx.get(host.url + "/healthz", timeout=60).status_code == 200
+
+        private_postgres.thaw()
+        held.rollback()  # the other writer finishes: the frozen write's transaction was dropped
+        deadline = time.monotonic() + 30
+        while httpx.get(essay, headers=html).status_code != 200:
+            assert time.monotonic() < deadline, "not served again after the server woke"
+            time.sleep(0.2)
+        assert httpx.get(host.url + "/api/v1/posts").status_code == 200
+        assert httpx.get(host.url + "/readyz").status_code == 200
+
+        # The engine retries with the same key: stored once (at once, not after the minute a
+        # claim of a live process is otherwise kept), and the answer replayed after that.
+        deadline = time.monotonic() + 30
+        retried = engine_post([host.url], body, keyed)
+        while retried.status_code == 409 and "retry-after" in retried.headers:
+            assert time.monotonic() < deadline, retried.text
+            time.sleep(int(retried.headers["retry-after"]))
+            retried = engine_post([host.url], body, keyed)
+        assert retried.status_code == 201, retried.text
+        replayed = engine_post([host.url], body, keyed)
+        assert replayed.headers.get("idempotent-replayed") == "true"
+        assert replayed.json()["id"] == retried.json()["id"]
+        assert host.process.poll() is None  # the same process throughout
+    finally:
+        held.close()
+        stop_server(host)
+    with psycopg.connect(private_postgres.url) as conn:
+        stored = conn.execute("SELECT cycle, title FROM posts ORDER BY id").fetchall()
+    # The refused POST of cycle 7001 stored nothing; the keyed one is there once.
+    assert stored == [(900, post.title), (7000, "Written Before"), (None, body["title"])]
 
 
 # --- SQLite: a held write lock, a full disk ---------------------------------------------------

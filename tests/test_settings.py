@@ -33,6 +33,7 @@ def test_environment_beats_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     [
         ("timezone", "Mars/Olympus_Mons"),
         ("page_size", 0),
+        ("db_timeout_seconds", 0),
         ("max_body_bytes", 10),
         ("site_url", "example.com"),  # no scheme
         ("site_url", 'https://example.com/"onload="x'),  # would break out of an attribute
