@@ -140,7 +140,8 @@ def create_app(settings: Settings | None = None) -> Workshop:
     app.include_router(feeds.router)
     websub.install(app)  # pings the WebSub hub after each write, when one is configured
     app.add_route("/metrics", metrics_response, include_in_schema=False)
-    app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
+    static = StaticAssets(directory=str(files("app.static")), compress_from=GZIP["minimum_size"])
+    app.mount("/static", static, name="static")
     # Request log -> stored essay pages (answered before anything else) -> response cache
     # (answers before FastAPI) -> FastAPI's own stack -> body gate -> gzip -> routes. (Of
     # `add_middleware`, the last added runs first.)
