@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import lxml.html
+import pytest
 import uvicorn
 from conftest import SITE_URL, free_port, test_settings
 from fastapi.templating import Jinja2Templates
@@ -180,15 +181,21 @@ def test_a_broken_error_page_still_answers_in_words(settings: Settings, tmp_path
 class FrontDoorFails:
     """The site behind a front door that raises (the test's own, standing for a bug in the
     app's): `workshop serve`'s protocol asks it first, then answers through ASGI, where the
-    site itself answers."""
+    site itself answers. `later`: it raises in the read it gives to await (PostgreSQL's way
+    with a stored page the worker does not keep), not when asked."""
 
-    def __init__(self, app: Workshop) -> None:
-        self.app = app
+    def __init__(self, app: Workshop, later: bool) -> None:
+        self.app, self.later = app, later
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
 
-    def front_door(self, method: str, path: str, query: bytes, headers: Any) -> None:
+    def front_door(self, method: str, path: str, query: bytes, headers: Any) -> Any:
+        if self.later:
+            return self._read()
+        raise RuntimeError(SECRET)
+
+    async def _read(self) -> None:
         raise RuntimeError(SECRET)
 
 
@@ -213,12 +220,13 @@ def serving(app: Any) -> Iterator[str]:
         thread.join(30)
 
 
+@pytest.mark.parametrize("later", [False, True], ids=["when-asked", "in-its-read"])
 def test_a_front_door_that_raises_is_logged_once_under_the_answers_id(
-    settings: Settings,
+    settings: Settings, later: bool
 ) -> None:
     site = _with_failing_routes(settings)
     with logged("workshop.errors") as records, logged("uvicorn.error") as uvicorn_records:
-        with serving(FrontDoorFails(site)) as url, httpx.Client(base_url=url) as client:
+        with serving(FrontDoorFails(site, later)) as url, httpx.Client(base_url=url) as client:
             # The front door fails; the ASGI way answers, under the same request id.
             named = client.get("/healthz", headers={"X-Request-ID": "r-front"})
             made = client.get("/healthz")
