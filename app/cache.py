@@ -444,7 +444,7 @@ def _not_modified(
             since = parsedate_to_datetime(if_modified_since.decode("latin-1"))
             modified = parsedate_to_datetime(entry.last_modified.decode("latin-1"))
             return modified <= since
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # (a number past a C int: unparseable)
             return False
     return False
 

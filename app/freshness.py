@@ -93,7 +93,7 @@ def is_fresh(headers: Mapping[str, str], state: ContentState, path: str, site: s
     if if_modified_since:
         try:
             since = parsedate_to_datetime(if_modified_since)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # Overflow: year 10**11
             return False  # an unparseable date is ignored, as the RFC says
         if since.tzinfo is None:
             since = since.replace(tzinfo=UTC)

@@ -12,10 +12,10 @@ from collections.abc import Coroutine
 from importlib.resources import files
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import pagestore, problems, websub
 from app.bodygate import BodyGate
@@ -95,6 +95,13 @@ class Workshop(RequestLogMiddleware):
             return None
         return _counted(method, path, reader.ESSAY_ROUTE, headers, start, answer)
 
+    async def unexpected(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The answer to a request that raised outside FastAPI (the stored pages, the response
+        cache), as FastAPI answers one that raised inside it: the site's error page or a
+        problem."""
+        response = problems.unexpected_error(Request({**scope, "app": self.fastapi}))
+        await response(scope, receive, send)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fastapi, name)
 
@@ -133,7 +140,8 @@ def create_app(settings: Settings | None = None) -> Workshop:
     app.include_router(feeds.router)
     websub.install(app)  # pings the WebSub hub after each write, when one is configured
     app.add_route("/metrics", metrics_response, include_in_schema=False)
-    app.mount("/static", StaticAssets(directory=str(files("app.static"))), name="static")
+    static = StaticAssets(directory=str(files("app.static")), compress_from=GZIP["minimum_size"])
+    app.mount("/static", static, name="static")
     # Request log -> stored essay pages (answered before anything else) -> response cache
     # (answers before FastAPI) -> FastAPI's own stack -> body gate -> gzip -> routes. (Of
     # `add_middleware`, the last added runs first.)

@@ -26,7 +26,7 @@ from prometheus_client import (
     multiprocess,
 )
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.asgi import at_shutdown
@@ -51,6 +51,12 @@ _ROUTE_MEMORY = 10_000
 # as OTHER, so a client cannot mint new time series.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _log = logging.getLogger("workshop.access")
+# Tracebacks of what went wrong while answering, one record each, with the request's id.
+_errors = logging.getLogger("workshop.errors")
+# The request's id in its ASGI scope: set by the request log, or by the front door
+# (app/serving.py) when it hands on a request it logged an error for, so that every record and
+# answer of one request names the same id.
+REQUEST_ID = "workshop.request_id"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -139,7 +145,8 @@ def configure_logging(as_json: bool) -> None:
     _log.handlers[:] = [handler]
     _log.setLevel(logging.INFO)
     _log.propagate = False
-    # app/problems.py logs the database errors it answers with 503 here, with their traceback.
+    # Tracebacks: of the database errors app/problems.py answers with 503, of what nothing else
+    # caught (`RequestLogMiddleware`) and of the front door's failures (app/serving.py).
     errors = logging.getLogger("workshop.errors")
     errors_handler = logging.StreamHandler(sys.stderr)
     errors_handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter())
@@ -234,26 +241,67 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id, id_header = request_id_of(scope["headers"])
+        request_id = scope.get(REQUEST_ID)
+        if request_id is None:
+            request_id, id_header = request_id_of(scope["headers"])
+            scope[REQUEST_ID] = request_id  # for the answer to an error (app/problems.py)
+        else:
+            id_header = (b"x-request-id", request_id.encode())
         status = 500
         response_headers: list[tuple[bytes, bytes]] = []
+        started = sent = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_headers
+            nonlocal status, response_headers, started, sent
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 response_headers = message.get("headers", [])
                 message["headers"] = [*response_headers, id_header]
+            elif not message.get("more_body", False):
+                sent = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Logged here, once, with the request's id, and not raised on: uvicorn would log
+            # it again, without the id, and answer in plain text. FastAPI has answered it
+            # already (`problems.unexpected_error`) unless it was raised outside FastAPI (the
+            # stored pages, the response cache). An answer it cut short stays so: uvicorn
+            # then closes the connection, which tells the client that it is incomplete.
+            if not started:
+                outcome = "answered 500"
+            else:
+                outcome = f"answered {status}" if sent else "answer cut short"
+            log_error(exc, outcome, scope["method"], scope["path"], request_id)
+            if not started:
+                await self.unexpected(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or scope.get("workshop.route_label")
             answered(
                 scope["method"], scope["path"], label, status, response_headers, start, request_id
             )
+
+    async def unexpected(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The answer to a request whose app raised before it answered."""
+        await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+
+
+def log_error(exc: BaseException, outcome: str, method: str, path: str, request_id: str) -> None:
+    """One record of an error met while answering a request: its traceback, what the request
+    got instead (`outcome`), and the request's method, path and id."""
+    _errors.error(
+        "%s %s: %s, %s (request %s)",
+        method,
+        path,
+        type(exc).__name__,
+        outcome,
+        request_id,
+        exc_info=exc,
+        extra={"fields": {"method": method, "path": path, "request_id": request_id}},
+    )
 
 
 def request_id_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, tuple[bytes, bytes]]:

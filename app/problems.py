@@ -9,11 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Mount
 
 from app.errors import WorkshopError
 from app.freshness import CACHE_CONTROL
+from app.observability import REQUEST_ID
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("workshop.errors")
@@ -57,6 +58,34 @@ def _for_readers(request: Request, response: Response) -> Response:
     if response.status_code in (404, 410):
         response.headers.setdefault("Cache-Control", CACHE_CONTROL)
     return response
+
+
+def unexpected_error(request: Request) -> Response:
+    """The answer to a request that raised what nothing handles: a reader's error page, or a
+    problem naming the request's id, under which the operator finds the traceback in the log.
+    Nothing of the exception itself (its message, type or traceback) is in it."""
+    if wants_html(request):
+        from app.routes.reader import error_page
+
+        try:
+            response: Response = error_page(request, 500)
+        except Exception:  # the page itself is broken: the reader still gets words, not a crash
+            log.exception("the error page failed; answered 500 with a bare page")
+            response = HTMLResponse(_BARE_ERROR_PAGE, status_code=500)
+    else:
+        request_id = request.scope.get(REQUEST_ID)
+        detail = "an unexpected error stopped this request; it is logged under its request_id"
+        extra = {"request_id": request_id} if request_id else {}
+        response = problem(500, "Internal server error", detail, **extra)
+    response.headers["Cache-Control"] = "no-store"  # a cache must not keep an accident
+    return _for_readers(request, response)
+
+
+_BARE_ERROR_PAGE = (
+    '<!doctype html><html lang="en"><meta charset="utf-8">'
+    "<title>This page can’t be shown right now</title>"
+    "<h1>This page can’t be shown right now</h1><p>Please try again in a minute.</p></html>"
+)
 
 
 def install(app: FastAPI) -> None:
@@ -117,6 +146,12 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(DBAPIError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette's ServerErrorMiddleware sends this answer, then raises `exc` on to the
+        # request log, which logs it once, with the request's id (app/observability.py).
+        return unexpected_error(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -28,7 +28,6 @@ workers, `wrk -t2 -c32`: popular essay 53-57k -> 61-62k requests/s, its 304 58-6
 """
 
 import asyncio
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -37,8 +36,6 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
-
-log = logging.getLogger("workshop.errors")
 
 # What `workshop serve` passes to uvicorn (a string: the workers import it).
 PROTOCOL = "app.serving:OneSendHttpProtocol"
@@ -110,7 +107,10 @@ class OneSendHttpProtocol(HttpToolsProtocol):
     writes the answer, or starts the ASGI request after all. Anything else, and any request
     the front door does not take (not keep-alive, HTTP/1.0, Expect, a percent-encoded path,
     an answer still being written before it, a client not reading), goes the ASGI way as
-    before.
+    before. So does a request whose asking raised (a bug: the stored pages and the cache turn
+    a database's failure into "ask the route"), once its traceback is logged under the id the
+    ASGI way then answers with; if that way raises too, the request log logs it and the reader
+    gets the site's error page (app/observability.py).
     """
 
     _front: "FrontDoor | None" = None
@@ -221,8 +221,8 @@ class OneSendHttpProtocol(HttpToolsProtocol):
         path = raw_path.decode("ascii")
         try:
             found = front(_FRONT_METHODS[method], path, query, self.headers)
-        except Exception:  # the ASGI way answers it, and reports what went wrong
-            log.exception("front door failed: %s %s", method.decode(), path)
+        except Exception as exc:  # the ASGI way answers it
+            self._front_door_failed(exc, self._scope(), method, path)
             return False
         if found is None:
             return False
@@ -236,6 +236,19 @@ class OneSendHttpProtocol(HttpToolsProtocol):
         self._write_answer(found)
         self.on_response_complete()  # counts it, arms the keep-alive timer
         return True
+
+    def _front_door_failed(self, exc: Exception, scope: Any, method: bytes, path: str) -> None:
+        """Log what went wrong at the front door, with the id the request's answer will carry:
+        the ASGI way, which answers it instead, is handed that id in the request's scope. (If
+        the ASGI way fails too, its error is logged under the same id.)"""
+        # Imported here: app.observability makes the Prometheus metrics, which must be made
+        # after `workshop serve` has pointed them at its folder (PROMETHEUS_MULTIPROC_DIR), and
+        # `workshop serve` imports this module before it does.
+        from app.observability import REQUEST_ID, log_error, request_id_of
+
+        request_id, _ = request_id_of(self.headers)
+        scope[REQUEST_ID] = request_id
+        log_error(exc, "answered the ASGI way", method.decode(), path, request_id)
 
     def _write_answer(self, answer: "Answer") -> None:
         status, headers, body = answer
@@ -261,8 +274,8 @@ class OneSendHttpProtocol(HttpToolsProtocol):
     ) -> None:
         try:
             answer = await reading
-        except Exception:  # the ASGI way answers it, and reports what went wrong
-            log.exception("front door failed: %s %s", method.decode(), path)
+        except Exception as exc:  # the ASGI way answers it
+            self._front_door_failed(exc, awaited.scope, method, path)
             answer = None
         if awaited.disconnected:  # nobody to answer
             awaited.response_complete = True

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -13,8 +14,9 @@ from urllib.parse import urlencode
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app import timefmt, urls
 from app.config import Settings
@@ -89,17 +91,63 @@ def site_fingerprint(settings: Settings, build: str) -> str:
 
 
 class StaticAssets(StaticFiles):
-    """Static files: a year and `immutable` when the URL carries the file's current hash."""
+    """Static files: a year and `immutable` when the URL carries the file's current hash, and
+    validators that tell the gzipped file from the plain one.
+
+    The gzip middleware around the app (app/main.py) compresses every answer of at least
+    `compress_from` bytes to a client that accepts gzip, and names `Vary: Accept-Encoding` on
+    every answer that long, compressed or not. The gzipped file is a representation of its own:
+    its ETag is Starlette's strong one (of the file's time and size) weakened, as nginx does when
+    it compresses, since a strong validator must change with the bytes (RFC 9110 section 8.8.3).
+    """
+
+    def __init__(self, *, directory: str, compress_from: int) -> None:
+        super().__init__(directory=directory)
+        self.compress_from = compress_from
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD":
-            # Answered as GET: Starlette's FileResponse sends no body for HEAD, so the gzip
-            # middleware around the app had nothing to compress, and HEAD named the file's own
-            # length with no Content-Encoding or Vary where GET sends the gzipped file (RFC
-            # 9110 section 9.3.2: the headers GET would have). The server drops the body of
-            # a HEAD's answer (its scope still says HEAD).
-            scope = {**scope, "method": "GET"}
+        if scope["type"] == "http":
+            if scope["method"] == "HEAD":
+                # Answered as GET: Starlette's FileResponse sends no body for HEAD, so the gzip
+                # middleware around the app had nothing to compress, and HEAD named the file's
+                # own length with no Content-Encoding or Vary where GET sends the gzipped file
+                # (RFC 9110 section 9.3.2: the headers GET would have). The server drops the
+                # body of a HEAD's answer (its scope still says HEAD).
+                scope = {**scope, "method": "GET"}
+            if _accepts_gzip(scope):
+                send = self._weakened_when_compressed(send)
         await super().__call__(scope, receive, send)
+
+    def _weakened_when_compressed(self, send: Send) -> Send:
+        """`send`, weakening the ETag of a whole file the gzip middleware will compress. Told
+        from the answer itself: a range of the file (206) is sent as it is, and a Range that
+        FileResponse does not honour (an If-Range of another version, too many ranges) gets
+        the whole file, compressed."""
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                headers = MutableHeaders(raw=message["headers"])
+                length = headers.get("content-length", "")
+                if length.isdigit() and int(length) >= self.compress_from:
+                    headers["etag"] = _weak(headers["etag"])
+            await send(message)
+
+        return sending
+
+    def file_response(
+        self, full_path: Any, stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        # Starlette's If-None-Match check compares the file's strong ETag with the request's
+        # tags stripped of `W/` (the weak comparison GET asks for): either ETag answers 304.
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if response.status_code == 304 and stat_result.st_size >= self.compress_from:
+            # The 304 stands for the 200 it spares and carries its validator and Vary (RFC
+            # 9110 section 15.4.5). The gzip middleware names Vary only on a body long enough
+            # to compress, and a 304 has none: a cache could have kept it for either encoding.
+            response.headers.add_vary_header("Accept-Encoding")
+            if _accepts_gzip(scope):
+                response.headers["etag"] = _weak(response.headers["etag"])
+        return response
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
@@ -113,6 +161,15 @@ class StaticAssets(StaticFiles):
             fresh = current is not None and f"v={current}" in query.split("&")
             response.headers["Cache-Control"] = IMMUTABLE if fresh else STATIC_REVALIDATE
         return response
+
+
+def _accepts_gzip(scope: Scope) -> bool:
+    """Whether the gzip middleware compresses the answer: its own test of the request."""
+    return "gzip" in Headers(scope=scope).get("accept-encoding", "")
+
+
+def _weak(etag: str) -> str:
+    return etag if etag.startswith("W/") else f"W/{etag}"
 
 
 def json_script(value: Any) -> Markup:

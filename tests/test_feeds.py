@@ -475,6 +475,29 @@ def test_stale_validators_get_the_full_document(
         assert client.get("/feed.xml", headers={"If-None-Match": tags}).status_code == 304
 
 
+@pytest.mark.parametrize(
+    "since",
+    [
+        "Mon, 01 Jan 99999999999 00:00:00 GMT",
+        "Mon, 01 Jan 2024 99999999999:00:00 GMT",
+        "Mon, 01 Jan 2024 00:00:00 +9999999999999999",
+    ],
+)
+def test_a_date_past_any_calendar_is_ignored_like_any_bad_date(
+    client: TestClient, uncached_client: TestClient, essays: list[posts.Post], since: str
+) -> None:
+    """An If-Modified-Since that no datetime can hold raised OverflowError where a bad date
+    raises ValueError: a 500 from the response cache (at `workshop serve`'s front door too)
+    and, with the cache off, from the feed's route. It is ignored, as any date that does not
+    parse (RFC 9110 section 13.1.3): the whole feed."""
+    for asking in (client, uncached_client):
+        first = asking.get("/feed.xml")  # with the cache on, answered from memory after this
+        assert first.headers["last-modified"]  # so that the date is read and compared
+        answer = asking.get("/feed.xml", headers={"If-Modified-Since": since})
+        assert answer.status_code == 200
+        assert [entry["id"] for entry in parse(answer)] == [entry["id"] for entry in parse(first)]
+
+
 def test_feed_etags_are_weak_as_the_bytes_differ_by_encoding(
     client: TestClient, essays: list[posts.Post]
 ) -> None:

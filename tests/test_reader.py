@@ -792,6 +792,69 @@ def test_gzip_and_static_cache_busting(client: TestClient, engine: Engine) -> No
     assert "immutable" not in client.get(href.split("?")[0] + "?v=stale").headers["cache-control"]
 
 
+def _tokens(value: str | None) -> list[str]:
+    """A list-valued header (Vary, If-None-Match) as its items."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _validators(answer) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What a 304 must repeat from its 200 (RFC 9110 section 15.4.5)."""
+    return {
+        "etag": answer.headers.get("etag"),
+        "cache-control": answer.headers.get("cache-control"),
+        "vary": sorted(_tokens(answer.headers.get("vary"))),
+    }
+
+
+def test_a_gzipped_static_file_has_its_own_etag(client: TestClient) -> None:
+    """The gzip middleware compresses static files on the way out: the compressed file is
+    another representation and must not share the plain file's strong ETag (RFC 9110 section
+    8.8.3; nginx weakens it). Either ETag still answers 304, whichever encoding is asked for
+    (If-None-Match compares weakly), and a range of the file, never compressed, keeps the
+    strong one."""
+    path = "/static/style.css"
+    plain = client.get(path, headers={"Accept-Encoding": "identity"})
+    zipped = client.get(path, headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in plain.headers
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.content == plain.content  # decoded: the same file
+    strong, weak = plain.headers["etag"], zipped.headers["etag"]
+    assert re.fullmatch(r'"[^"]+"', strong) and re.fullmatch(r'W/"[^"]+"', weak)
+    assert weak != strong and weak.removeprefix("W/") == strong
+    for encoding, answer in (("identity", plain), ("gzip", zipped)):
+        for held in (strong, weak, f'"other", {weak}', "*"):
+            asked = {"Accept-Encoding": encoding, "If-None-Match": held}
+            again = client.get(path, headers=asked)
+            assert (again.status_code, again.content) == (304, b""), asked
+            assert _validators(again) == _validators(answer), asked
+        changed = client.get(path, headers={"Accept-Encoding": encoding, "If-None-Match": '"x"'})
+        assert changed.status_code == 200
+    ranged = client.get(path, headers={"Accept-Encoding": "gzip", "Range": "bytes=0-99"})
+    assert ranged.status_code == 206 and "content-encoding" not in ranged.headers
+    assert ranged.headers["etag"] == strong and ranged.content == plain.content[:100]
+    # A weak tag never names the range's version (If-Range compares strongly): the whole file.
+    whole = client.get(
+        path, headers={"Accept-Encoding": "gzip", "Range": "bytes=0-99", "If-Range": weak}
+    )
+    assert whole.status_code == 200 and whole.headers["etag"] == weak
+    assert whole.headers["content-encoding"] == "gzip"
+
+
+def test_a_static_files_304_carries_the_vary_of_its_200(client: TestClient) -> None:
+    """A 304 carries the Vary its 200 would (RFC 9110 section 15.4.5): the gzip middleware
+    names Vary only on a body it could compress, and a 304 has none, so a cache could have
+    kept the 304 as the answer for every encoding."""
+    path = "/static/style.css"
+    for encoding in ("gzip", "identity"):
+        full = client.get(path, headers={"Accept-Encoding": encoding})
+        assert "Accept-Encoding" in _tokens(full.headers.get("vary"))
+        asked = {"Accept-Encoding": encoding, "If-None-Match": full.headers["etag"]}
+        for method in ("GET", "HEAD"):
+            spared = client.request(method, path, headers=asked)
+            assert spared.status_code == 304
+            assert _tokens(spared.headers.get("vary")) == ["Accept-Encoding"], (method, encoding)
+
+
 def test_a_busy_month_pages_by_key_in_time_order(
     client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
