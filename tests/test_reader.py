@@ -7,7 +7,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import lxml.html
 import pytest
-from conftest import SITE_URL, add_post, one_published_one_withdrawn, sample_input
+from conftest import (
+    SITE_URL,
+    add_post,
+    as_if_written_a_minute_ago,
+    one_published_one_withdrawn,
+    sample_input,
+)
 from fastapi.testclient import TestClient
 from htmlcheck import executable_parts
 from sqlalchemy import Engine, event
@@ -853,6 +859,30 @@ def test_a_static_files_304_carries_the_vary_of_its_200(client: TestClient) -> N
             spared = client.request(method, path, headers=asked)
             assert spared.status_code == 304
             assert _tokens(spared.headers.get("vary")) == ["Accept-Encoding"], (method, encoding)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "ESSAY", "/tags/qqq", "/feed.xml", "/feed.json", "/sitemap.xml", "/api/v1/posts", "API"],
+)
+def test_a_routes_304_carries_the_vary_of_its_200(
+    uncached_client: TestClient, engine: Engine, path: str
+) -> None:
+    """What the routes answer themselves (the response cache off, or passed by a request with
+    a token): their 304 names Accept-Encoding in Vary, as their 200 does (RFC 9110 section
+    15.4.5). It had none, the gzip layer adding Vary only to a body."""
+    post = add_post(engine)
+    as_if_written_a_minute_ago(engine)
+    path = {"ESSAY": f"/read/{post.id}/{post.slug}", "API": f"/api/v1/posts/{post.id}"}.get(
+        path, path
+    )
+    for encoding in ("gzip", "identity"):
+        full = uncached_client.get(path, headers={"Accept-Encoding": encoding})
+        assert full.status_code == 200 and "Accept-Encoding" in _tokens(full.headers.get("vary"))
+        asked = {"Accept-Encoding": encoding, "If-None-Match": full.headers["etag"]}
+        spared = uncached_client.get(path, headers=asked)
+        assert spared.status_code == 304, (path, encoding)
+        assert _validators(spared) == _validators(full), (path, encoding)
 
 
 def test_a_busy_month_pages_by_key_in_time_order(

@@ -16,6 +16,7 @@ from app import cache, feeds, freshness, sitemap, urls
 from app.db import SessionDep
 from app.errors import SitemapNotFound
 from app.feeds import MEDIA_TYPES, FeedFormat
+from app.routes.conditional import not_modified
 
 router = APIRouter(include_in_schema=False)
 GET_HEAD = ["GET", "HEAD"]
@@ -44,7 +45,7 @@ def _conditional(request: Request, session: Session) -> tuple[dict[str, str], Re
     if "Last-Modified" not in headers:  # a stored copy of this answer must not outlive that
         cache.refresh_at(request.scope, state.sendable_at)
     if freshness.is_fresh(request.headers, state, request.url.path, site):
-        return headers, Response(status_code=304, headers=headers)
+        return headers, not_modified(headers)
     return headers, None
 
 

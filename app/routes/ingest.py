@@ -23,6 +23,7 @@ from app.db import SessionDep, write_session
 from app.errors import CycleConflict, WorkshopError
 from app.idempotency import StoredResponse
 from app.models import Post, PostIn
+from app.routes.conditional import not_modified
 from app.schemas import PostOut, PostPage, post_out, problem_responses
 from app.urls import permalink
 
@@ -250,7 +251,7 @@ def list_posts(
     if next_url:
         headers["Link"] = f'<{next_url}>; rel="next"'
     if _matches_none(request, etag):
-        return Response(status_code=304, headers=headers)
+        return not_modified(headers)
     return Response(body, media_type="application/json", headers=headers)
 
 
@@ -272,7 +273,7 @@ def get_post(post_id: PostId, request: Request, session: SessionDep) -> Response
     etag = posts.etag(post)
     headers = {"ETag": etag, "Location": permalink(settings, post), "Cache-Control": "no-cache"}
     if _matches_none(request, etag):
-        return Response(status_code=304, headers=headers)
+        return not_modified(headers)
     body = post_out(settings, posts.load_views(session, [post])[0]).model_dump_json()
     return Response(body, media_type="application/json", headers=headers)
 

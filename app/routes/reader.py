@@ -25,6 +25,7 @@ from app.asgi import at_shutdown
 from app.cache import Answer
 from app.db import SessionDep
 from app.errors import BadCursor, PostGone, PostNotFound
+from app.routes.conditional import not_modified
 from app.urls import post_path
 
 router = APIRouter(include_in_schema=False)
@@ -142,13 +143,13 @@ def cached(request: Request, session: SessionDep, build: Callable[[], Response])
     headers = {"ETag": etag, "Cache-Control": PAGE_CACHE_CONTROL}
     if_none_match = request.headers.get("if-none-match")
     if _etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
+        return not_modified(headers)
     response = build()
     if response.status_code == 200:
         # "*" matches only a page that exists: an unknown, withdrawn or moved one keeps its
         # 404, 410 or 301 (RFC 9110 section 13.1.2).
         if _is_star(if_none_match):
-            return Response(status_code=304, headers=headers)
+            return not_modified(headers)
         response.headers.update(headers)
     return response
 

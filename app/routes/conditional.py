@@ -1,0 +1,15 @@
+"""The 304 every route sends when the client's copy is current."""
+
+from collections.abc import Mapping
+
+from starlette.responses import Response
+
+# The gzip layer (`app/main.py`) names Accept-Encoding in the Vary of every answer it could
+# compress, but a 304 has no body, so it leaves it out. A 304 must carry the Vary its 200 would
+# (RFC 9110 section 15.4.5), or a shared cache may key what it revalidated without it.
+VARY = {"Vary": "Accept-Encoding"}
+
+
+def not_modified(headers: Mapping[str, str]) -> Response:
+    """304 Not Modified, with the validators and caching headers of the full answer."""
+    return Response(status_code=304, headers={**headers, **VARY})
