@@ -20,6 +20,7 @@ import uvicorn
 from conftest import SITE_URL, free_port, test_settings
 from fastapi.templating import Jinja2Templates
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
 
 from app.config import Settings
 from app.main import Workshop, create_app
@@ -244,4 +245,51 @@ def test_a_front_door_that_raises_is_logged_once_under_the_answers_id(
     assert "answered 500" in messages[3]
     assert all(r.exc_info is not None and str(r.exc_info[1]) == SECRET for r in records)
     # uvicorn logged nothing: no second traceback without the id, no plain-text 500.
+    assert [r.getMessage() for r in uvicorn_records if r.levelno >= logging.WARNING] == []
+
+
+# --- the database fails: 503, logged under the answer's id -------------------------------------
+
+
+def _assert_logged_under_its_id(
+    records: list[logging.LogRecord], answers: list[httpx.Response]
+) -> None:
+    """One record per answer, in order, under the id the answer carries, naming what it got."""
+    for answer in answers:
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert [_request_id(r) for r in records] == [a.headers["x-request-id"] for a in answers]
+    for record, answer in zip(records, answers, strict=True):
+        assert record.levelname == "ERROR" and record.exc_info is not None
+        assert isinstance(record.exc_info[1], OperationalError)
+        message = record.getMessage()
+        assert "database error answered 503" in message
+        assert f"(request {answer.headers['x-request-id']})" in message
+
+
+def test_a_database_error_is_logged_under_the_answers_id(tmp_path) -> None:
+    """A database that cannot be opened: each request answers 503 (app/problems.py), and its
+    traceback is logged once, under the request id its answer and the access log carry. Both
+    ways: through ASGI, and at `workshop serve`'s front door, which fails to read the stored
+    essay page and hands the request on."""
+    missing = f"sqlite:///{tmp_path}/missing/dir/x.db"
+    site = create_app(test_settings(missing))
+    with logged("workshop.errors") as records, TestClient(site, base_url=SITE_URL) as client:
+        asgi = [
+            client.get("/api/v1/posts/1", headers={"X-Request-ID": "r-api"}),
+            client.get("/?before=x", headers={"Accept": "text/html"}),
+        ]
+    site.state.engine.dispose()
+    _assert_logged_under_its_id(records, asgi)
+    assert asgi[0].headers["x-request-id"] == "r-api"
+
+    site = create_app(test_settings(missing))
+    with logged("workshop.errors") as records, logged("uvicorn.error") as uvicorn_records:
+        with serving(site) as url, httpx.Client(base_url=url) as client:
+            front = [
+                client.get("/read/1/x", headers={"X-Request-ID": "r-front"}),
+                client.get("/read/2/y", headers={"Accept": "text/html"}),
+            ]
+    site.state.engine.dispose()
+    _assert_logged_under_its_id(records, front)
+    assert front[0].headers["x-request-id"] == "r-front"
     assert [r.getMessage() for r in uvicorn_records if r.levelno >= logging.WARNING] == []
