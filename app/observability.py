@@ -59,17 +59,38 @@ _errors = logging.getLogger("workshop.errors")
 REQUEST_ID = "workshop.request_id"
 
 
-class _JsonFormatter(logging.Formatter):
+class LogFormatter(logging.Formatter):
+    """Every log line the app configures (its own and, under `workshop serve`, uvicorn's): the
+    time in UTC, ISO 8601 to the millisecond with `Z` as the access log's, then the level and
+    the message; one JSON object per line, or plain text."""
+
+    def __init__(self, as_json: bool = True) -> None:
+        super().__init__()
+        self.as_json = as_json
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{second}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "message": record.getMessage(),
-        }
-        doc.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+        fields = getattr(record, "fields", {})
+        exception = self.formatException(record.exc_info) if record.exc_info else ""
+        if record.stack_info:
+            exception = "\n".join(filter(None, (exception, self.formatStack(record.stack_info))))
+        if self.as_json:
+            doc: dict[str, Any] = {
+                "time": self.formatTime(record),
+                "level": record.levelname.lower(),
+                "message": record.getMessage(),
+            }
+            doc.update(fields)
+            if exception:
+                doc["exception"] = exception
+            return json.dumps(doc, ensure_ascii=False)
+        line = f"{self.formatTime(record)} {record.levelname} {record.getMessage()}"
+        if fields:
+            line += f" {fields}"
+        return f"{line}\n{exception}" if exception else line
 
 
 _access_json = False
@@ -87,12 +108,15 @@ def _access_log(method: str, path: str, status: int, duration: float, request_id
         fields = {"method": method, "path": path, "status": status, "duration_ms": ms}
         _log.info("request", extra={"fields": {**fields, "request_id": request_id}})
         return
-    now = int(time.time())
-    if now != _stamp_second:
-        _stamp_second, _stamp = now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    # The time as LogFormatter writes it; the second's part made once a second.
+    now = time.time()
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_second, _stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    millisecond = int((now - second) * 1000)
     # The request id matches _REQUEST_ID (or is hex), so it needs no escaping.
     _write_line(
-        f'{{"time": "{_stamp}", "level": "info", "message": "request", '
+        f'{{"time": "{_stamp}.{millisecond:03d}Z", "level": "info", "message": "request", '
         f'"method": {_json_string(method)}, "path": {_json_string(path)}, "status": {status}, '
         f'"duration_ms": {duration * 1000:.2f}, "request_id": "{request_id}"}}\n'
     )
@@ -136,22 +160,29 @@ def _flush_lines() -> None:
 
 
 def configure_logging(as_json: bool) -> None:
+    """The app's logs on stderr, each line as `LogFormatter` writes it: the access log, the
+    error log and what the app's modules report (`app.*`: warnings of a cache or a page copy
+    that could not be read). uvicorn's own lines are configured by `workshop serve`."""
     global _access_json
     _access_json = as_json
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter() if as_json else logging.Formatter("%(message)s %(fields)s")
-    )
-    _log.handlers[:] = [handler]
-    _log.setLevel(logging.INFO)
-    _log.propagate = False
+    formatter = LogFormatter(as_json)
     # Tracebacks: of the database errors app/problems.py answers with 503, of what nothing else
     # caught (`RequestLogMiddleware`) and of the front door's failures (app/serving.py).
-    errors = logging.getLogger("workshop.errors")
-    errors_handler = logging.StreamHandler(sys.stderr)
-    errors_handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter())
-    errors.handlers[:] = [errors_handler]
-    errors.propagate = False
+    for name in ("workshop.access", "workshop.errors"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [_stderr_handler(formatter)]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    # The app's modules log at WARNING and above (the root's level). They propagate still, so a
+    # host that configures the root (a test's log capture) sees them too; with no handler of
+    # their own they went to Python's last-resort handler, as bare text with no time.
+    logging.getLogger("app").handlers[:] = [_stderr_handler(formatter)]
+
+
+def _stderr_handler(formatter: logging.Formatter) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    return handler
 
 
 class _Tally:
