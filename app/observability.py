@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from bisect import bisect_left
+from contextvars import ContextVar
 from json.encoder import encode_basestring as _json_string
 from typing import Any
 
@@ -177,6 +178,9 @@ def configure_logging(as_json: bool) -> None:
     # host that configures the root (a test's log capture) sees them too; with no handler of
     # their own they went to Python's last-resort handler, as bare text with no time.
     logging.getLogger("app").handlers[:] = [_stderr_handler(formatter)]
+    # On the logger uvicorn's request cycle logs to: a logger's filters see only its own
+    # records. (Added once, however often this is called.)
+    logging.getLogger("uvicorn.error").addFilter(_logged_once)
 
 
 def _stderr_handler(formatter: logging.Formatter) -> logging.Handler:
@@ -303,8 +307,11 @@ class RequestLogMiddleware:
             # then closes the connection, which tells the client that it is incomplete.
             if not started:
                 outcome = "answered 500"
+            elif sent:
+                outcome = f"answered {status}"
             else:
-                outcome = f"answered {status}" if sent else "answer cut short"
+                outcome = "answer cut short"
+                _cut_short_logged.set(True)  # uvicorn's note of it is dropped (`_LoggedOnce`)
             log_error(exc, outcome, scope["method"], scope["path"], request_id)
             if not started:
                 await self.unexpected(scope, receive, send_with_id)
@@ -318,6 +325,32 @@ class RequestLogMiddleware:
     async def unexpected(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The answer to a request whose app raised before it answered."""
         await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+
+
+# Set, in the task that serves one request, once the request log has logged its answer as cut
+# short: uvicorn then notes in that task that the app "returned without completing response".
+_cut_short_logged: ContextVar[bool] = ContextVar("workshop_cut_short_logged", default=False)
+_UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
+
+
+class _LoggedOnce(logging.Filter):
+    """uvicorn's error "ASGI callable returned without completing response.", dropped when the
+    request log has logged that answer cut short, with its traceback and request id: it is the
+    same failure, a second time, without either. Every other uvicorn line passes, and so does
+    this one for an answer the request log did not log (an app that stopped without raising).
+
+    Filtered, not avoided: an ASGI app can only end an answer as complete (a chunked body's
+    last chunk, a Content-Length fulfilled), and a body cut short must not look complete. Left
+    incomplete, uvicorn closes the connection, which tells the client; it also says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _UVICORN_INCOMPLETE and _cut_short_logged.get():
+            _cut_short_logged.set(False)
+            return False
+        return True
+
+
+_logged_once = _LoggedOnce()
 
 
 def log_error(exc: BaseException, outcome: str, method: str, path: str, request_id: str) -> None:

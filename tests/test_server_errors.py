@@ -9,7 +9,7 @@ code raises none on purpose."""
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ import lxml.html
 import pytest
 import uvicorn
 from conftest import SITE_URL, free_port, test_settings
+from fastapi.responses import StreamingResponse
 from fastapi.templating import Jinja2Templates
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
@@ -293,3 +294,43 @@ def test_a_database_error_is_logged_under_the_answers_id(tmp_path) -> None:
     _assert_logged_under_its_id(records, front)
     assert front[0].headers["x-request-id"] == "r-front"
     assert [r.getMessage() for r in uvicorn_records if r.levelno >= logging.WARNING] == []
+
+
+# --- an answer cut short: logged once, and not made to look complete --------------------------
+
+
+async def _half_then_fails() -> AsyncIterator[bytes]:
+    yield b"<urlset>" + b"<url><loc>/read/1/a</loc></url>" * 100  # sent before the failure
+    raise RuntimeError(SECRET)
+
+
+def _streams_then_fails() -> StreamingResponse:
+    """A stream that fails partway, as a sitemap's would if its database went away."""
+    return StreamingResponse(_half_then_fails(), media_type="application/xml")
+
+
+async def _stops_unfinished(scope: Any, receive: Any, send: Any) -> None:
+    """An app that leaves its answer unfinished without raising: nothing for us to log, so
+    uvicorn's own error line must stay."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+
+
+def test_an_answer_cut_short_is_logged_once_and_left_incomplete(settings: Settings) -> None:
+    site = create_app(settings)
+    site.fastapi.add_api_route("/sitemap-fails.xml", _streams_then_fails)
+    site.fastapi.mount("/unfinished", _stops_unfinished)
+    with logged("workshop.errors") as records, logged("uvicorn.error") as uvicorn_records:
+        with serving(site) as url:
+            for path, request_id in (("/sitemap-fails.xml", "r-cut"), ("/unfinished/", "r-un")):
+                with httpx.Client(base_url=url) as client:
+                    # The client is told: the connection closes before the body's end.
+                    with pytest.raises(httpx.RemoteProtocolError, match="incomplete"):
+                        client.get(path, headers={"X-Request-ID": request_id})
+    site.state.engine.dispose()
+    assert [(_request_id(r), str(r.exc_info[1])) for r in records] == [("r-cut", SECRET)]  # type: ignore[index]
+    assert "answer cut short" in records[0].getMessage()
+    # uvicorn's note stays for the answer we did not log; for the one we did, it is not said
+    # twice.
+    said = [r.getMessage() for r in uvicorn_records if r.levelno >= logging.WARNING]
+    assert said == ["ASGI callable returned without completing response."]
