@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -108,8 +109,31 @@ def serve(host: str, port: int, workers: int) -> None:
             timeout_keep_alive=settings.keep_alive_seconds,
             server_header=False,
             log_level="warning",
+            log_config=_uvicorn_log_config(settings.log_json),
             access_log=False,  # app/observability.py writes its own, with the request id
         )
+
+
+def _uvicorn_log_config(as_json: bool) -> dict[str, Any]:
+    """uvicorn's own lines (its warnings and errors) written as the app writes its lines
+    (`app.observability.LogFormatter`): the time in UTC, JSON unless WORKSHOP_LOG_JSON=false.
+    Named, not imported: the module makes the Prometheus metrics, which must wait until
+    PROMETHEUS_MULTIPROC_DIR is set; uvicorn imports it when it configures logging, after."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "workshop": {"()": "app.observability.LogFormatter", "as_json": as_json},
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "workshop",
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+    }
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from bisect import bisect_left
+from contextvars import ContextVar
 from json.encoder import encode_basestring as _json_string
 from typing import Any
 
@@ -59,17 +60,38 @@ _errors = logging.getLogger("workshop.errors")
 REQUEST_ID = "workshop.request_id"
 
 
-class _JsonFormatter(logging.Formatter):
+class LogFormatter(logging.Formatter):
+    """Every log line the app configures (its own and, under `workshop serve`, uvicorn's): the
+    time in UTC, ISO 8601 to the millisecond with `Z` as the access log's, then the level and
+    the message; one JSON object per line, or plain text."""
+
+    def __init__(self, as_json: bool = True) -> None:
+        super().__init__()
+        self.as_json = as_json
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{second}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "message": record.getMessage(),
-        }
-        doc.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+        fields = getattr(record, "fields", {})
+        exception = self.formatException(record.exc_info) if record.exc_info else ""
+        if record.stack_info:
+            exception = "\n".join(filter(None, (exception, self.formatStack(record.stack_info))))
+        if self.as_json:
+            doc: dict[str, Any] = {
+                "time": self.formatTime(record),
+                "level": record.levelname.lower(),
+                "message": record.getMessage(),
+            }
+            doc.update(fields)
+            if exception:
+                doc["exception"] = exception
+            return json.dumps(doc, ensure_ascii=False)
+        line = f"{self.formatTime(record)} {record.levelname} {record.getMessage()}"
+        if fields:
+            line += f" {fields}"
+        return f"{line}\n{exception}" if exception else line
 
 
 _access_json = False
@@ -87,12 +109,15 @@ def _access_log(method: str, path: str, status: int, duration: float, request_id
         fields = {"method": method, "path": path, "status": status, "duration_ms": ms}
         _log.info("request", extra={"fields": {**fields, "request_id": request_id}})
         return
-    now = int(time.time())
-    if now != _stamp_second:
-        _stamp_second, _stamp = now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    # The time as LogFormatter writes it; the second's part made once a second.
+    now = time.time()
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_second, _stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    millisecond = int((now - second) * 1000)
     # The request id matches _REQUEST_ID (or is hex), so it needs no escaping.
     _write_line(
-        f'{{"time": "{_stamp}", "level": "info", "message": "request", '
+        f'{{"time": "{_stamp}.{millisecond:03d}Z", "level": "info", "message": "request", '
         f'"method": {_json_string(method)}, "path": {_json_string(path)}, "status": {status}, '
         f'"duration_ms": {duration * 1000:.2f}, "request_id": "{request_id}"}}\n'
     )
@@ -136,22 +161,32 @@ def _flush_lines() -> None:
 
 
 def configure_logging(as_json: bool) -> None:
+    """The app's logs on stderr, each line as `LogFormatter` writes it: the access log, the
+    error log and what the app's modules report (`app.*`: warnings of a cache or a page copy
+    that could not be read). uvicorn's own lines are configured by `workshop serve`."""
     global _access_json
     _access_json = as_json
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter() if as_json else logging.Formatter("%(message)s %(fields)s")
-    )
-    _log.handlers[:] = [handler]
-    _log.setLevel(logging.INFO)
-    _log.propagate = False
+    formatter = LogFormatter(as_json)
     # Tracebacks: of the database errors app/problems.py answers with 503, of what nothing else
     # caught (`RequestLogMiddleware`) and of the front door's failures (app/serving.py).
-    errors = logging.getLogger("workshop.errors")
-    errors_handler = logging.StreamHandler(sys.stderr)
-    errors_handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter())
-    errors.handlers[:] = [errors_handler]
-    errors.propagate = False
+    for name in ("workshop.access", "workshop.errors"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [_stderr_handler(formatter)]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    # The app's modules log at WARNING and above (the root's level). They propagate still, so a
+    # host that configures the root (a test's log capture) sees them too; with no handler of
+    # their own they went to Python's last-resort handler, as bare text with no time.
+    logging.getLogger("app").handlers[:] = [_stderr_handler(formatter)]
+    # On the logger uvicorn's request cycle logs to: a logger's filters see only its own
+    # records. (Added once, however often this is called.)
+    logging.getLogger("uvicorn.error").addFilter(_logged_once)
+
+
+def _stderr_handler(formatter: logging.Formatter) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    return handler
 
 
 class _Tally:
@@ -272,8 +307,11 @@ class RequestLogMiddleware:
             # then closes the connection, which tells the client that it is incomplete.
             if not started:
                 outcome = "answered 500"
+            elif sent:
+                outcome = f"answered {status}"
             else:
-                outcome = f"answered {status}" if sent else "answer cut short"
+                outcome = "answer cut short"
+                _cut_short_logged.set(True)  # uvicorn's note of it is dropped (`_LoggedOnce`)
             log_error(exc, outcome, scope["method"], scope["path"], request_id)
             if not started:
                 await self.unexpected(scope, receive, send_with_id)
@@ -287,6 +325,32 @@ class RequestLogMiddleware:
     async def unexpected(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The answer to a request whose app raised before it answered."""
         await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+
+
+# Set, in the task that serves one request, once the request log has logged its answer as cut
+# short: uvicorn then notes in that task that the app "returned without completing response".
+_cut_short_logged: ContextVar[bool] = ContextVar("workshop_cut_short_logged", default=False)
+_UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
+
+
+class _LoggedOnce(logging.Filter):
+    """uvicorn's error "ASGI callable returned without completing response.", dropped when the
+    request log has logged that answer cut short, with its traceback and request id: it is the
+    same failure, a second time, without either. Every other uvicorn line passes, and so does
+    this one for an answer the request log did not log (an app that stopped without raising).
+
+    Filtered, not avoided: an ASGI app can only end an answer as complete (a chunked body's
+    last chunk, a Content-Length fulfilled), and a body cut short must not look complete. Left
+    incomplete, uvicorn closes the connection, which tells the client; it also says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _UVICORN_INCOMPLETE and _cut_short_logged.get():
+            _cut_short_logged.set(False)
+            return False
+        return True
+
+
+_logged_once = _LoggedOnce()
 
 
 def log_error(exc: BaseException, outcome: str, method: str, path: str, request_id: str) -> None:

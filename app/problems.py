@@ -1,6 +1,5 @@
 """RFC 9457 problem responses: one place that maps errors to HTTP answers."""
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,10 +13,9 @@ from starlette.routing import Match, Mount
 
 from app.errors import WorkshopError
 from app.freshness import CACHE_CONTROL
-from app.observability import REQUEST_ID
+from app.observability import REQUEST_ID, log_error
 
 PROBLEM_JSON = "application/problem+json"
-log = logging.getLogger("workshop.errors")
 
 
 def problem(
@@ -69,8 +67,9 @@ def unexpected_error(request: Request) -> Response:
 
         try:
             response: Response = error_page(request, 500)
-        except Exception:  # the page itself is broken: the reader still gets words, not a crash
-            log.exception("the error page failed; answered 500 with a bare page")
+        except Exception as exc:  # the page itself is broken: the reader still gets words
+            outcome = "the error page failed; answered 500 with a bare page"
+            _log_error(request, exc, outcome)
             response = HTMLResponse(_BARE_ERROR_PAGE, status_code=500)
     else:
         request_id = request.scope.get(REQUEST_ID)
@@ -79,6 +78,13 @@ def unexpected_error(request: Request) -> Response:
         response = problem(500, "Internal server error", detail, **extra)
     response.headers["Cache-Control"] = "no-store"  # a cache must not keep an accident
     return _for_readers(request, response)
+
+
+def _log_error(request: Request, exc: Exception, outcome: str) -> None:
+    """Log `exc` under the request's id, the one its answer carries in X-Request-ID (set by the
+    request log, app/observability.py, before the request reaches the app)."""
+    request_id = request.scope.get(REQUEST_ID) or "-"
+    log_error(exc, outcome, request.scope["method"], request.scope["path"], request_id)
 
 
 _BARE_ERROR_PAGE = (
@@ -124,7 +130,6 @@ def install(app: FastAPI) -> None:
         # The database is down, restarting or locked past busy_timeout: a retryable 503, never a
         # 500. (Data errors should never get here: inputs are validated before any SQL runs;
         # the log line is how an operator learns that one did.)
-        log.error("database error answered 503: %s", type(exc).__name__, exc_info=exc)
         headers = {"Retry-After": "5"}
         status, title, detail = (
             503,
@@ -136,6 +141,7 @@ def install(app: FastAPI) -> None:
             status, title = 507, "Insufficient storage"
             detail = "the database's disk is full; nothing was stored; retry after space is freed"
             headers = {"Retry-After": "60"}
+        _log_error(request, exc, f"database error answered {status}")
         if wants_html(request):
             from app.routes.reader import error_page
 

@@ -9,7 +9,7 @@ code raises none on purpose."""
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,8 +18,10 @@ import lxml.html
 import pytest
 import uvicorn
 from conftest import SITE_URL, free_port, test_settings
+from fastapi.responses import StreamingResponse
 from fastapi.templating import Jinja2Templates
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
 
 from app.config import Settings
 from app.main import Workshop, create_app
@@ -245,3 +247,90 @@ def test_a_front_door_that_raises_is_logged_once_under_the_answers_id(
     assert all(r.exc_info is not None and str(r.exc_info[1]) == SECRET for r in records)
     # uvicorn logged nothing: no second traceback without the id, no plain-text 500.
     assert [r.getMessage() for r in uvicorn_records if r.levelno >= logging.WARNING] == []
+
+
+# --- the database fails: 503, logged under the answer's id -------------------------------------
+
+
+def _assert_logged_under_its_id(
+    records: list[logging.LogRecord], answers: list[httpx.Response]
+) -> None:
+    """One record per answer, in order, under the id the answer carries, naming what it got."""
+    for answer in answers:
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert [_request_id(r) for r in records] == [a.headers["x-request-id"] for a in answers]
+    for record, answer in zip(records, answers, strict=True):
+        assert record.levelname == "ERROR" and record.exc_info is not None
+        assert isinstance(record.exc_info[1], OperationalError)
+        message = record.getMessage()
+        assert "database error answered 503" in message
+        assert f"(request {answer.headers['x-request-id']})" in message
+
+
+def test_a_database_error_is_logged_under_the_answers_id(tmp_path) -> None:
+    """A database that cannot be opened: each request answers 503 (app/problems.py), and its
+    traceback is logged once, under the request id its answer and the access log carry. Both
+    ways: through ASGI, and at `workshop serve`'s front door, which fails to read the stored
+    essay page and hands the request on."""
+    missing = f"sqlite:///{tmp_path}/missing/dir/x.db"
+    site = create_app(test_settings(missing))
+    with logged("workshop.errors") as records, TestClient(site, base_url=SITE_URL) as client:
+        asgi = [
+            client.get("/api/v1/posts/1", headers={"X-Request-ID": "r-api"}),
+            client.get("/?before=x", headers={"Accept": "text/html"}),
+        ]
+    site.state.engine.dispose()
+    _assert_logged_under_its_id(records, asgi)
+    assert asgi[0].headers["x-request-id"] == "r-api"
+
+    site = create_app(test_settings(missing))
+    with logged("workshop.errors") as records, logged("uvicorn.error") as uvicorn_records:
+        with serving(site) as url, httpx.Client(base_url=url) as client:
+            front = [
+                client.get("/read/1/x", headers={"X-Request-ID": "r-front"}),
+                client.get("/read/2/y", headers={"Accept": "text/html"}),
+            ]
+    site.state.engine.dispose()
+    _assert_logged_under_its_id(records, front)
+    assert front[0].headers["x-request-id"] == "r-front"
+    assert [r.getMessage() for r in uvicorn_records if r.levelno >= logging.WARNING] == []
+
+
+# --- an answer cut short: logged once, and not made to look complete --------------------------
+
+
+async def _half_then_fails() -> AsyncIterator[bytes]:
+    yield b"<urlset>" + b"<url><loc>/read/1/a</loc></url>" * 100  # sent before the failure
+    raise RuntimeError(SECRET)
+
+
+def _streams_then_fails() -> StreamingResponse:
+    """A stream that fails partway, as a sitemap's would if its database went away."""
+    return StreamingResponse(_half_then_fails(), media_type="application/xml")
+
+
+async def _stops_unfinished(scope: Any, receive: Any, send: Any) -> None:
+    """An app that leaves its answer unfinished without raising: nothing for us to log, so
+    uvicorn's own error line must stay."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+
+
+def test_an_answer_cut_short_is_logged_once_and_left_incomplete(settings: Settings) -> None:
+    site = create_app(settings)
+    site.fastapi.add_api_route("/sitemap-fails.xml", _streams_then_fails)
+    site.fastapi.mount("/unfinished", _stops_unfinished)
+    with logged("workshop.errors") as records, logged("uvicorn.error") as uvicorn_records:
+        with serving(site) as url:
+            for path, request_id in (("/sitemap-fails.xml", "r-cut"), ("/unfinished/", "r-un")):
+                with httpx.Client(base_url=url) as client:
+                    # The client is told: the connection closes before the body's end.
+                    with pytest.raises(httpx.RemoteProtocolError, match="incomplete"):
+                        client.get(path, headers={"X-Request-ID": request_id})
+    site.state.engine.dispose()
+    assert [(_request_id(r), str(r.exc_info[1])) for r in records] == [("r-cut", SECRET)]  # type: ignore[index]
+    assert "answer cut short" in records[0].getMessage()
+    # uvicorn's note stays for the answer we did not log; for the one we did, it is not said
+    # twice.
+    said = [r.getMessage() for r in uvicorn_records if r.levelno >= logging.WARNING]
+    assert said == ["ASGI callable returned without completing response."]
