@@ -41,6 +41,7 @@ from app.models import (
     utcnow,
 )
 from app.render import render_with_excerpt
+from app.routes import conditional
 from app.slugs import slugify
 
 CONTENT_VERSION = "content_version"
@@ -436,10 +437,10 @@ def _locked_post(session: Session, post_id: int, in_batch: bool = False) -> Post
 def _check_if_match(post: Post, if_match: str | None) -> None:
     if if_match is None:
         return
-    # A weak tag counts as its strong twin: a compressing proxy in front (nginx's gzip) weakens
-    # the ETag the engine then sends back, and the post's version is the same either way.
-    tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
-    if "*" not in tags and etag(post) not in tags:
+    # Any tag of the current version matches: the gzipped answer's own tag, and a weak tag as
+    # its strong twin (a compressing proxy in front, nginx's gzip, weakens the ETag the engine
+    # then sends back); the post's version is the same either way (app/routes/conditional.py).
+    if not conditional.matches(if_match, etag(post)):
         raise PreconditionFailed(
             f"If-Match {if_match} does not match the current ETag {etag(post)}", etag=etag(post)
         )

@@ -37,7 +37,8 @@ def test_create_returns_201_with_location_etag_and_the_post(client, auth, engine
         == doc["url"]
         == f"http://testserver/read/{doc['id']}/{doc['slug']}"
     )
-    assert response.headers["etag"] == f'"p{doc["id"]}v1"'
+    # The test client asks for gzip, as httpx does: the gzipped answer's own strong tag.
+    assert response.headers["etag"] == f'"p{doc["id"]}v1-gzip"'
     assert doc["slug"] == "breadth-is-thinning-under-a-calm-index"
     assert doc["cycle"] == 900 and doc["status"] == "published" and doc["version"] == 1
     assert doc["published_at"] == "2026-04-05T15:04:00Z"
@@ -108,7 +109,7 @@ def test_put_replaces_keeps_a_revision_and_the_old_url_redirects(client, auth, e
     assert response.status_code == 200
     new = response.json()
     assert new["slug"] == "breadth-snaps-back" and new["version"] == 2
-    assert response.headers["etag"] == f'"p{doc["id"]}v2"'
+    assert response.headers["etag"] == f'"p{doc["id"]}v2-gzip"'
     old_page = client.get(f"/read/{doc['id']}/{doc['slug']}")
     assert old_page.status_code == 301
     assert old_page.headers["location"].endswith(f"/read/{doc['id']}/breadth-snaps-back")
@@ -213,6 +214,20 @@ def test_idempotency_key_replays_the_first_answer(client, auth, engine):
     # Without a key (and without a cycle) each POST is a new essay.
     assert client.post(API, json=body, headers=auth).status_code == 201
     assert count(engine) == 2
+
+
+def test_a_replay_comes_in_the_encoding_its_retry_asks_for(client, auth, engine):
+    """The stored answer is the post's JSON; each answer of it is encoded, and tagged, for the
+    request it answers, as a GET's is."""
+    body = post_json(cycle=None)
+    headers = {**auth, "Idempotency-Key": "key-2"}
+    first = client.post(API, json=body, headers={**headers, "Accept-Encoding": "gzip"})
+    replay = client.post(API, json=body, headers={**headers, "Accept-Encoding": "identity"})
+    post_id = first.json()["id"]
+    assert first.headers["content-encoding"] == "gzip"
+    assert first.headers["etag"] == f'"p{post_id}v1-gzip"'
+    assert "content-encoding" not in replay.headers and replay.headers["etag"] == f'"p{post_id}v1"'
+    assert replay.json() == first.json() and count(engine) == 1
 
 
 def test_idempotency_key_with_a_different_request_is_422(client, auth, engine):

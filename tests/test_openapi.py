@@ -76,3 +76,11 @@ def test_stateful(api):  # type: ignore[no-untyped-def]
             )
 
     Workflow.run(settings=hypothesis.settings(SETTINGS, max_examples=10, stateful_step_count=6))
+
+
+def test_the_schema_describes_both_etags_of_a_post(client) -> None:
+    """The gzipped answer's own tag, and that preconditions take either (test_api_etags.py)."""
+    schema = client.get("/openapi.json").json()
+    get = schema["paths"]["/api/v1/posts/{post_id}"]["get"]
+    for status in ("200", "304"):
+        assert "-gzip" in get["responses"][status]["headers"]["ETag"]["description"]

@@ -6,6 +6,7 @@ Writes need a bearer token and accept an Idempotency-Key; reads are public and c
 
 import base64
 import binascii
+import gzip
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from app.db import SessionDep, write_session
 from app.errors import CycleConflict, WorkshopError
 from app.idempotency import StoredResponse
 from app.models import Post, PostIn
-from app.routes.conditional import not_modified
+from app.routes.conditional import gzip_etag, matches, not_modified
 from app.schemas import PostOut, PostPage, post_out, problem_responses
 from app.urls import permalink
 
@@ -39,7 +40,7 @@ IfMatch = Annotated[
     Header(
         alias="If-Match",
         max_length=1000,
-        description="Only change the post if its ETag still matches "
+        description="Only change the post if its ETag still matches, in either form "
         "(else 412 and nothing changes).",
     ),
 ]
@@ -58,7 +59,9 @@ IdempotencyKey = Annotated[
 
 _POST_HEADERS = {
     "ETag": {
-        "description": "The post's current version, for If-Match / If-None-Match.",
+        "description": 'The post\'s current version: `"p{id}v{version}"`, or '
+        '`"p{id}v{version}-gzip"` on the gzipped answer (each representation has its own '
+        "strong tag). If-Match and If-None-Match take either tag of the current version.",
         "schema": {"type": "string"},
     },
     "Location": {"description": "The post's absolute permalink.", "schema": {"type": "string"}},
@@ -262,7 +265,11 @@ def list_posts(
     response_model=PostOut,
     responses={
         200: {"description": "The post.", "headers": _POST_HEADERS},
-        304: {"description": "Not modified (If-None-Match)."},
+        304: {
+            "description": "Not modified: If-None-Match names the current version, in either "
+            "form. `ETag` is the tag of the encoding asked for.",
+            "headers": _POST_HEADERS,
+        },
         **problem_responses(404, 410, 422),
     },
 )
@@ -270,12 +277,12 @@ def get_post(post_id: PostId, request: Request, session: SessionDep) -> Response
     """One published post with its debate, tags and stories. `ETag` serves If-Match on writes."""
     settings: Settings = request.app.state.settings
     post = posts.get_post(session, post_id)
-    etag = posts.etag(post)
+    etag = _etag_for(request, posts.etag(post))
     headers = {"ETag": etag, "Location": permalink(settings, post), "Cache-Control": "no-cache"}
     if _matches_none(request, etag):
         return not_modified(headers)
     body = post_out(settings, posts.load_views(session, [post])[0]).model_dump_json()
-    return Response(body, media_type="application/json", headers=headers)
+    return _post_json(request, body, 200, headers)
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -302,14 +309,12 @@ def _run(
         return Response(
             status_code=204, headers={"Idempotent-Replayed": "true"} if replayed else None
         )
-    headers = {"ETag": _etag_of(answer.body)}
+    headers = {"ETag": _etag_for(request, _etag_of(answer.body))}
     if answer.location:
         headers["Location"] = answer.location
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Response(
-        answer.body, status_code=answer.status, media_type="application/json", headers=headers
-    )
+    return _post_json(request, answer.body, answer.status, headers)
 
 
 class _Written:
@@ -341,6 +346,30 @@ def _etag_of(body: str) -> str:
     return f'"p{doc["id"]}v{doc["version"]}"'  # the same form as posts.etag()
 
 
+def _accepts_gzip(request: Request) -> bool:
+    # The gzip layer's own test (app/main.py), and the one the response cache keys its copies
+    # by (app/cache.py): every request of one cache key gets the same representation.
+    return "gzip" in request.headers.get("accept-encoding", "")
+
+
+def _etag_for(request: Request, etag: str) -> str:
+    """The post's ETag in the form of the representation this request gets (`_post_json`)."""
+    return gzip_etag(etag) if _accepts_gzip(request) else etag
+
+
+def _post_json(request: Request, body: str, status: int, headers: dict[str, str]) -> Response:
+    """A post as JSON, under the ETag `_etag_for` gave it: gzipped here for a client that
+    accepts gzip, whatever its length, so that the 304 (which has no body to measure) can tell
+    which tag the 200 carries. The gzip layer leaves an answer with a Content-Encoding alone,
+    Vary included; it names Vary on the plain answer once that is long enough to compress."""
+    content = body.encode()
+    if _accepts_gzip(request):
+        # mtime 0: one strong tag, one sequence of bytes, however often and wherever it is made.
+        content = gzip.compress(content, mtime=0)
+        headers = {**headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
+
+
 def _conflict_with_url(session: Session, settings: Settings, exc: CycleConflict) -> CycleConflict:
     other = session.get(Post, exc.extra.get("post_id"))
     if other is None:
@@ -351,10 +380,7 @@ def _conflict_with_url(session: Session, settings: Settings, exc: CycleConflict)
 
 def _matches_none(request: Request, etag: str) -> bool:
     wanted = request.headers.get("if-none-match")
-    if not wanted:
-        return False
-    tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}
-    return "*" in tags or etag.removeprefix("W/") in tags
+    return wanted is not None and matches(wanted, etag)
 
 
 class InvalidCursor(WorkshopError):
