@@ -17,10 +17,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app import beacon, db, watch
+from app import beacon, db, etags, watch
 from app.asgi import at_shutdown, at_startup
 from app.pgshared import SharedReads, Wire
-from app.routes import conditional
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +439,7 @@ def _not_modified(
             return True
         # As the routes compare: weakened tags, and an API post's gzipped and plain tags, name
         # the same version.
-        return conditional.matches(if_none_match.decode("latin-1"), entry.etag.decode("latin-1"))
+        return etags.matches(if_none_match.decode("latin-1"), entry.etag.decode("latin-1"))
     if if_modified_since is not None and entry.last_modified is not None:
         try:
             since = parsedate_to_datetime(if_modified_since.decode("latin-1"))

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from app import beacon, essaypage, events
+from app import beacon, essaypage, etags, events
 from app.errors import (
     CycleConflict,
     IdTaken,
@@ -41,7 +41,6 @@ from app.models import (
     utcnow,
 )
 from app.render import render_with_excerpt
-from app.routes import conditional
 from app.slugs import slugify
 
 CONTENT_VERSION = "content_version"
@@ -439,8 +438,8 @@ def _check_if_match(post: Post, if_match: str | None) -> None:
         return
     # Any tag of the current version matches: the gzipped answer's own tag, and a weak tag as
     # its strong twin (a compressing proxy in front, nginx's gzip, weakens the ETag the engine
-    # then sends back); the post's version is the same either way (app/routes/conditional.py).
-    if not conditional.matches(if_match, etag(post)):
+    # then sends back); the post's version is the same either way (app/etags.py).
+    if not etags.matches(if_match, etag(post)):
         raise PreconditionFailed(
             f"If-Match {if_match} does not match the current ETag {etag(post)}", etag=etag(post)
         )

@@ -22,9 +22,10 @@ from app.auth import Caller
 from app.config import Settings
 from app.db import SessionDep, write_session
 from app.errors import CycleConflict, WorkshopError
+from app.etags import gzip_etag, matches
 from app.idempotency import StoredResponse
 from app.models import Post, PostIn
-from app.routes.conditional import gzip_etag, matches, not_modified
+from app.routes.conditional import not_modified
 from app.schemas import PostOut, PostPage, post_out, problem_responses
 from app.urls import permalink
 
