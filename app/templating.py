@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app import timefmt, urls
 from app.config import Settings
+from app.routes.conditional import VARY
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 STATIC_REVALIDATE = "public, max-age=300"
@@ -144,7 +145,7 @@ class StaticAssets(StaticFiles):
             # The 304 stands for the 200 it spares and carries its validator and Vary (RFC
             # 9110 section 15.4.5). The gzip middleware names Vary only on a body long enough
             # to compress, and a 304 has none: a cache could have kept it for either encoding.
-            response.headers.add_vary_header("Accept-Encoding")
+            response.headers.add_vary_header(VARY)
             if _accepts_gzip(scope):
                 response.headers["etag"] = _weak(response.headers["etag"])
         return response
