@@ -1,11 +1,13 @@
 """Jinja2 environment (autoescaped, site-wide globals and filters) and cache-busted static files."""
 
+import gzip
 import hashlib
 import json
 import os
 import re
 from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from app import timefmt, urls
@@ -109,13 +111,8 @@ class StaticAssets(StaticFiles):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["method"] == "HEAD":
-                # Answered as GET: Starlette's FileResponse sends no body for HEAD, so the gzip
-                # middleware around the app had nothing to compress, and HEAD named the file's
-                # own length with no Content-Encoding or Vary where GET sends the gzipped file
-                # (RFC 9110 section 9.3.2: the headers GET would have). The server drops the
-                # body of a HEAD's answer (its scope still says HEAD).
-                scope = {**scope, "method": "GET"}
-            if _accepts_gzip(scope):
+                send = self._named_as_get(send, scope)
+            if _accepts_gzip(scope):  # sees the file's own length, before a HEAD's is named
                 send = self._weakened_when_compressed(send)
         await super().__call__(scope, receive, send)
 
@@ -134,6 +131,37 @@ class StaticAssets(StaticFiles):
             await send(message)
 
         return sending
+
+    def _named_as_get(self, send: Send, scope: Scope) -> Send:
+        """`send` for a HEAD, naming the headers its GET gets from the gzip middleware (RFC
+        9110 section 9.3.2): Starlette's FileResponse sends no body for HEAD, so the middleware
+        would name the file's own length and no Content-Encoding or Vary. HEAD was answered as
+        GET for that, which had the middleware compress the file for every HEAD only for the
+        server to drop it; the gzipped length is worked out once per version of the file."""
+        gzipped = _accepts_gzip(scope)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                headers = MutableHeaders(raw=message["headers"])
+                length = headers.get("content-length", "")
+                if length.isdigit() and int(length) >= self.compress_from:
+                    headers.add_vary_header(VARY)
+                    if gzipped:
+                        # With a Content-Encoding, the answer passes the middleware as it is.
+                        headers["content-encoding"] = "gzip"
+                        if int(length) < FileResponse.chunk_size:
+                            headers["content-length"] = str(self._gzipped_length(scope))
+                        else:  # GET streams the file a chunk at a time: no length known
+                            del headers["content-length"]
+            await send(message)
+
+        return sending
+
+    def _gzipped_length(self, scope: Scope) -> int:
+        full_path, stat_result = self.lookup_path(self.get_path(scope))
+        if stat_result is None:  # gone since FileResponse found it: as a GET would fail
+            raise FileNotFoundError(full_path)
+        return _gzipped_length(full_path, stat_result.st_mtime_ns, stat_result.st_size)
 
     def file_response(
         self, full_path: Any, stat_result: os.stat_result, scope: Scope, status_code: int = 200
@@ -162,6 +190,14 @@ class StaticAssets(StaticFiles):
             fresh = current is not None and f"v={current}" in query.split("&")
             response.headers["Cache-Control"] = IMMUTABLE if fresh else STATIC_REVALIDATE
         return response
+
+
+@lru_cache(maxsize=64)
+def _gzipped_length(path: str, mtime_ns: int, size: int) -> int:
+    """The file's length as the gzip middleware sends it in one piece (Starlette's GZipResponder:
+    zlib's gzip format at level 9, with neither name nor time in its header, the bytes of
+    `gzip.compress` at mtime 0), worked out once per version of the file."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
 
 
 def _accepts_gzip(scope: Scope) -> bool:
