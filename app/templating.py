@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -226,12 +227,22 @@ def json_script(value: Any) -> Markup:
 _HEADING_TAG = re.compile(r"<(/?)h([1-6])>")
 _FOOTNOTE_REF = re.compile(r'<a href="#fn(\d+)" id="(fnref\1(?::\d+)?)">\[\1(?::\d+)?\]</a>')
 _FOOTNOTE_BACKREF = re.compile(r'<a href="#fnref(\d+)(?::(\d+))?" class="footnote-backref"')
+# A note's back-links when it is cited more than once: the first, then one per later reference.
+_FOOTNOTE_BACKREFS = re.compile(
+    r'<a href="#fnref(\d+)" class="footnote-backref">[^<]*</a>'
+    r'(?: <a href="#fnref\1:\d+" class="footnote-backref">[^<]*</a>)+'
+)
+_FOOTNOTES = '<section class="footnotes">\n'
+_BACK = "\u21a9\ufe0e"  # the renderer's back-link: ↩ drawn as text, not as an emoji
 
 
 def prose(body_html: str) -> Markup:
     """An essay's stored HTML as shown below its title on the essay page."""
     # str(): on Markup, replace() would escape the tags it is given and so match none.
-    return Markup(scrollable_tables(named_footnote_links(headings_below_title(str(body_html)))))
+    html = str(body_html)
+    for step in (headings_below_title, titled_footnotes, named_footnote_links, scrollable_tables):
+        html = step(html)
+    return Markup(html)
 
 
 def headings_below_title(body_html: str) -> str:
@@ -246,10 +257,27 @@ def headings_below_title(body_html: str) -> str:
     return _HEADING_TAG.sub(lambda m: f"<{m[1]}h{max(2, min(int(m[2]) + shift, 6))}>", body_html)
 
 
+def titled_footnotes(body_html: str) -> str:
+    """The notes under a heading, "Notes", that names their section: a landmark and a place in
+    a screen reader's list of headings, and a title for a sighted reader. An h2 whatever the
+    body's headings (`headings_below_title` makes its top level h2): the notes are the whole
+    essay's, beside its sections, not inside the last one."""
+    return body_html.replace(
+        _FOOTNOTES,
+        '<section class="footnotes" aria-labelledby="footnotes-title">\n'
+        '<h2 id="footnotes-title">Notes</h2>\n',
+        1,
+    )
+
+
 def named_footnote_links(body_html: str) -> str:
     """Footnote links with names a screen reader can say: a reference is "Footnote 1" (not
     "[1]"), a link back is "Back to reference 1" (not "↩︎"). Every reference to one note shows
-    its number alone, "[1]": the renderer's "[1:1]" for the second one reads like a ratio."""
+    its number alone, "[1]": the renderer's "[1:1]" for the second one reads like a ratio.
+
+    The links back from a note cited more than once are told apart by sight too: "↩︎ a b",
+    one letter per reference (as Wikipedia does), where the renderer drew "↩︎ ↩︎"."""
+    body_html = _FOOTNOTE_BACKREFS.sub(_lettered_backrefs, body_html)
     body_html = _FOOTNOTE_REF.sub(
         lambda m: f'<a href="#fn{m[1]}" id="{m[2]}" aria-label="Footnote {m[1]}">[{m[1]}]</a>',
         body_html,
@@ -261,6 +289,25 @@ def _backref_name(link: re.Match[str]) -> str:
     note, later = link[1], link[2]  # `later`: the second reference to the note is 1, and so on
     which = f" (occurrence {int(later) + 1})" if later else ""
     return f'{link[0]} aria-label="Back to reference {note}{which}"'
+
+
+def _lettered_backrefs(links: re.Match[str]) -> str:
+    letters = (_letter(n) for n in itertools.count())
+    lettered = re.sub(r">[^<]*</a>", lambda _: f">{next(letters)}</a>", links[0])
+    # The arrow says what the letters are to a sighted reader; each link's name says it aloud.
+    return (
+        f'<span class="footnote-backrefs"><span aria-hidden="true">{_BACK}</span> {lettered}</span>'
+    )
+
+
+def _letter(n: int) -> str:
+    """a, b, ... z, aa, ab, ...: the name of a note's n-th back-link, from 0."""
+    name = ""
+    n += 1
+    while n:
+        n, rest = divmod(n - 1, 26)
+        name = chr(ord("a") + rest) + name
+    return name
 
 
 def scrollable_tables(body_html: str) -> str:
