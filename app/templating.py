@@ -1,11 +1,14 @@
 """Jinja2 environment (autoescaped, site-wide globals and filters) and cache-busted static files."""
 
+import gzip
 import hashlib
+import itertools
 import json
 import os
 import re
 from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from app import timefmt, urls
 from app.config import Settings
+from app.routes.conditional import VARY
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 STATIC_REVALIDATE = "public, max-age=300"
@@ -108,13 +112,8 @@ class StaticAssets(StaticFiles):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["method"] == "HEAD":
-                # Answered as GET: Starlette's FileResponse sends no body for HEAD, so the gzip
-                # middleware around the app had nothing to compress, and HEAD named the file's
-                # own length with no Content-Encoding or Vary where GET sends the gzipped file
-                # (RFC 9110 section 9.3.2: the headers GET would have). The server drops the
-                # body of a HEAD's answer (its scope still says HEAD).
-                scope = {**scope, "method": "GET"}
-            if _accepts_gzip(scope):
+                send = self._named_as_get(send, scope)
+            if _accepts_gzip(scope):  # sees the file's own length, before a HEAD's is named
                 send = self._weakened_when_compressed(send)
         await super().__call__(scope, receive, send)
 
@@ -134,6 +133,37 @@ class StaticAssets(StaticFiles):
 
         return sending
 
+    def _named_as_get(self, send: Send, scope: Scope) -> Send:
+        """`send` for a HEAD, naming the headers its GET gets from the gzip middleware (RFC
+        9110 section 9.3.2): Starlette's FileResponse sends no body for HEAD, so the middleware
+        would name the file's own length and no Content-Encoding or Vary. HEAD was answered as
+        GET for that, which had the middleware compress the file for every HEAD only for the
+        server to drop it; the gzipped length is worked out once per version of the file."""
+        gzipped = _accepts_gzip(scope)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                headers = MutableHeaders(raw=message["headers"])
+                length = headers.get("content-length", "")
+                if length.isdigit() and int(length) >= self.compress_from:
+                    headers.add_vary_header(VARY)
+                    if gzipped:
+                        # With a Content-Encoding, the answer passes the middleware as it is.
+                        headers["content-encoding"] = "gzip"
+                        if int(length) < FileResponse.chunk_size:
+                            headers["content-length"] = str(self._gzipped_length(scope))
+                        else:  # GET streams the file a chunk at a time: no length known
+                            del headers["content-length"]
+            await send(message)
+
+        return sending
+
+    def _gzipped_length(self, scope: Scope) -> int:
+        full_path, stat_result = self.lookup_path(self.get_path(scope))
+        if stat_result is None:  # gone since FileResponse found it: as a GET would fail
+            raise FileNotFoundError(full_path)
+        return _gzipped_length(full_path, stat_result.st_mtime_ns, stat_result.st_size)
+
     def file_response(
         self, full_path: Any, stat_result: os.stat_result, scope: Scope, status_code: int = 200
     ) -> Response:
@@ -144,7 +174,7 @@ class StaticAssets(StaticFiles):
             # The 304 stands for the 200 it spares and carries its validator and Vary (RFC
             # 9110 section 15.4.5). The gzip middleware names Vary only on a body long enough
             # to compress, and a 304 has none: a cache could have kept it for either encoding.
-            response.headers.add_vary_header("Accept-Encoding")
+            response.headers.add_vary_header(VARY)
             if _accepts_gzip(scope):
                 response.headers["etag"] = _weak(response.headers["etag"])
         return response
@@ -161,6 +191,14 @@ class StaticAssets(StaticFiles):
             fresh = current is not None and f"v={current}" in query.split("&")
             response.headers["Cache-Control"] = IMMUTABLE if fresh else STATIC_REVALIDATE
         return response
+
+
+@lru_cache(maxsize=64)
+def _gzipped_length(path: str, mtime_ns: int, size: int) -> int:
+    """The file's length as the gzip middleware sends it in one piece (Starlette's GZipResponder:
+    zlib's gzip format at level 9, with neither name nor time in its header, the bytes of
+    `gzip.compress` at mtime 0), worked out once per version of the file."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
 
 
 def _accepts_gzip(scope: Scope) -> bool:
@@ -189,12 +227,22 @@ def json_script(value: Any) -> Markup:
 _HEADING_TAG = re.compile(r"<(/?)h([1-6])>")
 _FOOTNOTE_REF = re.compile(r'<a href="#fn(\d+)" id="(fnref\1(?::\d+)?)">\[\1(?::\d+)?\]</a>')
 _FOOTNOTE_BACKREF = re.compile(r'<a href="#fnref(\d+)(?::(\d+))?" class="footnote-backref"')
+# A note's back-links when it is cited more than once: the first, then one per later reference.
+_FOOTNOTE_BACKREFS = re.compile(
+    r'<a href="#fnref(\d+)" class="footnote-backref">[^<]*</a>'
+    r'(?: <a href="#fnref\1:\d+" class="footnote-backref">[^<]*</a>)+'
+)
+_FOOTNOTES = '<section class="footnotes">\n'
+_BACK = "\u21a9\ufe0e"  # the renderer's back-link: ↩ drawn as text, not as an emoji
 
 
 def prose(body_html: str) -> Markup:
     """An essay's stored HTML as shown below its title on the essay page."""
     # str(): on Markup, replace() would escape the tags it is given and so match none.
-    return Markup(scrollable_tables(named_footnote_links(headings_below_title(str(body_html)))))
+    html = str(body_html)
+    for step in (headings_below_title, titled_footnotes, named_footnote_links, scrollable_tables):
+        html = step(html)
+    return Markup(html)
 
 
 def headings_below_title(body_html: str) -> str:
@@ -209,10 +257,27 @@ def headings_below_title(body_html: str) -> str:
     return _HEADING_TAG.sub(lambda m: f"<{m[1]}h{max(2, min(int(m[2]) + shift, 6))}>", body_html)
 
 
+def titled_footnotes(body_html: str) -> str:
+    """The notes under a heading, "Notes", that names their section: a landmark and a place in
+    a screen reader's list of headings, and a title for a sighted reader. An h2 whatever the
+    body's headings (`headings_below_title` makes its top level h2): the notes are the whole
+    essay's, beside its sections, not inside the last one."""
+    return body_html.replace(
+        _FOOTNOTES,
+        '<section class="footnotes" aria-labelledby="footnotes-title">\n'
+        '<h2 id="footnotes-title">Notes</h2>\n',
+        1,
+    )
+
+
 def named_footnote_links(body_html: str) -> str:
     """Footnote links with names a screen reader can say: a reference is "Footnote 1" (not
     "[1]"), a link back is "Back to reference 1" (not "↩︎"). Every reference to one note shows
-    its number alone, "[1]": the renderer's "[1:1]" for the second one reads like a ratio."""
+    its number alone, "[1]": the renderer's "[1:1]" for the second one reads like a ratio.
+
+    The links back from a note cited more than once are told apart by sight too: "↩︎ a b",
+    one letter per reference (as Wikipedia does), where the renderer drew "↩︎ ↩︎"."""
+    body_html = _FOOTNOTE_BACKREFS.sub(_lettered_backrefs, body_html)
     body_html = _FOOTNOTE_REF.sub(
         lambda m: f'<a href="#fn{m[1]}" id="{m[2]}" aria-label="Footnote {m[1]}">[{m[1]}]</a>',
         body_html,
@@ -224,6 +289,25 @@ def _backref_name(link: re.Match[str]) -> str:
     note, later = link[1], link[2]  # `later`: the second reference to the note is 1, and so on
     which = f" (occurrence {int(later) + 1})" if later else ""
     return f'{link[0]} aria-label="Back to reference {note}{which}"'
+
+
+def _lettered_backrefs(links: re.Match[str]) -> str:
+    letters = (_letter(n) for n in itertools.count())
+    lettered = re.sub(r">[^<]*</a>", lambda _: f">{next(letters)}</a>", links[0])
+    # The arrow says what the letters are to a sighted reader; each link's name says it aloud.
+    return (
+        f'<span class="footnote-backrefs"><span aria-hidden="true">{_BACK}</span> {lettered}</span>'
+    )
+
+
+def _letter(n: int) -> str:
+    """a, b, ... z, aa, ab, ...: the name of a note's n-th back-link, from 0."""
+    name = ""
+    n += 1
+    while n:
+        n, rest = divmod(n - 1, 26)
+        name = chr(ord("a") + rest) + name
+    return name
 
 
 def scrollable_tables(body_html: str) -> str:

@@ -140,6 +140,12 @@ def test_pages_fit_and_screenshots(browser: Browser, site: dict[str, str], width
             assert panel.locator("li.mind").nth(3).inner_text().split()[0] == "Volatility"
             bar = panel.locator("li.mind .bar > span").first.bounding_box()
             assert bar is not None and bar["width"] > 0
+            # The notes' heading is seen (the debate's is for screen readers alone), and a
+            # note cited twice has links back a sighted reader can tell apart: "↩︎ a b".
+            title = page.locator("section.footnotes > h2").bounding_box()
+            assert title is not None and title["height"] > 8
+            backs = page.locator("#fn1 a.footnote-backref").all_inner_texts()
+            assert len(backs) == len(set(backs)) == 2
         page.close()
 
 

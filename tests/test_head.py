@@ -6,6 +6,7 @@ until it is listed here, and then `test_head_answers_like_get` checks it, in the
 through `workshop serve`, with and without gzip.
 """
 
+import os
 from pathlib import Path
 
 import httpx
@@ -19,9 +20,13 @@ from conftest import (
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount
+from starlette.types import Message, Receive, Scope, Send
 
 from app.config import Settings
+from app.main import GZIP
+from app.templating import StaticAssets
 
 # `{post}`, `{slug}`: a published essay; `{gone}`, `{gone_slug}`: a withdrawn one.
 EXAMPLES: dict[str, list[str]] = {
@@ -160,3 +165,47 @@ def test_head_answers_like_get_through_the_server(
                         assert missed == [(k, v) for k, v in _shown(got, path) if k != "x-cache"]
     finally:
         stop_server(server)
+
+
+def _stylesheet(size: int, seed: int) -> bytes:
+    """`size` bytes of CSS that compress as a real stylesheet does, other bytes per seed."""
+    rules = (f".c{i} {{ margin: {(i * seed) % 17}px {i % 5}em; }}\n" for i in range(size))
+    return "".join(rules).encode()[:size]
+
+
+@pytest.mark.parametrize("size", [100, 13_000, 70_000])  # too short to gzip, one chunk, streamed
+def test_a_static_files_head_gives_the_gzip_layer_nothing_to_compress(
+    tmp_path: Path, size: int
+) -> None:
+    """A static file's HEAD names the headers of its GET through the gzip middleware without
+    handing it the file: it was answered as GET, so every HEAD had the file compressed for
+    the server to drop. Its gzipped length follows the file's version (time and size)."""
+    directory = tmp_path / "static"
+    directory.mkdir()
+    sheet = directory / "notes.css"
+    handed: list[bytes] = []  # the body StaticAssets hands the gzip middleware, per answer
+
+    async def static_files(scope: Scope, receive: Receive, send: Send) -> None:
+        async def passing(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                handed[-1] += message.get("body", b"")
+            await send(message)
+
+        handed.append(b"")
+        await assets(scope, receive, passing)
+
+    assets = StaticAssets(directory=str(directory), compress_from=GZIP["minimum_size"])
+    client = TestClient(GZipMiddleware(static_files, **GZIP))  # no lifespan: files alone
+    for seed, when in ((3, 1_700_000_000), (5, 1_700_000_100)):  # the file, then changed
+        sheet.write_bytes(_stylesheet(size, seed))
+        os.utime(sheet, (when, when))
+        for encoding in ENCODINGS:
+            asked = {"Accept-Encoding": encoding}
+            got = client.get("/notes.css", headers=asked)
+            head = client.head("/notes.css", headers=asked)
+            assert (got.status_code, head.status_code) == (200, 200)
+            assert _shown(head, "/notes.css") == _shown(got, "/notes.css"), (size, asked)
+            assert handed[-1] == b"", (size, asked)
+            assert handed[-2] == sheet.read_bytes()
+            compressed = encoding == "gzip" and size >= GZIP["minimum_size"]
+            assert got.headers.get("content-encoding") == ("gzip" if compressed else None)

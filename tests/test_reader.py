@@ -208,6 +208,71 @@ def test_footnote_links_have_names_a_screen_reader_can_say(
     ]
 
 
+NOTES_UNDER_SECTIONS = """# Flow
+
+Outflows.[^flow]
+
+## By sector
+
+Tech led.[^flow]
+
+[^flow]: Five days running.
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "outline"),
+    [
+        (FOOTNOTES_BODY, [("h2", "Notes")]),
+        (NOTES_UNDER_SECTIONS, [("h2", "Flow"), ("h3", "By sector"), ("h2", "Notes")]),
+    ],
+    ids=["no headings", "after sections"],
+)
+def test_the_notes_have_a_heading_beside_the_bodys_sections(
+    client: TestClient, engine: Engine, body: str, outline: list[tuple[str, str]]
+) -> None:
+    """The notes' section had no heading: nothing in a screen reader's list of headings or
+    landmarks, nor for a sighted reader, said where the notes begin. "Notes" names it, an h2
+    as the body's top level is (`headings_below_title`): the notes are the whole essay's, not
+    a part of its last section."""
+    post = add_post(engine, body=body)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    prose = doc.xpath("//div[contains(@class,'prose')]")[0]
+    headings = prose.xpath(".//*[self::h1 or self::h2 or self::h3 or self::h4]")
+    assert [(h.tag, h.text_content()) for h in headings] == outline
+    (notes,) = prose.xpath(".//section[@class='footnotes']")
+    title, listed = notes.getchildren()
+    assert (title.tag, title.text_content(), listed.tag) == ("h2", "Notes", "ol")
+    assert notes.get("aria-labelledby") == title.get("id")  # a region landmark, "Notes"
+    assert doc.xpath(f"//*[@id='{title.get('id')}']") == [title]
+
+
+def test_a_notes_links_back_to_each_reference_look_different(
+    client: TestClient, engine: Engine
+) -> None:
+    """A note cited twice had two links back drawn alike, "↩︎ ↩︎": a sighted reader could not
+    tell which leads where. They read "↩︎ a b", the arrow hidden from screen readers (each
+    link's name says where it leads); a note cited once keeps its one "↩︎"."""
+    post = add_post(engine, body=FOOTNOTES_BODY)
+    doc = page(client, f"/read/{post.id}/{post.slug}")
+    notes = doc.xpath("//section[@class='footnotes']//li[@class='footnote-item']")
+    backs = [
+        [
+            (a.text_content(), a.get("aria-label"))
+            for a in note.xpath(".//a[@class='footnote-backref']")
+        ]
+        for note in notes
+    ]
+    assert backs == [
+        [("a", "Back to reference 1"), ("b", "Back to reference 1 (occurrence 2)")],
+        [("\u21a9\ufe0e", "Back to reference 2")],
+    ]
+    (arrow,) = notes[0].xpath(".//*[@aria-hidden='true']")
+    assert arrow.text_content() == "\u21a9\ufe0e"
+    (prose,) = doc.xpath("//div[contains(@class,'prose')]")
+    assert executable_parts(lxml.html.tostring(prose, encoding="unicode")) == []
+
+
 def test_new_and_absent_minds(client: TestClient, engine: Engine) -> None:
     add_post(engine, cycle=899, published_at="2026-04-04T10:00:00Z", title="Before")
     post = add_post(

@@ -64,6 +64,8 @@ LOOKALIKES = [
     "[[1]](#fn1) and [[1:1]](#fn1)",
     "[\u21a9\ufe0e](#fnref1) and [\u21a9\ufe0e](#fnref1:1)",
     '<a href="#fn1" id="fnref1">[1]</a> <a href="#fnref1" class="footnote-backref">x</a>',
+    '<section class="footnotes">\n<h2 id="footnotes-title">Notes</h2>',
+    '`<section class="footnotes">`',
 ]
 
 
@@ -83,6 +85,15 @@ def test_the_page_names_only_the_renderers_footnote_links() -> None:
         ("\u21a9\ufe0e", None),
         ("\u21a9\ufe0e", "Back to reference 1"),
     ]
+
+
+def test_a_note_cited_past_z_has_a_letter_for_each_reference() -> None:
+    text = " ".join(["Flow.[^flow]"] * 28) + "\n\n[^flow]: Five days running."
+    doc = lxml.html.fragment_fromstring(prose(render_markdown(text)), create_parent="div")
+    backs = doc.xpath("//a[@class='footnote-backref']")
+    assert [a.text_content() for a in backs] == [*"abcdefghijklmnopqrstuvwxyz", "aa", "ab"]
+    assert backs[-1].get("aria-label") == "Back to reference 1 (occurrence 28)"
+    assert [a.get("href") for a in backs] == ["#fnref1"] + [f"#fnref1:{n}" for n in range(1, 28)]
 
 
 def test_safe_links_are_kept() -> None:

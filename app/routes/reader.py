@@ -25,7 +25,7 @@ from app.asgi import at_shutdown
 from app.cache import Answer
 from app.db import SessionDep
 from app.errors import BadCursor, PostGone, PostNotFound
-from app.routes.conditional import not_modified
+from app.routes.conditional import VARY, not_modified
 from app.urls import post_path
 
 router = APIRouter(include_in_schema=False)
@@ -418,7 +418,7 @@ _ESSAY_PATH = re.compile(r"/read/([0-9]{1,10})/([^/]+)")
 # What a stored page's answers carry besides the ETag (and length): the same as a live page's.
 _STORED_304 = [
     (b"cache-control", PAGE_CACHE_CONTROL.encode()),
-    (b"vary", b"Accept-Encoding"),
+    (b"vary", VARY.encode()),
 ]
 _STORED_IDENTITY = [
     *_STORED_304,
