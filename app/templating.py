@@ -226,7 +226,8 @@ def json_script(value: Any) -> Markup:
 # is `&lt;`, and a link an author writes has neither an id nor a class.
 _HEADING_TAG = re.compile(r"<(/?)h([1-6])>")
 _FOOTNOTE_REF = re.compile(r'<a href="#fn(\d+)" id="(fnref\1(?::\d+)?)">\[\1(?::\d+)?\]</a>')
-_FOOTNOTE_BACKREF = re.compile(r'<a href="#fnref(\d+)(?::(\d+))?" class="footnote-backref"')
+# A back-link not yet named (a lettered one is named with its letter: `_lettered_backrefs`).
+_FOOTNOTE_BACKREF = re.compile(r'<a href="#fnref(\d+)(?::(\d+))?" class="footnote-backref"(?=>)')
 # A note's back-links when it is cited more than once: the first, then one per later reference.
 _FOOTNOTE_BACKREFS = re.compile(
     r'<a href="#fnref(\d+)" class="footnote-backref">[^<]*</a>'
@@ -276,7 +277,8 @@ def named_footnote_links(body_html: str) -> str:
     its number alone, "[1]": the renderer's "[1:1]" for the second one reads like a ratio.
 
     The links back from a note cited more than once are told apart by sight too: "↩︎ a b",
-    one letter per reference (as Wikipedia does), where the renderer drew "↩︎ ↩︎"."""
+    one letter per reference (as Wikipedia does), where the renderer drew "↩︎ ↩︎"; their names
+    say the letter: "Back to reference 1 (occurrence b)"."""
     body_html = _FOOTNOTE_BACKREFS.sub(_lettered_backrefs, body_html)
     body_html = _FOOTNOTE_REF.sub(
         lambda m: f'<a href="#fn{m[1]}" id="{m[2]}" aria-label="Footnote {m[1]}">[{m[1]}]</a>',
@@ -293,7 +295,16 @@ def _backref_name(link: re.Match[str]) -> str:
 
 def _lettered_backrefs(links: re.Match[str]) -> str:
     letters = (_letter(n) for n in itertools.count())
-    lettered = re.sub(r">[^<]*</a>", lambda _: f">{next(letters)}</a>", links[0])
+
+    def lettered_link(link: re.Match[str]) -> str:
+        # The name holds the letter shown (WCAG 2.5.3, label in name: "click b" finds it).
+        letter = next(letters)
+        name = f"Back to reference {links[1]} (occurrence {letter})"
+        return f'<a href="{link[1]}" class="footnote-backref" aria-label="{name}">{letter}</a>'
+
+    lettered = re.sub(
+        r'<a href="([^"]*)" class="footnote-backref">[^<]*</a>', lettered_link, links[0]
+    )
     # The arrow says what the letters are to a sighted reader; each link's name says it aloud.
     return (
         f'<span class="footnote-backrefs"><span aria-hidden="true">{_BACK}</span> {lettered}</span>'

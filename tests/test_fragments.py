@@ -109,6 +109,6 @@ def test_essays_stored_before_a_deploy_get_its_page_fixes(uncached_client, engin
     doc = lxml.html.fromstring(page.text)
     assert [h.text_content() for h in doc.xpath("//h1")] == [post.title]
     prose = doc.xpath("//div[contains(@class,'prose')]")[0]
-    assert [h.text_content() for h in prose.xpath(".//h2")] == ["What the minds argued"]
+    assert [h.text_content() for h in prose.xpath(".//h2")] == ["What the minds argued", "Notes"]
     assert prose.xpath(".//sup[@class='footnote-ref']/a/@aria-label") == ["Footnote 1"]
     assert prose.xpath(".//a[@class='footnote-backref']/@aria-label") == ["Back to reference 1"]

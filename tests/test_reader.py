@@ -196,8 +196,8 @@ def test_footnote_links_have_names_a_screen_reader_can_say(
     ]
     backs = doc.xpath("//section[@class='footnotes']//a[@class='footnote-backref']")
     assert [a.get("aria-label") for a in backs] == [
-        "Back to reference 1",
-        "Back to reference 1 (occurrence 2)",
+        "Back to reference 1 (occurrence a)",
+        "Back to reference 1 (occurrence b)",
         "Back to reference 2",
     ]
     for a in refs:  # each reference leads to its note, and the note's back-link to it
@@ -264,7 +264,7 @@ def test_a_notes_links_back_to_each_reference_look_different(
         for note in notes
     ]
     assert backs == [
-        [("a", "Back to reference 1"), ("b", "Back to reference 1 (occurrence 2)")],
+        [("a", "Back to reference 1 (occurrence a)"), ("b", "Back to reference 1 (occurrence b)")],
         [("\u21a9\ufe0e", "Back to reference 2")],
     ]
     (arrow,) = notes[0].xpath(".//*[@aria-hidden='true']")

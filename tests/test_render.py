@@ -92,7 +92,7 @@ def test_a_note_cited_past_z_has_a_letter_for_each_reference() -> None:
     doc = lxml.html.fragment_fromstring(prose(render_markdown(text)), create_parent="div")
     backs = doc.xpath("//a[@class='footnote-backref']")
     assert [a.text_content() for a in backs] == [*"abcdefghijklmnopqrstuvwxyz", "aa", "ab"]
-    assert backs[-1].get("aria-label") == "Back to reference 1 (occurrence 28)"
+    assert backs[-1].get("aria-label") == "Back to reference 1 (occurrence ab)"
     assert [a.get("href") for a in backs] == ["#fnref1"] + [f"#fnref1:{n}" for n in range(1, 28)]
 
 
