@@ -555,24 +555,33 @@ def refresh_all(
     """Store the page of every published essay that has none from this build (or, on SQLite,
     is not packed: `app/pagepack.py`), or of every one with `everything`, a batch per write
     transaction, so writers queue for moments, never minutes. Yields the number stored after
-    each batch. On SQLite, `everything` writes the pages into a new pack file and then removes
-    the files no page is in any more (what pages stored again left behind)."""
+    each batch. On SQLite, with `everything`, or when the pack files would otherwise hold more
+    left-behind bytes than pages in use (`pagepack.worth_compacting`), the pages go into a new
+    pack file (those of this build copied from their stored bytes, no render), and then the
+    files no page is in any more are removed."""
     from app import posts  # the post service imports this module
     from app.db import write_session
 
     where = pagepack.folder(engine)
     current = E.key == renderer.page_key
     unpacked = K.post_id.is_(None) if where is not None else literal(False)
+    compacting = where is not None and (
+        everything or pagepack.worth_compacting(engine, renderer.page_key)
+    )
     after = 0
-    if where is not None and everything:
-        pagepack.start_file(where)
-    elif where is not None:  # pages of this build not packed: their bytes, not a render
+    if compacting:
+        assert where is not None
+        newest = pagepack.start_file(where)
+    if where is not None and not everything:
+        # Pages of this build not packed (or, compacting, not in the new file): their stored
+        # bytes, not a render.
+        older_than = newest if compacting else ""
         while True:
             with write_session(engine) as session:
                 posts.serialize_writers(session)
                 if after == 0:
                     pagepack.forget_missing(session)  # a copy without its folder: pack again
-                packed = pagepack.pack_stored(session, renderer.page_key, after, batch)
+                packed = pagepack.pack_stored(session, renderer.page_key, after, batch, older_than)
                 session.commit()
             if not packed:
                 break
@@ -600,5 +609,5 @@ def refresh_all(
             session.commit()
         after = ids[-1]
         yield len(ids)
-    if everything:
+    if compacting:
         pagepack.remove_unused(engine)

@@ -23,10 +23,12 @@ How it stays correct:
   BEGIN, `app/db.py`), so there is one appender at a time.
 - A file is never rewritten, only appended to, and its name has a random part: a name in a row
   means the same bytes in every copy of the database and its folder.
-- Left-behind bytes (a page stored again leaves its old copy) are dropped by `workshop pages
-  refresh --all`, which writes every page into a new file (`start_file`) and then removes the
-  files no row points at (`remove_unused`). A reader that has a removed file open keeps reading
-  it; one that has not reads the page from `essay_pages`.
+- Left-behind bytes (a page stored again leaves its old copy: each new essay stores its
+  neighbour's page again, an edit its own, a deploy that changes the templates every one) are
+  dropped by `workshop pages refresh` once they would outweigh the pages in use
+  (`worth_compacting`), and always by `refresh --all`: every page goes into a new file
+  (`start_file`), then the files no row points at are removed (`remove_unused`). A reader that
+  has a removed file open keeps reading it; one that has not reads the page from `essay_pages`.
 """
 
 import logging
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, case, delete, func, insert, select
 from sqlmodel import Session
 
 from app import db
@@ -145,6 +147,31 @@ def start_file(where: Path) -> str:
     return name
 
 
+def worth_compacting(engine: Engine, page_key: str) -> bool:
+    """Whether the pack files, once the pages not of this build are stored again, would hold at
+    least as many left-behind bytes as bytes in use: then `workshop pages refresh` writes every
+    page into a new file and removes the old ones. So the files stay under about twice the
+    pages' size: a deploy that changes the templates stores every page again (2 GB at 100,000
+    essays), and before this each one's copy stayed, a second, third, fourth... 2 GB."""
+    where = folder(engine)
+    if where is None or not where.is_dir():
+        return False
+    held = sum(
+        entry.stat().st_size - len(HEADER)
+        for entry in os.scandir(where)
+        if entry.name.endswith(SUFFIX)
+    )
+    with Session(engine) as session:
+        live, stale = session.execute(
+            select(
+                func.coalesce(func.sum(K.html_len + K.gzip_len), 0),
+                func.coalesce(func.sum(case((K.key != page_key, K.html_len + K.gzip_len))), 0),
+            )
+        ).one()
+    left_behind = held - live + stale  # what is unused now, and what the refresh will leave
+    return left_behind > 0 and left_behind >= live
+
+
 def remove_unused(engine: Engine) -> int:
     """Remove the pack files no row points at, except the newest; the number removed. Under the
     write lock, so no write is between choosing its file and committing its rows."""
@@ -181,14 +208,19 @@ def forget_missing(session: Session, where: Path | None = None) -> None:
 UNPACKED_SQL = (
     "SELECT e.post_id, e.key, e.slug, e.etag, CAST(e.html AS BLOB), e.gzip FROM essay_pages AS e"
     " LEFT JOIN essay_packs AS k ON k.post_id = e.post_id"
-    " WHERE k.post_id IS NULL AND e.key = ? AND e.post_id > ? ORDER BY e.post_id LIMIT ?"
+    " WHERE (k.post_id IS NULL OR k.pack < ?) AND e.key = ? AND e.post_id > ?"
+    " ORDER BY e.post_id LIMIT ?"
 )
 
 
-def pack_stored(session: Session, page_key: str, after: int, batch: int) -> list[int]:
-    """Pack the next `batch` stored pages of this build that have no pack row, ids after `after`,
-    from their `essay_pages` bytes (no render); the ids packed."""
-    found = session.connection().exec_driver_sql(UNPACKED_SQL, (page_key, after, batch)).all()
+def pack_stored(
+    session: Session, page_key: str, after: int, batch: int, older_than: str = ""
+) -> list[int]:
+    """Pack the next `batch` stored pages of this build that have no pack row (or one in a file
+    older than the file named `older_than`: a compaction), ids after `after`, from their
+    `essay_pages` bytes (no render); the ids packed."""
+    params = (older_than, page_key, after, batch)
+    found = session.connection().exec_driver_sql(UNPACKED_SQL, params).all()
     pages = [Page(row[0], row[1], row[2], row[3], bytes(row[4]), bytes(row[5])) for row in found]
     store(session, [p.post_id for p in pages], pages)
     return [p.post_id for p in pages]

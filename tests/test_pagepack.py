@@ -1,6 +1,7 @@
 """SQLite's pack files (app/pagepack.py): a stored essay page is served from the pack file beside
 the database, the same bytes as its `essay_pages` row; a missing or short file, or a write rolled
-back, never changes what a reader gets; `workshop pages refresh --all` leaves one file. PostgreSQL
+back, never changes what a reader gets; `workshop pages refresh --all` leaves one file, and so
+does a refresh once left-behind bytes would outweigh the pages in use. PostgreSQL
 never writes the table."""
 
 import gzip
@@ -182,6 +183,54 @@ def test_refresh_all_writes_one_new_file_and_removes_the_rest(site) -> None:
     assert _pages(client, made) == before
     for post_id, (plain, zipped) in before.items():
         assert gzip.decompress(zipped) == plain, post_id
+
+
+@sqlite_only
+def test_refresh_compacts_once_left_behind_bytes_outweigh_the_pages(site) -> None:
+    """Each essay stores its neighbour's page again, an edit its own: their old copies stay in
+    the pack file. `workshop pages refresh` leaves a little of that, and once it is as much as
+    the pages in use writes them into one new file (their stored bytes, no render)."""
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2, 3, 4)]
+    assert where is not None
+    # Each essay made stored its neighbour's page again: start from one copy of each.
+    assert sum(essaypage.refresh_all(engine, renderer, everything=True)) == len(made)
+    (old,) = list(where.iterdir())
+    with write_session(engine) as session:  # one page stored again: a quarter left behind
+        essaypage.store_pages(session, renderer, {made[0].id})
+        session.commit()
+    assert sum(essaypage.refresh_all(engine, renderer)) == 0
+    assert list(where.iterdir()) == [old]  # too little to be worth a new file
+    with write_session(engine) as session:  # every page again: more left behind than in use
+        essaypage.store_pages(session, renderer, {p.id for p in made})  # type: ignore[misc]
+        session.commit()
+    before = _pages(client, made)
+    assert sum(essaypage.refresh_all(engine, renderer)) == len(made)
+    (new,) = list(where.iterdir())
+    assert new.name > old.name
+    live = sum(row[2] + row[3] for row in _rows(engine).values())
+    assert new.stat().st_size == len(pagepack.HEADER) + live
+    assert _pages(client, made) == before
+
+
+@sqlite_only
+def test_a_refresh_after_a_template_change_leaves_one_copy_of_each_page(
+    site, database_url: str
+) -> None:
+    """A deploy that changes the templates stores every page again: the refresh writes them
+    into a new file and removes the old one, instead of leaving a copy per deploy beside it."""
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2, 3)]
+    assert where is not None
+    for deploy in ("Workshop, second deploy", "Workshop, third deploy"):
+        other = Renderer.for_settings(make_settings(database_url, site_name=deploy))
+        assert other.page_key != renderer.page_key
+        assert sum(essaypage.refresh_all(engine, other)) == len(made)
+        (only,) = list(where.iterdir())
+        rows = _rows(engine)
+        assert {row[0] for row in rows.values()} == {only.name}
+        live = sum(row[2] + row[3] for row in rows.values())
+        assert only.stat().st_size == len(pagepack.HEADER) + live
 
 
 def test_only_sqlite_writes_pack_rows(site) -> None:
