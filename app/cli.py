@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from app import backup as backups
-from app import db, essaypage, pagestore, posts, tempfolders, tokens, transfer
+from app import db, essaypage, pagepack, pagestore, posts, tempfolders, tokens, transfer
 from app.config import Settings
 from app.errors import WorkshopError
 from app.fragments import Renderer
@@ -274,6 +274,7 @@ def pages_refresh(everything: bool) -> None:
     renderer = Renderer.for_settings(settings)
     started = time.monotonic()
     total = transfer.count_published(engine)
+    packed = pagepack.size_on_disk(engine)
     done = 0
     with click.progressbar(
         length=total, label="storing pages", file=sys.stderr, show_pos=True, show_percent=True
@@ -282,6 +283,9 @@ def pages_refresh(everything: bool) -> None:
             done += count
             bar.update(count)
     click.echo(f"stored {done} essay pages")
+    if pagepack.size_on_disk(engine) < packed:  # compacted (app/pagepack.py)
+        after = pagepack.size_on_disk(engine)
+        click.echo(f"pack files compacted: {packed / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB")
     seconds = time.monotonic() - started
     click.echo(
         f"stored {done} pages in {seconds:.1f} s: {done / max(seconds, 1e-9):.0f}/s", err=True

@@ -34,7 +34,7 @@ How it stays correct:
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,11 +156,7 @@ def worth_compacting(engine: Engine, page_key: str) -> bool:
     where = folder(engine)
     if where is None or not where.is_dir():
         return False
-    held = sum(
-        entry.stat().st_size - len(HEADER)
-        for entry in os.scandir(where)
-        if entry.name.endswith(SUFFIX)
-    )
+    held = size_on_disk(engine) - len(HEADER) * sum(1 for _ in _files(where))
     with Session(engine) as session:
         live, stale = session.execute(
             select(
@@ -170,6 +166,17 @@ def worth_compacting(engine: Engine, page_key: str) -> bool:
         ).one()
     left_behind = held - live + stale  # what is unused now, and what the refresh will leave
     return left_behind > 0 and left_behind >= live
+
+
+def size_on_disk(engine: Engine) -> int:
+    """The bytes of the database's pack files (0 for PostgreSQL or no folder)."""
+    where = folder(engine)
+    return sum(entry.stat().st_size for entry in _files(where)) if where is not None else 0
+
+
+def _files(where: Path) -> Iterator[os.DirEntry[str]]:
+    if where.is_dir():
+        yield from (entry for entry in os.scandir(where) if entry.name.endswith(SUFFIX))
 
 
 def remove_unused(engine: Engine) -> int:

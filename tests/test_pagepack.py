@@ -214,6 +214,28 @@ def test_refresh_compacts_once_left_behind_bytes_outweigh_the_pages(site) -> Non
 
 
 @sqlite_only
+def test_the_refresh_command_says_what_compacting_freed(site, database_url, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2, 3)]
+    for _ in range(2):  # two copies of every page left behind
+        with write_session(engine) as session:
+            essaypage.store_pages(session, renderer, {p.id for p in made})  # type: ignore[misc]
+            session.commit()
+    before = pagepack.size_on_disk(engine)
+    monkeypatch.setenv("WORKSHOP_DATABASE_URL", database_url)
+    monkeypatch.setenv("WORKSHOP_SITE_URL", SITE_URL)
+    result = CliRunner().invoke(main, ["pages", "refresh"])
+    assert result.exit_code == 0, result.output
+    after = pagepack.size_on_disk(engine)
+    assert after < before / 2
+    assert f"pack files compacted: {before / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB" in result.output
+
+
+@sqlite_only
 def test_a_refresh_after_a_template_change_leaves_one_copy_of_each_page(
     site, database_url: str
 ) -> None:
