@@ -268,7 +268,9 @@ def pages_group() -> None:
 def pages_refresh(everything: bool) -> None:
     """Store the page of every published essay that has none from this build. Run it after a
     deploy that changes the templates or the site's name or timezone: until then those pages
-    render on each request (correct, only slower). Safe while the site runs."""
+    render on each request (correct, only slower). On SQLite it also compacts the pack files
+    once the page copies left behind outweigh the pages in use (--all: always). Safe while the
+    site runs."""
     settings = _settings()
     engine = db.make_engine(settings)
     renderer = Renderer.for_settings(settings)
