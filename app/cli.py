@@ -285,8 +285,8 @@ def pages_refresh(everything: bool) -> None:
             done += count
             bar.update(count)
     click.echo(f"stored {done} essay pages")
-    if pagepack.size_on_disk(engine) < packed:  # compacted (app/pagepack.py)
-        after = pagepack.size_on_disk(engine)
+    after = pagepack.size_on_disk(engine)
+    if after < packed:  # compacted (app/pagepack.py)
         click.echo(f"pack files compacted: {packed / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB")
     seconds = time.monotonic() - started
     click.echo(

@@ -17,6 +17,12 @@ def gzip_etag(etag: str) -> str:
     return f'{etag[:-1]}{GZIP_SUFFIX}"'
 
 
+def weak(tag: str) -> str:
+    """`tag` as a weak validator (`W/"..."`): what a compressed copy of a file's bytes gets, as
+    nginx gives it (app/templating.py, static files)."""
+    return tag if tag.startswith("W/") else f"W/{tag}"
+
+
 def state_tag(tag: str) -> str:
     """The plain strong tag of the state `tag` names, whatever form it came in: weakened by a
     proxy (`W/`) or the gzipped representation's."""

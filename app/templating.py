@@ -17,13 +17,14 @@ from urllib.parse import urlencode
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.responses import FileResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from app import timefmt, urls
 from app.config import Settings
-from app.routes.conditional import VARY
+from app.etags import weak
+from app.routes.conditional import VARY, accepts_gzip
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 STATIC_REVALIDATE = "public, max-age=300"
@@ -111,9 +112,10 @@ class StaticAssets(StaticFiles):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            gzipped = accepts_gzip(scope)
             if scope["method"] == "HEAD":
-                send = self._named_as_get(send, scope)
-            if _accepts_gzip(scope):  # sees the file's own length, before a HEAD's is named
+                send = self._named_as_get(send, scope, gzipped)
+            if gzipped:  # sees the file's own length, before a HEAD's is named
                 send = self._weakened_when_compressed(send)
         await super().__call__(scope, receive, send)
 
@@ -128,18 +130,17 @@ class StaticAssets(StaticFiles):
                 headers = MutableHeaders(raw=message["headers"])
                 length = headers.get("content-length", "")
                 if length.isdigit() and int(length) >= self.compress_from:
-                    headers["etag"] = _weak(headers["etag"])
+                    headers["etag"] = weak(headers["etag"])
             await send(message)
 
         return sending
 
-    def _named_as_get(self, send: Send, scope: Scope) -> Send:
+    def _named_as_get(self, send: Send, scope: Scope, gzipped: bool) -> Send:
         """`send` for a HEAD, naming the headers its GET gets from the gzip middleware (RFC
         9110 section 9.3.2): Starlette's FileResponse sends no body for HEAD, so the middleware
         would name the file's own length and no Content-Encoding or Vary. HEAD was answered as
         GET for that, which had the middleware compress the file for every HEAD only for the
         server to drop it; the gzipped length is worked out once per version of the file."""
-        gzipped = _accepts_gzip(scope)
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 200:
@@ -175,8 +176,8 @@ class StaticAssets(StaticFiles):
             # 9110 section 15.4.5). The gzip middleware names Vary only on a body long enough
             # to compress, and a 304 has none: a cache could have kept it for either encoding.
             response.headers.add_vary_header(VARY)
-            if _accepts_gzip(scope):
-                response.headers["etag"] = _weak(response.headers["etag"])
+            if accepts_gzip(scope):
+                response.headers["etag"] = weak(response.headers["etag"])
         return response
 
     async def get_response(self, path: str, scope: Scope) -> Response:
@@ -199,15 +200,6 @@ def _gzipped_length(path: str, mtime_ns: int, size: int) -> int:
     zlib's gzip format at level 9, with neither name nor time in its header, the bytes of
     `gzip.compress` at mtime 0), worked out once per version of the file."""
     return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
-
-
-def _accepts_gzip(scope: Scope) -> bool:
-    """Whether the gzip middleware compresses the answer: its own test of the request."""
-    return "gzip" in Headers(scope=scope).get("accept-encoding", "")
-
-
-def _weak(etag: str) -> str:
-    return etag if etag.startswith("W/") else f"W/{etag}"
 
 
 def json_script(value: Any) -> Markup:

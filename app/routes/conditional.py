@@ -2,7 +2,9 @@
 
 from collections.abc import Mapping
 
+from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.types import Scope
 
 # The gzip layer (`app/main.py`) names Accept-Encoding in the Vary of every answer it could
 # compress, but a 304 has no body, so it leaves it out. A 304 must carry the Vary its 200 would
@@ -10,6 +12,13 @@ from starlette.responses import Response
 # routes' 304s, the stored essay pages' (app/routes/reader.py) and the static files'
 # (app/templating.py) all name it from here.
 VARY = "Accept-Encoding"
+
+
+def accepts_gzip(scope: Scope) -> bool:
+    """Whether the gzip layer (Starlette's GZipMiddleware, `app/main.py`) compresses the answer
+    to this request: its own test, which the routes that choose a representation themselves
+    (the API's posts, static files) must share."""
+    return "gzip" in Headers(scope=scope).get("accept-encoding", "")
 
 
 def not_modified(headers: Mapping[str, str]) -> Response:

@@ -25,7 +25,7 @@ from app.errors import CycleConflict, WorkshopError
 from app.etags import gzip_etag, matches
 from app.idempotency import StoredResponse
 from app.models import Post, PostIn
-from app.routes.conditional import not_modified
+from app.routes.conditional import VARY, accepts_gzip, not_modified
 from app.schemas import PostOut, PostPage, post_out, problem_responses
 from app.urls import permalink
 
@@ -347,15 +347,11 @@ def _etag_of(body: str) -> str:
     return f'"p{doc["id"]}v{doc["version"]}"'  # the same form as posts.etag()
 
 
-def _accepts_gzip(request: Request) -> bool:
-    # The gzip layer's own test (app/main.py), and the one the response cache keys its copies
-    # by (app/cache.py): every request of one cache key gets the same representation.
-    return "gzip" in request.headers.get("accept-encoding", "")
-
-
 def _etag_for(request: Request, etag: str) -> str:
     """The post's ETag in the form of the representation this request gets (`_post_json`)."""
-    return gzip_etag(etag) if _accepts_gzip(request) else etag
+    # The gzip layer's test, which the response cache keys its copies by too (app/cache.py):
+    # every request of one cache key gets the same representation.
+    return gzip_etag(etag) if accepts_gzip(request.scope) else etag
 
 
 def _post_json(request: Request, body: str, status: int, headers: dict[str, str]) -> Response:
@@ -364,10 +360,10 @@ def _post_json(request: Request, body: str, status: int, headers: dict[str, str]
     which tag the 200 carries. The gzip layer leaves an answer with a Content-Encoding alone,
     Vary included; it names Vary on the plain answer once that is long enough to compress."""
     content = body.encode()
-    if _accepts_gzip(request):
+    if accepts_gzip(request.scope):
         # mtime 0: one strong tag, one sequence of bytes, however often and wherever it is made.
         content = gzip.compress(content, mtime=0)
-        headers = {**headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        headers = {**headers, "Content-Encoding": "gzip", "Vary": VARY}
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
