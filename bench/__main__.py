@@ -3,6 +3,8 @@ wrk next to nginx serving the same bytes, and write bench/results/<date>-<db>.{m
 
 import argparse
 import os
+import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -98,14 +100,17 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
                             e.static_url = nginx.add(
                                 f"e{i}", answer.content, answer.headers.get("content-type", "")
                             )
+                    if any(e.script is not None for e in found):
+                        _add_pages(nginx, server.url, archive.url)
                     nginx.start()
+                    _check_pages(nginx, server.url, found)
                 else:
                     for i, e in enumerate(found):
                         e.static_url = f"http://127.0.0.1:{nginx.port}/e{i}"
                 if calibration is None:
                     calibration = _calibrate(args, nginx, found, work)
                 for e in found:
-                    rows.append(_measure(args, server, e, size, cache))
+                    rows.append(_measure(args, server, e, size, cache, nginx.pages > 0))
                 if not args.no_ingest and (not wanted or any("ingest" in w for w in wanted)):
                     rows.extend(_ingest(args, server, archive.url, found, size, cache, work))
             finally:
@@ -118,6 +123,36 @@ def measure_size(args: argparse.Namespace, size: int, work: Path) -> dict[str, o
         "calibration": calibration,
         "rows": rows,
     }
+
+
+def _add_pages(nginx: load.Nginx, base: str, database_url: str) -> None:
+    """Every essay's page at its own path, for the random-essay rows: nginx then serves the
+    same pages drawn by the same script, reading them from as many files as the app reads."""
+    started = time.monotonic()
+    content_type = httpx.get(base + "/").headers.get("content-type", "")
+    for path, body in endpoints.essay_pages(database_url):
+        nginx.add_page(path, body, content_type)
+    print(
+        f"  nginx: {nginx.pages} essay pages written in {time.monotonic() - started:.0f} s",
+        file=sys.stderr,
+    )
+
+
+def _check_pages(nginx: load.Nginx, base: str, found: list[endpoints.Endpoint]) -> None:
+    """The pages nginx serves are the app's, byte for byte (a sample of every script's paths)."""
+    if not nginx.pages:
+        return
+    static = f"http://127.0.0.1:{nginx.port}"
+    for e in found:
+        if e.script is None:
+            continue
+        paths = re.findall(r'^"(/read/[^"]+)",?$', e.script.read_text(), re.MULTILINE)
+        for path in random.Random(7).sample(paths, min(25, len(paths))):
+            app, peer = httpx.get(base + path), httpx.get(static + path)
+            if (app.status_code, app.content) != (peer.status_code, peer.content):
+                raise SystemExit(f"bench: nginx's copy of {path} differs from the app's answer")
+            if app.headers.get("content-type") != peer.headers.get("content-type"):
+                raise SystemExit(f"bench: nginx's content type for {path} differs from the app's")
 
 
 def _calibrate(
@@ -159,7 +194,11 @@ def _measure(
     e: endpoints.Endpoint,
     size: int,
     cache: bool,
+    nginx_pages: bool = False,
 ) -> dict[str, object]:
+    """One endpoint, app against nginx. A random-essay row's nginx serves every essay's page at
+    its own path, drawn by the same script (`nginx_pages`), and the row also notes its ratio to
+    nginx serving the one popular page (how runs before 2026-12-06 measured it)."""
     row: dict[str, object] = {
         "endpoint": e.name,
         "path": e.path,
@@ -174,24 +213,36 @@ def _measure(
     if e.status == 304:  # nginx answers 304 to its own ETag: the same work, statically
         etag = httpx.get(e.static_url).headers["etag"]
         static_headers = {"If-None-Match": etag}
-    static_script = None
+    static_url, static_script = e.static_url, None
+    one_file_script = None  # random essays: also nginx serving the one popular page
     if e.script is not None:  # the same client work per request: a Lua script picks a path
-        static_script = endpoints.random_essays_script(
+        one_file_script = endpoints.random_essays_script(
             [httpx.URL(e.static_url).path], e.script.with_suffix(".static.lua")
         )
+        static_script = one_file_script
+        if nginx_pages:  # nginx serves the same pages, drawn by the same script
+            static_url = f"http://127.0.0.1:{httpx.URL(e.static_url).port}{e.path}"
+            static_script = e.script
     load.wrk(url, 1, e.script, headers=e.headers)  # warm-ups, discarded
-    load.wrk(e.static_url, 1, static_script, headers=static_headers)
+    load.wrk(static_url, 1, static_script, headers=static_headers)
     server.peak_total = server.peak_worker = 0
     # As `peer.sh` does: app, nginx, app, nginx; the ratio of the means. (nginx alone ran at
     # 97-119k requests/s within one night's run: one run of each tied a ratio to one moment.)
     apps: list[load.Result] = []
     statics: list[load.Result] = []
+    one_files: list[load.Result] = []
     for _ in range(2):
         server.sample()
         apps.append(load.wrk(url, args.seconds, e.script, headers=e.headers))
         server.sample()
-        statics.append(load.wrk(e.static_url, args.seconds, static_script, headers=static_headers))
+        statics.append(load.wrk(static_url, args.seconds, static_script, headers=static_headers))
+        if static_script is not one_file_script:
+            one_files.append(load.wrk(e.static_url, args.seconds, one_file_script))
     result, peer = load.mean(apps), load.mean(statics)
+    if one_files:  # as earlier runs measured these rows: against nginx serving one page
+        one_file = load.mean(one_files)
+        if one_file.rps:
+            row.update(one_file_static_rps=one_file.rps, one_file_ratio=result.rps / one_file.rps)
     if e.status == 304:  # and as `peer.sh URL` measures it: nginx serving the page itself
         page = load.wrk(e.static_url, args.seconds)
         if page.rps:
@@ -209,7 +260,8 @@ def _measure(
     print(
         f"  {size:>6} cache {row['cache']:<3} {e.name:<30} {result.rps:8.0f} req/s  "
         f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  ratio {row['ratio']:.3f}  "
-        f"rss {row['peak_rss_mb']:.0f} MB {result.errors}",
+        f"rss {row['peak_rss_mb']:.0f} MB {result.errors}"
+        + (f"  (one page: {row['one_file_ratio']:.3f})" if "one_file_ratio" in row else ""),
         file=sys.stderr,
     )
     return row

@@ -91,7 +91,13 @@ def summary(doc: dict[str, Any]) -> list[str]:
                 target = HOT_RATIO if cache == "on" else UNCACHED_ESSAY_RATIO
                 applies = cache == "on" or name.startswith("essay")
                 verdict = f" (target {target}: {_mark(hot['ratio'] >= target)})" if applies else ""
-                lines.append(f"  - {name}, cache {cache}: {hot['ratio']:.3f}{verdict}")
+                line = f"  - {name}, cache {cache}: {hot['ratio']:.3f}{verdict}"
+                if hot.get("one_file_ratio") is not None:  # runs from 2026-12-06 on
+                    line += (
+                        f" of nginx serving the same pages; {hot['one_file_ratio']:.3f} of nginx"
+                        " serving the one popular page"
+                    )
+                lines.append(line)
         for (name, cache), row in rows.items():
             if "304" in name and cache == "on":
                 ok = row["ratio"] >= NOT_MODIFIED_RATIO

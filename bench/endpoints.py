@@ -2,6 +2,7 @@
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -12,7 +13,7 @@ from sqlmodel import Session
 
 from app import browse, db
 from app.config import Settings
-from app.models import STATUS_PUBLISHED, Post, PostStory, Story, Tag
+from app.models import STATUS_PUBLISHED, EssayPage, Post, PostStory, Story, Tag
 from app.routes.ingest import _encode_cursor as api_cursor
 from bench.corpus import COMMON_TAG, COMMON_WORD, PHRASE, RARE_WORD, Corpus
 
@@ -103,6 +104,24 @@ def _local(url: str) -> str:
     """A link as a path on the server measured (links name the site's public address)."""
     parts = urlsplit(url)
     return parts.path + (f"?{parts.query}" if parts.query else "") if parts.scheme else url
+
+
+def essay_pages(database_url: str) -> Iterator[tuple[str, bytes]]:
+    """Every published essay's path and stored page, streamed: what nginx serves beside the
+    random-essay rows (`bench/__main__.py` checks a sample against the server's answers)."""
+    engine = db.make_engine(Settings(_env_file=None, database_url=database_url))  # type: ignore[call-arg]
+    try:
+        with Session(engine) as session:
+            rows = session.execute(
+                select(Post.id, Post.slug, EssayPage.html)  # type: ignore[call-overload]
+                .join(EssayPage, EssayPage.post_id == Post.id)
+                .where(Post.status == STATUS_PUBLISHED)
+                .execution_options(yield_per=500)
+            )
+            for post_id, slug, html in rows:
+                yield f"/read/{post_id}/{slug}", html.encode()
+    finally:
+        engine.dispose()
 
 
 def discover(base: str, database_url: str, workdir: Path) -> list[Endpoint]:

@@ -202,6 +202,9 @@ def _started(command: list[str], env: dict[str, str], port: int, log: Path, prob
 # --- nginx serving the same bytes ----------------------------------------------------------
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._~-]+")
+
+
 class Nginx:
     """nginx on loopback serving each endpoint's body as a static file (same bytes, same type)."""
 
@@ -210,6 +213,8 @@ class Nginx:
         self.dir.chmod(0o755)
         self.port = free_port()
         self.files: dict[str, str] = {}
+        self.pages = 0  # essay pages under /read/ (`add_page`)
+        self.page_type = ""
         self.process: subprocess.Popen[bytes] | None = None
 
     def add(self, name: str, body: bytes, content_type: str) -> str:
@@ -219,11 +224,33 @@ class Nginx:
         self.files[name] = content_type.replace('"', "")
         return f"http://127.0.0.1:{self.port}/{name}"
 
+    def add_page(self, path: str, body: bytes, content_type: str) -> None:
+        """An essay page served at its own path (`/read/<id>/<slug>`), as the app serves it."""
+        parts = path.split("/")
+        if (
+            len(parts) != 4
+            or parts[:2] != ["", "read"]
+            or not all(_PLAIN_NAME.fullmatch(p) for p in parts[2:])
+        ):
+            raise SystemExit(f"bench: {path!r} is not a plain /read/<id>/<slug> path")
+        folder = self.dir / "read" / parts[2]
+        if not folder.is_dir():
+            folder.mkdir(parents=True)  # nginx's workers (nobody) must read them
+            folder.chmod(0o755)
+            folder.parent.chmod(0o755)
+        page = folder / parts[3]
+        page.write_bytes(body)
+        page.chmod(0o644)
+        self.pages += 1
+        self.page_type = content_type.replace('"', "")
+
     def start(self) -> None:
         locations = "\n".join(
             f'    location = /{name} {{ default_type "{ctype}"; try_files /{name} =404; }}'
             for name, ctype in self.files.items()
         )
+        if self.pages:
+            locations += f'\n    location /read/ {{ default_type "{self.page_type}"; }}'
         temp = " ".join(
             f"{k}_temp_path {self.dir}/{k};"
             for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")

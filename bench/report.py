@@ -48,7 +48,9 @@ def write(
         "",
         f"`{meta['command']}`; wrk {meta['wrk']}, {args.seconds} s per measurement.",
         "ratio = the endpoint's requests/s over nginx serving the same bytes as a static file, "
-        "measured in the same run (a 304 row: over nginx answering 304 to its own ETag). "
+        "measured in the same run (a 304 row: over nginx answering 304 to its own ETag; a "
+        "random-essay row: over nginx serving every essay's page at its own path, drawn by the "
+        "same wrk script, and its notes give the ratio to nginx serving the one popular page). "
         "p99 x = p99 over the same endpoint's p99 at the smallest size.",
         "",
     ]
@@ -81,6 +83,12 @@ def write(
                     0,
                     f"{r['page_ratio']:.3f} of nginx serving the page "
                     f"({r['page_static_rps']:.0f} req/s), as `peer.sh URL` measures it",
+                )
+            if "one_file_ratio" in r:  # a random-essay row: also against one page
+                notes.insert(
+                    0,
+                    f"{r['one_file_ratio']:.3f} of nginx serving the one popular page "
+                    f"({r['one_file_static_rps']:.0f} req/s)",
                 )
             if "reader_rps" in r:
                 notes.insert(
