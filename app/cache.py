@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from app import beacon, db, etags, watch
 from app.asgi import at_shutdown, at_startup
+from app.observability import REQUEST_ID
 from app.pgshared import SharedReads, Wire
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class ResponseCache:
             version = await self.versions.read()
         except Exception:  # no version, no cache: the app answers (and reports the database)
             if not self._warned:
-                log.warning("response cache bypassed: content version unreadable", exc_info=True)
+                _warn_bypassed(scope)
                 self._warned = True
             await self.app(scope, receive, send)
             return
@@ -461,3 +462,17 @@ def _tagged(send: Send) -> Send:
         await send(message)
 
     return tagged
+
+
+def _warn_bypassed(scope: Scope) -> None:
+    """Warn, with the traceback, that the content version could not be read, under the id of
+    the request that found it (set by the request log, which runs before this cache), as the
+    error log does: the operator finds it beside that request's own error and access lines."""
+    request_id = scope.get(REQUEST_ID) or "-"
+    method, path = scope["method"], scope["path"]
+    log.warning(
+        "response cache bypassed: content version unreadable (request %s)",
+        request_id,
+        exc_info=True,
+        extra={"fields": {"method": method, "path": path, "request_id": request_id}},
+    )

@@ -32,8 +32,14 @@ def state_tag(tag: str) -> str:
     return tag
 
 
+def state_tags(condition: str) -> set[str]:
+    """The states an If-Match or If-None-Match value names, each as its plain strong tag
+    (`*` stays `*`): `"p1v1-gzip", W/"p1v2"` -> `{"p1v1", "p1v2"}`."""
+    return {state_tag(tag) for tag in condition.split(",")}
+
+
 def matches(condition: str, etag: str) -> bool:
     """Whether an If-Match or If-None-Match value names the state `etag` is a tag of: `*`, or
     any of its tags in any form (plain, gzipped, weakened)."""
-    wanted = {state_tag(tag) for tag in condition.split(",")}
+    wanted = state_tags(condition)
     return "*" in wanted or state_tag(etag) in wanted

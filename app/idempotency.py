@@ -4,7 +4,7 @@ A key is scoped to the token that sent it. The first request with a key claims i
 state `in_flight`, committed before the work starts, so every worker sees the claim); when the
 work succeeds its answer is stored and the key becomes `done`. Later requests with the key:
 
-- a different request (method, path, If-Match or body) -> 422, nothing runs;
+- a different request (method, path, the version If-Match names, or body) -> 422, nothing runs;
 - while the first is still running -> 409 with Retry-After, nothing runs;
 - the same request after it finished -> the stored answer again, nothing runs.
 
@@ -34,6 +34,7 @@ from app import claimowners
 from app.config import Settings
 from app.db import write_session
 from app.errors import WorkshopError
+from app.etags import state_tags
 from app.models import IdempotencyKey, utcnow
 
 IN_FLIGHT = "in_flight"
@@ -70,7 +71,12 @@ class StoredResponse:
 
 def fingerprint(method: str, path: str, if_match: str | None, body: BaseModel | None) -> str:
     """What makes two requests "the same": validated content, so key order and spacing do not."""
-    digest = hashlib.sha256(f"{method} {path}\n{if_match or ''}\n".encode())
+    # The If-Match by the versions it names, as the precondition reads it (app/etags.py): a
+    # retry that sends the other tag of the same version (the gzipped answer's, or weakened by
+    # a proxy) is the same request. A lone plain tag, `*` or none reads as sent, so keys
+    # stored before If-Match was read this way still match their retries.
+    condition = ", ".join(sorted(state_tags(if_match))) if if_match else ""
+    digest = hashlib.sha256(f"{method} {path}\n{condition}\n".encode())
     if body is not None:
         digest.update(body.model_dump_json().encode())
     return digest.hexdigest()

@@ -1,6 +1,8 @@
 """The response cache: hits, freshness after every write (on every worker), bypasses and bounds."""
 
 import asyncio
+import json
+import logging
 from pathlib import Path
 
 import httpx
@@ -15,6 +17,7 @@ from app import beacon, db, posts
 from app.cache import LRU, Entry, ResponseCache
 from app.config import Settings
 from app.main import create_app
+from app.observability import LogFormatter
 
 
 def _edit_title(engine: Engine, post_id: int, title: str) -> None:
@@ -107,6 +110,27 @@ def test_the_setting_switches_it_off(database_url, engine):
     app.state.engine.dispose()
     assert response.status_code == 200
     assert "x-cache" not in response.headers
+
+
+def test_an_unreadable_version_is_warned_under_the_request_id(tmp_path: Path, caplog):
+    """No database where the settings point (a mistyped WORKSHOP_DATABASE_URL, a file moved
+    away): the cache steps aside, and its warning names the request that met it, as the
+    request's own error and access lines do, so the operator finds them together."""
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'nowhere.db'}"))
+    with (
+        caplog.at_level(logging.WARNING, logger="app.cache"),
+        TestClient(app, base_url=SITE_URL) as client,
+    ):
+        answer = client.get("/", headers={"X-Request-ID": "r-cache"})
+    app.state.engine.dispose()
+    assert answer.status_code == 503 and answer.headers["x-request-id"] == "r-cache"
+    [warning] = [r for r in caplog.records if r.name == "app.cache"]
+    line = json.loads(LogFormatter(as_json=True).format(warning))  # as `workshop serve` logs it
+    assert line["level"] == "warning"
+    assert line["message"].startswith("response cache bypassed: content version unreadable")
+    assert line["request_id"] == "r-cache" and "r-cache" in line["message"]
+    assert (line["method"], line["path"]) == ("GET", "/")
+    assert "no database at" in line["exception"]
 
 
 def test_error_pages_are_cached_per_kind_of_client(client):

@@ -1,9 +1,10 @@
 """HEAD answers wherever GET does (RFC 9110 section 9.3.2): the same status and headers, no body.
 
 Every GET route of the app is listed in EXAMPLES with the requests that exercise it (found,
-missing, withdrawn, refused), so a new GET route fails `test_every_get_route_has_examples`
-until it is listed here, and then `test_head_answers_like_get` checks it, in the app and
-through `workshop serve`, with and without gzip.
+missing, withdrawn, refused) and the status each answers, so a new GET route fails
+`test_every_get_route_has_examples` until it is listed here, and then
+`test_head_answers_like_get` checks it, in the app and through `workshop serve`, with and
+without gzip.
 """
 
 import os
@@ -28,50 +29,58 @@ from app.config import Settings
 from app.main import GZIP
 from app.templating import StaticAssets
 
-# `{post}`, `{slug}`: a published essay; `{gone}`, `{gone_slug}`: a withdrawn one.
-EXAMPLES: dict[str, list[str]] = {
-    "/": ["/", "/?before=not-a-cursor"],
-    "/archive": ["/archive"],
-    "/archive/{year}/{month}": ["/archive/2026/04", "/archive/2026/13"],
-    "/tags/{tag_slug}": ["/tags/qqq", "/tags/nope"],
-    "/stories/{story_slug}": ["/stories/narrow-leadership", "/stories/nope"],
-    "/search": ["/search?q=breadth", "/search"],
-    "/read/{post_id}": ["/read/{post}", "/read/999999", "/read/abc"],
-    "/read/{post_id}/": ["/read/{post}/"],
-    "/read/{post_id}/{slug}": [
-        "/read/{post}/{slug}",
-        "/read/{post}/old-slug",
-        "/read/{gone}/{gone_slug}",
-        "/read/999999/x",
-    ],
-    "/cycle/{cycle}": ["/cycle/900", "/cycle/901", "/cycle/5", "/cycle/x"],
-    "/api/v1/posts": ["/api/v1/posts", "/api/v1/posts?limit=1", "/api/v1/posts?limit=0"],
-    "/api/v1/posts/{post_id}": [
-        "/api/v1/posts/{post}",
-        "/api/v1/posts/{gone}",
-        "/api/v1/posts/999999",
-        "/api/v1/posts/abc",
-    ],
-    "/feed.xml": ["/feed.xml"],
-    "/atom.xml": ["/atom.xml"],
-    "/feed.json": ["/feed.json"],
-    "/tags/{slug}/feed.xml": ["/tags/qqq/feed.xml", "/tags/nope/feed.xml"],
-    "/tags/{slug}/atom.xml": ["/tags/qqq/atom.xml"],
-    "/tags/{slug}/feed.json": ["/tags/qqq/feed.json"],
-    "/stories/{slug}/feed.xml": ["/stories/narrow-leadership/feed.xml"],
-    "/stories/{slug}/atom.xml": ["/stories/narrow-leadership/atom.xml"],
-    "/stories/{slug}/feed.json": ["/stories/narrow-leadership/feed.json", "/stories/x/feed.json"],
-    "/sitemap.xml": ["/sitemap.xml"],
-    "/sitemaps/{name}": ["/sitemaps/posts-0.xml", "/sitemaps/nope.xml"],
-    "/robots.txt": ["/robots.txt"],
-    "/healthz": ["/healthz"],
-    "/readyz": ["/readyz"],
-    "/metrics": ["/metrics"],
-    "/openapi.json": ["/openapi.json"],
-    "/docs": ["/docs"],
-    "/docs/oauth2-redirect": ["/docs/oauth2-redirect"],
-    "/redoc": ["/redoc"],
-    "/static": ["/static/style.css", "/static/nope.css"],
+# `{post}`, `{slug}`: a published essay; `{gone}`, `{gone_slug}`: a withdrawn one. Each example
+# with the status its GET answers: HEAD and GET alike is no proof when both are a 500.
+EXAMPLES: dict[str, dict[str, int]] = {
+    "/": {"/": 200, "/?before=not-a-cursor": 400},
+    "/archive": {"/archive": 200},
+    "/archive/{year}/{month}": {"/archive/2026/04": 200, "/archive/2026/13": 404},
+    "/tags/{tag_slug}": {"/tags/qqq": 200, "/tags/nope": 404},
+    "/stories/{story_slug}": {"/stories/narrow-leadership": 200, "/stories/nope": 404},
+    "/search": {"/search?q=breadth": 200, "/search": 200},
+    "/read/{post_id}": {"/read/{post}": 301, "/read/999999": 404, "/read/abc": 404},
+    "/read/{post_id}/": {"/read/{post}/": 301},
+    "/read/{post_id}/{slug}": {
+        "/read/{post}/{slug}": 200,
+        "/read/{post}/old-slug": 301,
+        "/read/{gone}/{gone_slug}": 410,
+        "/read/999999/x": 404,
+    },
+    "/cycle/{cycle}": {"/cycle/900": 302, "/cycle/901": 410, "/cycle/5": 404, "/cycle/x": 404},
+    "/api/v1/posts": {
+        "/api/v1/posts": 200,
+        "/api/v1/posts?limit=1": 200,
+        "/api/v1/posts?limit=0": 422,
+    },
+    "/api/v1/posts/{post_id}": {
+        "/api/v1/posts/{post}": 200,
+        "/api/v1/posts/{gone}": 410,
+        "/api/v1/posts/999999": 404,
+        "/api/v1/posts/abc": 422,
+    },
+    "/feed.xml": {"/feed.xml": 200},
+    "/atom.xml": {"/atom.xml": 200},
+    "/feed.json": {"/feed.json": 200},
+    "/tags/{slug}/feed.xml": {"/tags/qqq/feed.xml": 200, "/tags/nope/feed.xml": 404},
+    "/tags/{slug}/atom.xml": {"/tags/qqq/atom.xml": 200},
+    "/tags/{slug}/feed.json": {"/tags/qqq/feed.json": 200},
+    "/stories/{slug}/feed.xml": {"/stories/narrow-leadership/feed.xml": 200},
+    "/stories/{slug}/atom.xml": {"/stories/narrow-leadership/atom.xml": 200},
+    "/stories/{slug}/feed.json": {
+        "/stories/narrow-leadership/feed.json": 200,
+        "/stories/x/feed.json": 404,
+    },
+    "/sitemap.xml": {"/sitemap.xml": 200},
+    "/sitemaps/{name}": {"/sitemaps/posts-0.xml": 200, "/sitemaps/nope.xml": 404},
+    "/robots.txt": {"/robots.txt": 200},
+    "/healthz": {"/healthz": 200},
+    "/readyz": {"/readyz": 200},
+    "/metrics": {"/metrics": 200},
+    "/openapi.json": {"/openapi.json": 200},
+    "/docs": {"/docs": 200},
+    "/docs/oauth2-redirect": {"/docs/oauth2-redirect": 200},
+    "/redoc": {"/redoc": 200},
+    "/static": {"/static/style.css": 200, "/static/nope.css": 404},
 }
 # Headers that differ from one request to the next, whatever the method.
 PER_REQUEST = {"date", "x-request-id"}
@@ -87,8 +96,13 @@ def _essays(engine: Engine) -> dict[str, object]:
     return {"post": post.id, "slug": post.slug, "gone": gone.id, "gone_slug": gone.slug}
 
 
-def _examples(values: dict[str, object]) -> list[str]:
-    return [example.format(**values) for route in sorted(EXAMPLES) for example in EXAMPLES[route]]
+def _examples(values: dict[str, object]) -> list[tuple[str, int]]:
+    """Every example's path, with the status its GET answers."""
+    return [
+        (example.format(**values), status)
+        for route in sorted(EXAMPLES)
+        for example, status in EXAMPLES[route].items()
+    ]
 
 
 def _shown(response: httpx.Response, path: str) -> list[tuple[str, str]]:
@@ -121,15 +135,15 @@ def test_head_answers_like_get(uncached_client: TestClient, engine: Engine, rout
     # gzipped: Starlette's FileResponse sends no body for HEAD, so the gzip middleware had
     # nothing to compress.
     values = _essays(engine)
-    for example in EXAMPLES[route]:
+    for example, status in EXAMPLES[route].items():
         path = example.format(**values)
         for accept in ACCEPTS:
             for encoding in ENCODINGS:
                 asked = {"Accept": accept, "Accept-Encoding": encoding}
                 got = uncached_client.get(path, headers=asked)
                 head = uncached_client.head(path, headers=asked)
-                assert got.status_code < 500, (path, asked)  # alike, and not alike in failing
-                assert (head.status_code, head.content) == (got.status_code, b""), (path, asked)
+                assert got.status_code == status, (path, asked)  # not merely alike in failing
+                assert (head.status_code, head.content) == (status, b""), (path, asked)
                 assert _shown(head, path) == _shown(got, path), (path, asked)
 
 
@@ -143,24 +157,23 @@ def test_head_answers_like_get_through_the_server(
     request with the engine's token, everything when the cache is off). Never a body."""
     values = _essays(engine)
     bearer = {"Authorization": f"Bearer {token}"}
-    personal = [(path, bearer) for path in _examples(values) if path.startswith("/api/")]
-    requests = [(path, {}) for path in _examples(values)] + personal
+    examples = _examples(values)
+    personal = [(path, status, bearer) for path, status in examples if path.startswith("/api/")]
+    requests = [(path, status, {}) for path, status in examples] + personal
     server = start_server(settings, tmp_path, WORKSHOP_RESPONSE_CACHE=response_cache)
     try:
         with httpx.Client(base_url=server.url) as client:
-            for path, headers in requests:
+            for path, status, headers in requests:
                 for accept in ACCEPTS:
                     for encoding in ENCODINGS:
                         asked = {**headers, "Accept": accept, "Accept-Encoding": encoding}
                         first = client.head(path, headers=asked)  # a cache miss, if cached
                         got = client.get(path, headers=asked)
                         head = client.head(path, headers=asked)  # as the GET was answered
-                        assert got.status_code < 500, (path, asked)
+                        assert got.status_code == status, (path, asked)
                         for answer in (first, head):
-                            assert (answer.status_code, answer.content) == (
-                                got.status_code,
-                                b"",
-                            ), (path, asked)
+                            assert answer.status_code == status, (path, asked)
+                            assert answer.content == b"", (path, asked)
                         assert _shown(head, path) == _shown(got, path), (path, asked)
                         # The first HEAD was a miss where the GET was a hit: all else alike.
                         missed = [(k, v) for k, v in _shown(first, path) if k != "x-cache"]

@@ -1,13 +1,15 @@
 """The ingest API's contract: create, retry, conflict, replace, delete, read, auth, idempotency."""
 
+import hashlib
 import json
 
+import pytest
 from conftest import add_post, post_json
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from app import posts
-from app.models import IdempotencyKey, Post, Revision
+from app import idempotency, posts
+from app.models import IdempotencyKey, Post, PostIn, Revision
 
 API = "/api/v1/posts"
 
@@ -304,6 +306,52 @@ def test_delete_and_put_accept_idempotency_keys(client, auth, engine):
     assert client.delete(f"{API}/{post.id}", headers=gone).status_code == 204
     bad_key = client.post(API, json=post_json(), headers={**auth, "Idempotency-Key": "x" * 256})
     assert assert_problem(bad_key, 422)["errors"][0]["field"] == "Idempotency-Key"
+
+
+TAG_FORMS = {
+    "plain": '"p{id}v{version}"',
+    "gzip": '"p{id}v{version}-gzip"',
+    "weak gzip": 'W/"p{id}v{version}-gzip"',
+}
+
+
+@pytest.mark.parametrize(
+    ("first", "retry"), [("plain", "gzip"), ("gzip", "plain"), ("gzip", "weak gzip")]
+)
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_a_retry_with_the_other_tag_of_the_same_version_is_replayed(
+    client, auth, engine, method, first, retry
+):
+    """An engine may get the gzipped answer's tag once and the plain one later: both name the
+    same version, so the retry is the same request; another version's tag is not."""
+    post = add_post(engine)
+
+    def send(form: str, version: int):  # type: ignore[no-untyped-def]
+        tag = TAG_FORMS[form].format(id=post.id, version=version)
+        headers = {**auth, "Idempotency-Key": "edit-1", "If-Match": tag}
+        if method == "PUT":
+            return client.put(f"{API}/{post.id}", json=post_json(title="Renamed"), headers=headers)
+        return client.delete(f"{API}/{post.id}", headers=headers)
+
+    done = send(first, 1)
+    assert done.status_code in (200, 204), done.text
+    revisions = count(engine, Revision)
+    again = send(retry, 1)
+    assert again.status_code == done.status_code, again.text
+    assert again.headers["idempotent-replayed"] == "true" and again.content == done.content
+    assert count(engine, Revision) == revisions  # written once
+    doc = assert_problem(send(first, 2), 422)
+    assert doc["errors"][0]["field"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize("if_match", ['"p1v1"', '"p1v1", "p1v2"', "*", None])
+def test_an_if_match_spelled_canonically_keeps_the_fingerprint_keys_were_stored_under(if_match):
+    """Keys stored before If-Match was read by version hashed it as sent: a retry after the
+    upgrade that sends a lone plain tag (or a sorted list of them, `*`, none) still matches."""
+    body = PostIn.model_validate(post_json())
+    as_stored = hashlib.sha256(f"PUT {API}/1\n{if_match or ''}\n".encode())
+    as_stored.update(body.model_dump_json().encode())
+    assert idempotency.fingerprint("PUT", f"{API}/1", if_match, body) == as_stored.hexdigest()
 
 
 # --- OpenAPI --------------------------------------------------------------------------------------
