@@ -76,6 +76,23 @@ def fingerprint(method: str, path: str, if_match: str | None, body: BaseModel | 
     # a proxy) is the same request. A lone plain tag, `*` or none reads as sent, so keys
     # stored before If-Match was read this way still match their retries.
     condition = ", ".join(sorted(state_tags(if_match))) if if_match else ""
+    return _digest(method, path, condition, body)
+
+
+def fingerprint_as_sent(
+    method: str, path: str, if_match: str | None, body: BaseModel | None
+) -> str | None:
+    """The fingerprint keys stored before 2026-12-06 have for this request (its If-Match as
+    sent), when it differs from `fingerprint`: a retry of such a key, made across the deploy
+    with the same headers, is still the same request. Keys live a day
+    (`idempotency_key_ttl_seconds`), so this can go once no key that old is left."""
+    canonical = ", ".join(sorted(state_tags(if_match))) if if_match else ""
+    if (if_match or "") == canonical:
+        return None
+    return _digest(method, path, if_match or "", body)
+
+
+def _digest(method: str, path: str, condition: str, body: BaseModel | None) -> str:
     digest = hashlib.sha256(f"{method} {path}\n{condition}\n".encode())
     if body is not None:
         digest.update(body.model_dump_json().encode())
@@ -83,8 +100,15 @@ def fingerprint(method: str, path: str, if_match: str | None, body: BaseModel | 
 
 
 def claim(
-    engine: Engine, settings: Settings, scope: str, key: str, request_hash: str
+    engine: Engine,
+    settings: Settings,
+    scope: str,
+    key: str,
+    request_hash: str,
+    hash_as_sent: str | None = None,
 ) -> Claim | StoredResponse:
+    """Claim `key` for this request (`request_hash`; a key stored under `hash_as_sent`, the
+    fingerprint it had before 2026-12-06, is the same request too), or its stored answer."""
     now = utcnow()
     owner = claimowners.new_owner(engine)
     with write_session(engine) as session:
@@ -114,7 +138,7 @@ def claim(
         if row is None:  # released by its refused request between our insert and this read
             raise _in_flight(key)
         expired = row.created_at <= now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
-        if not expired and row.request_hash != request_hash:
+        if not expired and row.request_hash not in (request_hash, hash_as_sent):
             raise _reused(key)  # whether or not its first request is still alive
         abandoned = row.state == IN_FLIGHT and (
             row.created_at <= now - ABANDONED_AFTER or claimowners.owner_gone(session, row.owner)
@@ -229,11 +253,12 @@ def run(
     key: str | None,
     request_hash: str,
     action: Callable[[Completion], StoredResponse],
+    hash_as_sent: str | None = None,
 ) -> tuple[StoredResponse, bool]:
     """Run `action` at most once per (scope, key); returns its answer and whether it is a replay."""
     if key is None:
         return action(Completion(None)), False
-    claimed = claim(engine, settings, scope, key, request_hash)
+    claimed = claim(engine, settings, scope, key, request_hash, hash_as_sent)
     if isinstance(claimed, StoredResponse):
         return claimed, True
     completion = Completion(claimed)

@@ -5,10 +5,11 @@ import json
 
 import pytest
 from conftest import add_post, post_json
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlmodel import Session
 
 from app import idempotency, posts
+from app.db import write_session
 from app.models import IdempotencyKey, Post, PostIn, Revision
 
 API = "/api/v1/posts"
@@ -352,6 +353,27 @@ def test_an_if_match_spelled_canonically_keeps_the_fingerprint_keys_were_stored_
     as_stored = hashlib.sha256(f"PUT {API}/1\n{if_match or ''}\n".encode())
     as_stored.update(body.model_dump_json().encode())
     assert idempotency.fingerprint("PUT", f"{API}/1", if_match, body) == as_stored.hexdigest()
+
+
+def test_a_key_stored_under_its_if_match_as_sent_is_still_replayed(client, auth, engine):
+    """A key first used before 2026-12-06 was stored under the hash of its If-Match as sent
+    (here the gzipped answer's tag): its retry after the deploy, with the same headers, is
+    replayed, not refused 422; another request under that key is still 422."""
+    post = add_post(engine)
+    tag = f'"p{post.id}v1-gzip"'
+    headers = {**auth, "Idempotency-Key": "before-deploy", "If-Match": tag}
+    done = client.put(f"{API}/{post.id}", json=post_json(title="Renamed"), headers=headers)
+    assert done.status_code == 200, done.text
+    body = PostIn.model_validate(post_json(title="Renamed"))
+    as_sent = hashlib.sha256(f"PUT {API}/{post.id}\n{tag}\n".encode())
+    as_sent.update(body.model_dump_json().encode())
+    with write_session(engine) as session:  # as the code before 2026-12-06 stored it
+        session.execute(update(IdempotencyKey).values(request_hash=as_sent.hexdigest()))
+        session.commit()
+    again = client.put(f"{API}/{post.id}", json=post_json(title="Renamed"), headers=headers)
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    other = client.put(f"{API}/{post.id}", json=post_json(title="Other"), headers=headers)
+    assert assert_problem(other, 422)["errors"][0]["field"] == "Idempotency-Key"
 
 
 # --- OpenAPI --------------------------------------------------------------------------------------

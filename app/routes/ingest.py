@@ -297,14 +297,15 @@ def _run(
     data: PostIn | None,
     action: Any,
 ) -> Response:
-    request_hash = idempotency.fingerprint(request.method, request.url.path, if_match, data)
+    method, path = request.method, request.url.path
     answer, replayed = idempotency.run(
         request.app.state.engine,
         request.app.state.settings,
         f"token:{caller.token_id}",
         key,
-        request_hash,
+        idempotency.fingerprint(method, path, if_match, data),
         action,
+        idempotency.fingerprint_as_sent(method, path, if_match, data),
     )
     if answer.status == 204:
         return Response(
