@@ -21,6 +21,7 @@ from app import beacon, db, etags, watch
 from app.asgi import at_shutdown, at_startup
 from app.observability import REQUEST_ID
 from app.pgshared import SharedReads, Wire
+from app.routes.conditional import gzip_acceptable
 
 log = logging.getLogger(__name__)
 
@@ -378,21 +379,23 @@ class ResponseCache:
 def _asked(headers: list[tuple[bytes, bytes]]) -> Asked | None:
     """What the cache reads off a request's headers; None for a personal request."""
     host = b""
-    gzip = html = False
-    if_none_match = if_modified_since = None
+    html = False
+    encodings = if_none_match = if_modified_since = None
     for name, value in headers:
         if name in PRIVATE_REQUEST_HEADERS:
             return None
         if name == b"host":
             host = value
-        elif name == b"accept-encoding":
-            gzip = b"gzip" in value
+        elif name == b"accept-encoding":  # several field lines are one list (RFC 9110 5.3)
+            encodings = value if encodings is None else encodings + b"," + value
         elif name == b"accept":
             html = b"text/html" in value  # error pages are HTML for browsers, JSON otherwise
         elif name == b"if-none-match":
             if_none_match = value
         elif name == b"if-modified-since":
             if_modified_since = value
+    # The gzip layer's own decision, so an entry holds the representation its key names.
+    gzip = encodings is not None and gzip_acceptable(encodings)
     return host, gzip, html, if_none_match, if_modified_since
 
 

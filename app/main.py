@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import GZipMiddleware, GZipResponder, IdentityResponder
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import pagestore, problems, websub
@@ -32,12 +32,40 @@ from app.observability import (
     request_id_of,
 )
 from app.routes import feeds, ingest, ops, reader
+from app.routes.conditional import accepts_gzip
 from app.templating import StaticAssets, make_templates
 
 # For every answer the routes make (stored essay pages are stored gzipped). The app serves only
 # text (HTML, XML, JSON, CSS), so no media type is left out: Starlette's default list of them is
 # normalized again for every request, a fifteenth of an uncached essay page's cost.
 GZIP: dict[str, Any] = {"minimum_size": 500, "exclude_content_types": ()}
+
+
+class GZip(GZipMiddleware):
+    """Starlette's gzip layer, deciding by our Accept-Encoding test (`accepts_gzip`), which the
+    response cache, the stored essay pages, the API's posts and the static files share. Its own
+    looks for "gzip" anywhere in the first field line, so `gzip;q=0` (not acceptable, RFC 9110
+    section 12.5.3) got gzip."""
+
+    # Starlette's own `__call__` (1.x), with the test swapped.
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        responder: ASGIApp
+        if accepts_gzip(scope):
+            responder = GZipResponder(
+                self.app,
+                self.minimum_size,
+                compresslevel=self.compresslevel,
+                thread_minimum_size=self.thread_minimum_size,
+                exclude_content_types=self.exclude_content_types,
+            )
+        else:
+            responder = IdentityResponder(
+                self.app, self.minimum_size, exclude_content_types=self.exclude_content_types
+            )
+        await responder(scope, receive, send)
 
 
 class Workshop(RequestLogMiddleware):
@@ -145,7 +173,7 @@ def create_app(settings: Settings | None = None) -> Workshop:
     # Request log -> stored essay pages (answered before anything else) -> response cache
     # (answers before FastAPI) -> FastAPI's own stack -> body gate -> gzip -> routes. (Of
     # `add_middleware`, the last added runs first.)
-    app.add_middleware(GZipMiddleware, **GZIP)
+    app.add_middleware(GZip, **GZIP)
     app.add_middleware(BodyGate, max_body_bytes=settings.max_body_bytes)
     serve: ASGIApp = app
     cache = None

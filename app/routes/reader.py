@@ -25,7 +25,7 @@ from app.asgi import at_shutdown
 from app.cache import Answer
 from app.db import SessionDep
 from app.errors import BadCursor, PostGone, PostNotFound
-from app.routes.conditional import VARY, not_modified
+from app.routes.conditional import VARY, gzip_acceptable, not_modified
 from app.urls import post_path
 
 router = APIRouter(include_in_schema=False)
@@ -377,13 +377,14 @@ def _stored_number(matched: re.Match[str] | None) -> int | None:
 
 
 def _essay_asked(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bytes | None]:
-    gzip, if_none_match = False, None
+    encodings = if_none_match = None
     for name, value in headers:
-        if name == b"accept-encoding":
-            gzip = b"gzip" in value  # as Starlette's compression decides
+        if name == b"accept-encoding":  # several field lines are one list (RFC 9110 5.3)
+            encodings = value if encodings is None else encodings + b"," + value
         elif name == b"if-none-match" and if_none_match is None:  # the first, as Starlette
             if_none_match = value
-    return gzip, if_none_match
+    # As the gzip layer and the response cache decide (app/routes/conditional.py).
+    return encodings is not None and gzip_acceptable(encodings), if_none_match
 
 
 def _stored_reply(
