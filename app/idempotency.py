@@ -82,7 +82,7 @@ def fingerprint(method: str, path: str, if_match: str | None, body: BaseModel | 
 def fingerprint_as_sent(
     method: str, path: str, if_match: str | None, body: BaseModel | None
 ) -> str | None:
-    """The fingerprint keys stored before 2026-12-06 have for this request (its If-Match as
+    """The fingerprint keys stored by the code before 8ee84fd have for this request (If-Match as
     sent), when it differs from `fingerprint`: a retry of such a key, made across the deploy
     with the same headers, is still the same request. Keys live a day
     (`idempotency_key_ttl_seconds`), so this can go once no key that old is left."""
@@ -108,7 +108,8 @@ def claim(
     hash_as_sent: str | None = None,
 ) -> Claim | StoredResponse:
     """Claim `key` for this request (`request_hash`; a key stored under `hash_as_sent`, the
-    fingerprint it had before 2026-12-06, is the same request too), or its stored answer."""
+    fingerprint the code before 8ee84fd gave it, is the same request too), or its stored
+    answer."""
     now = utcnow()
     owner = claimowners.new_owner(engine)
     with write_session(engine) as session:

@@ -92,7 +92,7 @@ def summary(doc: dict[str, Any]) -> list[str]:
                 applies = cache == "on" or name.startswith("essay")
                 verdict = f" (target {target}: {_mark(hot['ratio'] >= target)})" if applies else ""
                 line = f"  - {name}, cache {cache}: {hot['ratio']:.3f}{verdict}"
-                if hot.get("one_file_ratio") is not None:  # runs from 2026-12-06 on
+                if hot.get("one_file_ratio") is not None:  # runs from the twenty-third session on
                     line += (
                         f" of nginx serving the same pages; {hot['one_file_ratio']:.3f} of nginx"
                         " serving the one popular page"

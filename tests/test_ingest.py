@@ -356,8 +356,8 @@ def test_an_if_match_spelled_canonically_keeps_the_fingerprint_keys_were_stored_
 
 
 def test_a_key_stored_under_its_if_match_as_sent_is_still_replayed(client, auth, engine):
-    """A key first used before 2026-12-06 was stored under the hash of its If-Match as sent
-    (here the gzipped answer's tag): its retry after the deploy, with the same headers, is
+    """A key first used by the code before 8ee84fd was stored under the hash of its If-Match as
+    sent (here the gzipped answer's tag): its retry after the deploy, with the same headers, is
     replayed, not refused 422; another request under that key is still 422."""
     post = add_post(engine)
     tag = f'"p{post.id}v1-gzip"'
@@ -367,7 +367,7 @@ def test_a_key_stored_under_its_if_match_as_sent_is_still_replayed(client, auth,
     body = PostIn.model_validate(post_json(title="Renamed"))
     as_sent = hashlib.sha256(f"PUT {API}/{post.id}\n{tag}\n".encode())
     as_sent.update(body.model_dump_json().encode())
-    with write_session(engine) as session:  # as the code before 2026-12-06 stored it
+    with write_session(engine) as session:  # as the code before that stored it
         session.execute(update(IdempotencyKey).values(request_hash=as_sent.hexdigest()))
         session.commit()
     again = client.put(f"{API}/{post.id}", json=post_json(title="Renamed"), headers=headers)
