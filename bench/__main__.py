@@ -198,7 +198,7 @@ def _measure(
 ) -> dict[str, object]:
     """One endpoint, app against nginx. A random-essay row's nginx serves every essay's page at
     its own path, drawn by the same script (`nginx_pages`), and the row also notes its ratio to
-    nginx serving the one popular page (how runs before 2026-12-05 23:00 UTC measured it)."""
+    nginx serving the one popular page (how runs before commit 7423d16 measured it)."""
     row: dict[str, object] = {
         "endpoint": e.name,
         "path": e.path,

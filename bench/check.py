@@ -91,12 +91,11 @@ def summary(doc: dict[str, Any]) -> list[str]:
                 target = HOT_RATIO if cache == "on" else UNCACHED_ESSAY_RATIO
                 applies = cache == "on" or name.startswith("essay")
                 verdict = f" (target {target}: {_mark(hot['ratio'] >= target)})" if applies else ""
-                line = f"  - {name}, cache {cache}: {hot['ratio']:.3f}{verdict}"
-                if hot.get("one_file_ratio") is not None:  # runs from the twenty-third session on
-                    line += (
-                        f" of nginx serving the same pages; {hot['one_file_ratio']:.3f} of nginx"
-                        " serving the one popular page"
-                    )
+                one_file = hot.get("one_file_ratio")  # runs from the twenty-third session on
+                peer = " of nginx serving the same pages" if one_file is not None else ""
+                line = f"  - {name}, cache {cache}: {hot['ratio']:.3f}{peer}{verdict}"
+                if one_file is not None:
+                    line += f"; {one_file:.3f} of nginx serving the one popular page"
                 lines.append(line)
         for (name, cache), row in rows.items():
             if "304" in name and cache == "on":
