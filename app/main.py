@@ -50,10 +50,12 @@ class GZip(GZipMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            # In place, not a copy: the layers outside read what the routes record in the
+            # scope (the route's template, for the request log and the metrics).
             headers = [(n, v) for n, v in scope["headers"] if n != b"accept-encoding"]
             if accepts_gzip(scope):
                 headers.append((b"accept-encoding", b"gzip"))
-            scope = {**scope, "headers": headers}
+            scope["headers"] = headers
         await super().__call__(scope, receive, send)
 
 
