@@ -71,32 +71,29 @@ class StoredResponse:
 
 def fingerprint(method: str, path: str, if_match: str | None, body: BaseModel | None) -> str:
     """What makes two requests "the same": validated content, so key order and spacing do not."""
+    return fingerprints(method, path, if_match, body)[0]
+
+
+def fingerprints(
+    method: str, path: str, if_match: str | None, body: BaseModel | None
+) -> tuple[str, str | None]:
+    """The request's fingerprint (`fingerprint`), and the one keys stored by the code before
+    8ee84fd have for it (If-Match as sent) when that differs: a retry of such a key, made
+    across the deploy with the same headers, is still the same request. Keys live a day
+    (`idempotency_key_ttl_seconds`), so the second can go once no key that old is left."""
     # The If-Match by the versions it names, as the precondition reads it (app/etags.py): a
     # retry that sends the other tag of the same version (the gzipped answer's, or weakened by
     # a proxy) is the same request. A lone plain tag, `*` or none reads as sent, so keys
     # stored before If-Match was read this way still match their retries.
-    condition = ", ".join(sorted(state_tags(if_match))) if if_match else ""
-    return _digest(method, path, condition, body)
+    sent = if_match or ""
+    condition = ", ".join(sorted(state_tags(sent))) if sent else ""
+    content = body.model_dump_json().encode() if body is not None else b""
+    as_sent = _digest(method, path, sent, content) if sent != condition else None
+    return _digest(method, path, condition, content), as_sent
 
 
-def fingerprint_as_sent(
-    method: str, path: str, if_match: str | None, body: BaseModel | None
-) -> str | None:
-    """The fingerprint keys stored by the code before 8ee84fd have for this request (If-Match as
-    sent), when it differs from `fingerprint`: a retry of such a key, made across the deploy
-    with the same headers, is still the same request. Keys live a day
-    (`idempotency_key_ttl_seconds`), so this can go once no key that old is left."""
-    canonical = ", ".join(sorted(state_tags(if_match))) if if_match else ""
-    if (if_match or "") == canonical:
-        return None
-    return _digest(method, path, if_match or "", body)
-
-
-def _digest(method: str, path: str, condition: str, body: BaseModel | None) -> str:
-    digest = hashlib.sha256(f"{method} {path}\n{condition}\n".encode())
-    if body is not None:
-        digest.update(body.model_dump_json().encode())
-    return digest.hexdigest()
+def _digest(method: str, path: str, condition: str, content: bytes) -> str:
+    return hashlib.sha256(f"{method} {path}\n{condition}\n".encode() + content).hexdigest()
 
 
 def claim(

@@ -297,15 +297,17 @@ def _run(
     data: PostIn | None,
     action: Any,
 ) -> Response:
-    method, path = request.method, request.url.path
+    request_hash, hash_as_sent = idempotency.fingerprints(
+        request.method, request.url.path, if_match, data
+    )
     answer, replayed = idempotency.run(
         request.app.state.engine,
         request.app.state.settings,
         f"token:{caller.token_id}",
         key,
-        idempotency.fingerprint(method, path, if_match, data),
+        request_hash,
         action,
-        idempotency.fingerprint_as_sent(method, path, if_match, data),
+        hash_as_sent,
     )
     if answer.status == 204:
         return Response(
