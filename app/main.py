@@ -32,7 +32,7 @@ from app.observability import (
     request_id_of,
 )
 from app.routes import feeds, ingest, ops, reader
-from app.routes.conditional import accepts_gzip
+from app.routes.conditional import gzip_acceptable
 from app.templating import StaticAssets, make_templates
 
 # For every answer the routes make (stored essay pages are stored gzipped). The app serves only
@@ -42,7 +42,7 @@ GZIP: dict[str, Any] = {"minimum_size": 500, "exclude_content_types": ()}
 
 
 class GZip(GZipMiddleware):
-    """Starlette's gzip layer, told our decision (`accepts_gzip`), which the response cache,
+    """Starlette's gzip layer, told our decision (`gzip_acceptable`), which the response cache,
     the stored essay pages, the API's posts and the static files share. Its own looks for
     "gzip" anywhere in the first field line, so `gzip;q=0` (not acceptable, RFC 9110 section
     12.5.3) got gzip. It is handed the request with one Accept-Encoding saying what we decided
@@ -50,12 +50,14 @@ class GZip(GZipMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            # In place, not a copy: the layers outside read what the routes record in the
-            # scope (the route's template, for the request log and the metrics).
-            headers = [(n, v) for n, v in scope["headers"] if n != b"accept-encoding"]
-            if accepts_gzip(scope):
-                headers.append((b"accept-encoding", b"gzip"))
-            scope["headers"] = headers
+            asked = [v for n, v in scope["headers"] if n == b"accept-encoding"]
+            if asked and asked != [b"gzip"]:  # else Starlette's own test already agrees
+                # In place, not a copy: the layers outside read what the routes record in the
+                # scope (the route's template, for the request log and the metrics).
+                headers = [(n, v) for n, v in scope["headers"] if n != b"accept-encoding"]
+                if gzip_acceptable(b",".join(asked)):
+                    headers.append((b"accept-encoding", b"gzip"))
+                scope["headers"] = headers
         await super().__call__(scope, receive, send)
 
 
