@@ -82,6 +82,8 @@ def _endpoint(
     for side in (small, large):  # warm-up, discarded
         e = found[side][name]
         load.wrk(url(side), 1, e.script, headers=e.headers)
+        if e.first_pass is not None:  # as `_measure` does: every page read once first
+            load.wrk_pass(url(side), e.first_pass)
     p99: dict[str, list[float]] = {small: [], large: []}
     rps: dict[str, list[float]] = {small: [], large: []}
     for round_ in range(args.flat_rounds):

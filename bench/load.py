@@ -19,7 +19,8 @@ from bench.build import SITE_URL
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-WRK_OPTS = ["-t2", "-c32"]
+WRK_THREADS = 2
+WRK_OPTS = [f"-t{WRK_THREADS}", "-c32"]
 
 
 def wait_for_tools(timeout: float = 600) -> None:
@@ -67,6 +68,24 @@ def wrk(
     if script is not None:
         cmd += ["-s", str(script)]
     return parse(subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout)
+
+
+def wrk_pass(url: str, script: Path, limit_seconds: int = 900) -> Result:
+    """Run a `one_pass_script` (bench/endpoints.py) through: wrk waits out its `-d` even once
+    every thread has stopped, so it is interrupted when each thread has left its file."""
+    for old in script.parent.glob(script.name + ".done-*"):
+        old.unlink()
+    cmd = [WRK, *WRK_OPTS, f"-d{limit_seconds}s", "--timeout", "30s", "--latency"]
+    cmd += ["-s", str(script)]
+    proc = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + limit_seconds
+    while len(list(script.parent.glob(script.name + ".done-*"))) < WRK_THREADS:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # wrk's own stop: it reports what it did
+    return parse(proc.communicate()[0])
 
 
 def parse(out: str) -> Result:
