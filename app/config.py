@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     response_cache_max_entries: int = Field(default=1000, ge=1)
     response_cache_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     response_cache_max_entry_bytes: int = Field(default=1024 * 1024, ge=1024)
-    page_copy_max_entries: int = Field(default=10_000, ge=0)
+    page_copy_max_entries: int = Field(default=200_000, ge=0)
     keep_alive_seconds: int = Field(default=5, ge=1)
     websub_hub: str = ""
     log_json: bool = True

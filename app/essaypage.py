@@ -243,7 +243,8 @@ class StoredPages:
     while the worker's watcher (`app/watch.py`) holds the same content version, as on SQLite; and
     while the watcher is not trusted, the read names the ETag of the page this worker kept for
     each, and a page that still has that ETag is not sent again (a popular essay's round trip
-    carries a few hundred bytes, not its page).
+    carries a few hundred bytes, not its page). The machine's copy (`app/pagestore.py`) keeps
+    a page through writes that did not change it, as the watcher's notices tell.
     """
 
     def __init__(
@@ -290,7 +291,7 @@ class StoredPages:
                     self._memo_at(watcher.version)
                     found = self._memo.get((post_id, gzip))
                     if found is None and self._local is not None:
-                        found = self._from_local(post_id, gzip, watcher.version)
+                        found = self._from_local(post_id, gzip, watcher)
                         if found is not None:  # a popular page stays in memory, not in the file
                             self._keep(found, gzip)
                     return found
@@ -321,14 +322,17 @@ class StoredPages:
             raise PostNotFound(f"no post with id {post_id}")
         return found
 
-    def _from_local(self, post_id: int, gzip: bool, version: int) -> Stored | None:
-        """The page from the machine's copy; where it is there is kept under this version, as
+    def _from_local(self, post_id: int, gzip: bool, watcher: watch.Watcher) -> Stored | None:
+        """The page from the machine's copy, if no write changed it since it was kept there
+        (the watcher tells: app/watch.py); where it is there is kept under this version, as
         SQLite keeps its pack rows (see the class)."""
         assert self._local is not None
         place = self._places.get((post_id, gzip))
         if place is None:
-            place = self._local.locate(post_id, gzip, version)
-            if place is None:
+            if watcher.pages_known != watcher.version:  # a version heard of, its notice not yet
+                return None
+            place = self._local.locate(post_id, gzip, watcher.version, watcher.pages_from)
+            if place is None or not watcher.page_current(post_id, place.version):
                 return None
             self._place((post_id, gzip), place)
         kept = self._local.read(place)
@@ -542,11 +546,13 @@ def store_pages(session: Session, renderer: Renderer, post_ids: set[int]) -> Non
         )
         packed.append(pagepack.Page(post_id, renderer.page_key, post.slug, etag, body, gzipped))
     pagepack.store(session, sorted(post_ids), packed)
+    watch.note_pages(session, post_ids)  # named in the write's notice (PostgreSQL)
 
 
 def drop_pages(session: Session, post_ids: set[int]) -> None:
     session.execute(delete(EssayPage).where(E.post_id.in_(list(post_ids))))
     pagepack.drop(session, sorted(post_ids))
+    watch.note_pages(session, post_ids)
 
 
 def refresh_all(

@@ -25,9 +25,13 @@ one `pread`. The bytes stay within two files: when the newest is full the next s
 one before it is removed, its rows becoming misses.
 
 Never stale: a page is kept with the content version the worker that read it held from before
-its query began until after it ended (the memo's rule), and it is answered only to a worker that
-holds that same version while its watcher is trusted (`app/watch.py`). Such a worker has heard
-of every acknowledged write, so any write after the page was read has moved its version on.
+its query began until after it ended (the memo's rule), so its bytes hold every write up to
+that version. A worker answers it only while its watcher is trusted (`app/watch.py`) and has
+heard, one after the other, the notices of every write since that version, and none of them
+named this post (`Watcher.page_current`): each write's notice names the posts whose pages it
+changed. Such a worker has heard of every acknowledged write, so a page kept there is the one
+in the database. A page no write changed stays good across writes: the engine's new essay
+every cycle changes its own page and its neighbours', not the archive's.
 The file lives as long as one `workshop serve` (a fresh one each start, removed at exit), so a
 database reset under another run never meets an old copy. A serve that was killed cannot remove
 its folder: the next serve on the machine does (`app/tempfolders.py`).
@@ -72,8 +76,8 @@ CREATE TABLE IF NOT EXISTS pages (
 )
 """
 GET_SQL = (
-    "SELECT slug, status, etag, file, at, length FROM pages"
-    " WHERE post_id = ? AND gzip = ? AND version = ?"
+    "SELECT slug, status, etag, file, at, length, version FROM pages"
+    " WHERE post_id = ? AND gzip = ? AND version BETWEEN ? AND ?"
 )
 # REPLACE deletes the row it replaces: the rowid orders the rows by when they were kept.
 PUT_SQL = "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -97,6 +101,7 @@ class Place(NamedTuple):
     file: int
     at: int
     length: int
+    version: int  # the content version it was kept under
 
 
 class LocalPages:
@@ -126,14 +131,19 @@ class LocalPages:
         self._conn.execute(SCHEMA)
         self._conn.execute("PRAGMA busy_timeout=0")
 
-    def get(self, post_id: int, gzip: bool, version: int) -> Kept | None:
-        place = self.locate(post_id, gzip, version)
+    def get(self, post_id: int, gzip: bool, version: int, since: int | None = None) -> Kept | None:
+        place = self.locate(post_id, gzip, version, since)
         return None if place is None else self.read(place)
 
-    def locate(self, post_id: int, gzip: bool, version: int) -> Place | None:
-        """Where the page kept for this post, encoding and content version is, if it is."""
+    def locate(
+        self, post_id: int, gzip: bool, version: int, since: int | None = None
+    ) -> Place | None:
+        """Where the page kept for this post and encoding is, if it was kept under a content
+        version from `since` (default: `version` itself) to `version`. Whether a write since
+        changed it is the caller's to tell (`Watcher.page_current`, app/watch.py)."""
+        lowest = version if since is None else since
         try:
-            row = self._conn.execute(GET_SQL, (post_id, int(gzip), version)).fetchone()
+            row = self._conn.execute(GET_SQL, (post_id, int(gzip), lowest, version)).fetchone()
         except sqlite3.Error as exc:
             self._warn(exc)
             return None

@@ -26,6 +26,15 @@ so the database carries the news, and leases keep it strict:
 - A watcher trusts nothing until it has heard its own probe notice on its connection: through a
   proxy that does not keep the session (PgBouncer in transaction mode), LISTEN hears nothing.
 
+The notice also names the posts whose stored pages the write changed (`note_pages`, by
+`app/essaypage.py`'s `store_pages` and `drop_pages`): `VERSION:ID,ID,...`. A watcher keeps, for
+the versions it heard of one after the other, the newest version that changed each post's page
+(`changed`, from `pages_from` on): so the machine's copy of pages (`app/pagestore.py`) keeps a
+page through the writes that did not change it. A notice without the list (`VERSION`, or
+`VERSION:*` when the list would not fit), a version skipped (a notice missed while the
+connection was down, a change made outside Workshop), or a reconnection starts the record
+again at that version: pages kept before it are not trusted.
+
 A watcher that never answers holds a writer for at most `WAIT_LIMIT_SECONDS` (a dead one only
 until its lease ends). While a worker does not trust its watcher, it reads the version per batch
 of requests as before.
@@ -51,6 +60,9 @@ RENEW_SECONDS = 0.5
 MARGIN_SECONDS = 0.5  # for the renewal's round trip and clocks running at slightly other rates
 RETRY_SECONDS = 1.0  # after a failure, before connecting again
 WAIT_LIMIT_SECONDS = 5.0
+PAGES_CHANGED = "workshop.pages_changed"  # a write's session: the posts whose pages it changed
+PAYLOAD_LIMIT = 7900  # bytes: PostgreSQL's NOTIFY takes under 8000
+CHANGED_LIMIT = 100_000  # posts recorded before the record starts again (bounded memory)
 
 VERSION_SQL = "SELECT value FROM site_state WHERE name = 'content_version'"
 RENEW_SQL = (
@@ -85,6 +97,13 @@ class Watcher:
         self._lock = asyncio.Lock()  # one statement at a time on the connection
         self._acking: asyncio.Task[None] | None = None
         self._heard_own = False  # its own notice came back: LISTEN works on this connection
+        # The pages the writes heard of changed (see the module): for each post the newest
+        # version that changed its page, for the notices heard one after the other in
+        # (`pages_from`, `pages_known`]. The copy of pages answers only while `pages_known`
+        # is `version`: between a version read and its notice, it waits for the notice.
+        self.pages_from = self.pages_known = -1
+        self.changed: dict[int, int] = {}
+        self._pages_wanted = -1  # the version read at the last renewal
         self._warned = False
         self._task = self.loop.create_task(self._run())
 
@@ -146,16 +165,24 @@ class Watcher:
         # Trusted only once it hears its own notice: through a proxy that does not keep the
         # session (PgBouncer in transaction mode) LISTEN hears nothing, and it must not trust.
         self._heard_own = False
+        self._forget_pages(-1)  # notices may have been missed while it was not listening
         await self._query(PROBE_SQL, [self.id.encode()])
         me, lease = self.id.encode(), b"%r" % LEASE_SECONDS
         while True:
             sent = time.monotonic()
             rows = await self._query(RENEW_SQL, [me, lease, b"%d" % self.version])
-            self._raise(_int(rows[0][0]))
+            read = _int(rows[0][0])
             if time.monotonic() >= self._trusted_until:
                 # Lapsed, or never trusted: a writer may have passed this worker by while it
                 # held no lease. A statement begun after the renewal committed sees that write.
-                self._raise(_int((await self._query(VERSION_SQL))[0][0]))
+                read = max(read, _int((await self._query(VERSION_SQL))[0][0]))
+                if self.pages_known < read:  # it heard no notice of these: none will come
+                    self._forget_pages(read)
+            elif self.pages_known < self._pages_wanted:
+                # A version read a renewal ago whose notice never came: written outside.
+                self._forget_pages(self._pages_wanted)
+            self._pages_wanted = read
+            self._raise(read)
             if self._heard_own:
                 self._trusted_until = sent + LEASE_SECONDS - MARGIN_SECONDS
                 self._warned = False
@@ -171,8 +198,40 @@ class Watcher:
     def _heard(self, payload: bytes) -> None:
         if payload == self.id.encode():
             self._heard_own = True
-        elif payload.isdigit():  # else another worker's own notice
-            self._raise(int(payload))
+            return
+        version, listed, ids = payload.partition(b":")
+        if version.isdigit():  # else another worker's own notice
+            self._note_pages(int(version), ids if listed and ids != b"*" else None)
+            self._raise(int(version))
+
+    def _note_pages(self, version: int, ids: bytes | None) -> None:
+        """Record the posts whose pages `version` changed (None: maybe any)."""
+        if version <= self.pages_known:
+            return  # heard of already (or before the record starts)
+        if ids is None or version != self.pages_known + 1 or self.pages_known < 0:
+            self._forget_pages(version)
+            return
+        for post_id in ids.split(b","):
+            if post_id:
+                self.changed[int(post_id)] = version
+        self.pages_known = version
+        if len(self.changed) > CHANGED_LIMIT:
+            self._forget_pages(version)
+
+    def _forget_pages(self, version: int) -> None:
+        """Start the record of changed pages again at `version` (-1: at the next version
+        read): pages kept under an older one are no longer trusted."""
+        self.pages_from = self.pages_known = version
+        self.changed = {}
+
+    def page_current(self, post_id: int, kept_at: int) -> bool:
+        """Whether a post's page read under version `kept_at` is its page at `self.version`:
+        nothing changed it since, as far as the notices heard one after the other tell."""
+        return (
+            self.pages_known == self.version
+            and self.pages_from <= kept_at <= self.version
+            and self.changed.get(post_id, -1) <= kept_at
+        )
 
     def _raise(self, version: int) -> None:
         if version > self.version:
@@ -220,10 +279,22 @@ async def close(engine: Engine) -> None:
 # --- the writer's side ----------------------------------------------------------------------------
 
 
+def note_pages(session: Session, post_ids: set[int]) -> None:
+    """In a write's transaction: these posts' stored pages changed (named in its notice)."""
+    session.info.setdefault(PAGES_CHANGED, set()).update(post_ids)
+
+
 def notify(session: Session, version: int) -> None:
-    """In the write's transaction: PostgreSQL sends the notice when it commits."""
+    """In the write's transaction: PostgreSQL sends the notice when it commits. It names the
+    posts whose pages the write changed (`note_pages`); a write that named none may have
+    changed any (`VERSION` alone)."""
+    changed = session.info.pop(PAGES_CHANGED, None)
+    payload = str(version)
+    if changed is not None:
+        listed = ",".join(str(i) for i in sorted(changed))
+        payload += ":" + (listed if len(payload) + len(listed) < PAYLOAD_LIMIT else "*")
     session.execute(
-        text("SELECT pg_notify(:channel, :version)"), {"channel": CHANNEL, "version": str(version)}
+        text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
     )
 
 

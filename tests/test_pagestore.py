@@ -26,6 +26,19 @@ def test_a_page_is_answered_only_under_the_version_it_was_kept_at(tmp_path: Path
     assert (pages.get(1, False, 7), pages.get(1, False, 8)) == (None, newer)
 
 
+def test_a_page_is_answered_when_kept_under_a_version_in_the_range_asked(tmp_path: Path) -> None:
+    """A worker that knows no write changed a page since version 5 takes it kept under 5-9
+    (the watcher tells which: app/watch.py); kept under 4, or under 10 (a worker ahead of
+    this one), it is a miss."""
+    pages = LocalPages(tmp_path / "pages.sqlite", 100)
+    for post_id, kept_at in ((1, 4), (2, 5), (3, 9), (4, 10)):
+        pages.put(post_id, False, kept_at, PAGE)
+    found = {n: pages.locate(n, False, 9, since=5) for n in range(1, 5)}
+    assert [n for n, place in found.items() if place is not None] == [2, 3]
+    assert found[3] is not None and found[3].version == 9
+    assert pages.get(3, False, 9, since=5) == PAGE
+
+
 def test_every_worker_sees_what_another_kept(tmp_path: Path) -> None:
     first, second = (LocalPages(tmp_path / "pages.sqlite", 100) for _ in range(2))
     first.put(1, True, 3, PAGE)

@@ -242,9 +242,9 @@ def test_workers_share_the_pages_they_read_and_never_a_stale_one(
     assert local is not None
     local_locate = local.locate
 
-    def counted_locate(post_id: int, gzip: bool, version: int) -> Any:
+    def counted_locate(post_id: int, gzip: bool, version: int, since: int | None = None) -> Any:
         file_reads.append(post_id)
-        return local_locate(post_id, gzip, version)
+        return local_locate(post_id, gzip, version, since)
 
     local.locate = counted_locate  # type: ignore[method-assign]
 
@@ -394,3 +394,112 @@ def test_serve_gives_its_workers_one_copy_and_removes_it_at_exit(
     finally:
         stop_server(server)
     assert not list(temp.glob("workshop-pages-*"))
+
+
+def _stored_posts(engine: Engine, renderer: Renderer, count: int) -> list[posts.Post]:
+    """Posts published one after the other, each with its stored page."""
+    made = [add_post(engine, cycle=7000 + n, title=f"Essay {n}") for n in range(count)]
+    with write_session(engine) as session:
+        essaypage.store_pages(session, renderer, {p.id for p in made})  # type: ignore[misc]
+        session.commit()
+    return made
+
+
+def test_a_notice_names_the_posts_whose_pages_its_write_changed(engine) -> None:
+    _postgresql(engine)
+    import psycopg
+
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    version = _version(engine)  # watchers already hold it: nothing moves for them
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {watch.CHANNEL}")
+        for pages in ({3, 1}, set(range(1, 5000)), None):
+            with write_session(engine) as session:
+                if pages is not None:
+                    watch.note_pages(session, pages)
+                watch.notify(session, version)
+                session.commit()
+        heard = [n.payload for n in listener.notifies(timeout=5, stop_after=3)]
+    # Listed; too many to fit in a notice: any; none noted: any (as a writer outside would).
+    assert heard == [f"{version}:1,3", f"{version}:*", f"{version}"]
+
+
+def test_a_page_no_write_changed_is_answered_from_the_copy_across_writes(
+    engine, settings, tmp_path
+) -> None:
+    """The machine's copy keeps a page through writes that did not change it: after a new
+    edit of the newest essay, the oldest essay's page is answered from the copy, no query;
+    the edited essay's page is read again, and is the new one."""
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    oldest, *_, newest = _stored_posts(engine, renderer, 4)
+    pages = StoredPages(engine, renderer.page_key, local=LocalPages(tmp_path / "p.sqlite", 100))
+    asked = _count_queries(pages)
+
+    async def scenario() -> tuple[bytes | None, bytes | None, dict[int, int]]:
+        try:
+            watcher = watch.for_engine(engine)
+            await _trusted(watcher)
+            await pages.get(oldest.id)  # type: ignore[arg-type]
+            await pages.get(newest.id)  # type: ignore[arg-type]
+            await asyncio.to_thread(_edit, engine, renderer, newest, "Minds now agree: later.")
+            kept = await pages.get(oldest.id)  # type: ignore[arg-type]
+            edited = await pages.get(newest.id)  # type: ignore[arg-type]
+            return kept.page, edited.page, dict(watcher.changed)
+        finally:
+            await pages.close()
+
+    kept, edited, changed = asyncio.run(scenario())
+    assert kept is not None and b"Essay 0" in kept
+    assert edited is not None and b"Minds now agree: later." in edited
+    assert newest.id in changed and oldest.id not in changed
+    assert asked == [[oldest.id], [newest.id], [newest.id]]  # the oldest read once only
+
+
+def test_after_a_write_outside_workshop_no_page_kept_before_it_is_answered(
+    engine, settings, tmp_path
+) -> None:
+    """A version moved without a notice naming its pages (an older Workshop's notice, or SQL
+    by hand with none at all): the copy answers only pages read since."""
+    _postgresql(engine)
+    renderer = Renderer.for_settings(settings)
+    (post,) = _stored_posts(engine, renderer, 1)
+    pages = StoredPages(engine, renderer.page_key, local=LocalPages(tmp_path / "p.sqlite", 100))
+    asked = _count_queries(pages)
+
+    def bump(notice: bool) -> int:
+        with write_session(engine) as session:
+            version = session.execute(
+                text(
+                    "UPDATE site_state SET value = value + 1"
+                    " WHERE name = 'content_version' RETURNING value"
+                )
+            ).scalar_one()
+            if notice:  # the version alone, as before notices named pages
+                session.execute(
+                    text("SELECT pg_notify(:c, :v)"), {"c": watch.CHANNEL, "v": str(version)}
+                )
+            session.commit()
+        return int(version)
+
+    async def until(watcher: watch.Watcher, version: int) -> None:
+        for _ in range(500):
+            if watcher.version >= version and watcher.pages_known >= version:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the watcher never caught up with version {version}")
+
+    async def scenario() -> None:
+        try:
+            watcher = watch.for_engine(engine)
+            await _trusted(watcher)
+            await pages.get(post.id)  # type: ignore[arg-type]  # read, kept in the copy
+            for notice in (True, False):
+                await until(watcher, await asyncio.to_thread(bump, notice))
+                assert watcher.pages_from == watcher.version  # the record starts again
+                await pages.get(post.id)  # type: ignore[arg-type]
+        finally:
+            await pages.close()
+
+    asyncio.run(scenario())
+    assert asked == [[post.id]] * 3  # read again after each
