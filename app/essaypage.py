@@ -203,8 +203,7 @@ _NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expan
 # Pages kept per worker (see `StoredPages`).
 MEMO_ENTRIES = 1000
 MEMO_BYTES = 8 * 1024 * 1024
-# Where pages are (a pack row, a place in the machine's copy), kept per worker under the same
-# rule (about 0.5 KB each).
+# SQLite: where pages are (a pack row), kept per worker under the same rule (about 0.5 KB each).
 PLACES_ENTRIES = 20_000
 # PostgreSQL: pages a worker read from the server, remembered so that a page goes into the
 # machine's copy only when it is read again (see `StoredPages._admit`). Few, so that readers
@@ -235,8 +234,8 @@ class StoredPages:
     `MEMO_BYTES`): when full it starts again, so a stream of random essays costs no bookkeeping.
     A page's bytes come from its pack file (`app/pagepack.py`), and the small row saying where
     they are is kept under the same rule, far more of them (`PLACES_ENTRIES`, about 0.5 KB
-    each): a page read again before the next write costs one `pread`. (On PostgreSQL the same
-    for the machine's copy, below.)
+    each): a page read again before the next write costs one `pread`. (On PostgreSQL the
+    machine's copy keeps an index of its own, below.)
     On PostgreSQL the read runs on the event loop, shared with the requests waiting at the same
     time (`app/pgshared.py`): one statement per round trip reads every post they asked for, as
     fresh as a query of each request's own. With the response cache on, the pages read are kept
@@ -273,8 +272,8 @@ class StoredPages:
         self._held = HeldReads(lambda: db.sqlite_loop_connection(engine))
         where = pagepack.folder(engine)
         self._packs = pagepack.PackReader(where) if where is not None else None
-        # Where pages are, kept per content version (see the class): on SQLite post id -> its
-        # pack row (`_read`); on PostgreSQL (post id, gzip) -> its place in the machine's copy.
+        # SQLite: where pages are, kept per content version (see the class): post id -> its
+        # pack row (`_read`). (The machine's copy on PostgreSQL keeps its own index.)
         self._places: dict[Any, Any] = {}
         self._asked: set[int] = set()  # PostgreSQL: pages read from the server (`_admit`)
         self._memo: dict[tuple[int, bool], Stored] = {}
@@ -324,20 +323,13 @@ class StoredPages:
 
     def _from_local(self, post_id: int, gzip: bool, watcher: watch.Watcher) -> Stored | None:
         """The page from the machine's copy, if no write changed it since it was kept there
-        (the watcher tells: app/watch.py); where it is there is kept under this version, as
-        SQLite keeps its pack rows (see the class)."""
+        (the watcher tells: app/watch.py). Where it is, the copy's own index remembers."""
         assert self._local is not None
-        place = self._places.get((post_id, gzip))
-        if place is None:
-            if watcher.pages_known != watcher.version:  # a version heard of, its notice not yet
-                return None
-            place = self._local.locate(post_id, gzip, watcher.version, watcher.pages_from)
-            if place is None or not watcher.page_current(post_id, place.version):
-                return None
-            self._place((post_id, gzip), place)
-        kept = self._local.read(place)
-        if kept is None:  # its file was removed since: look again next time
-            self._places.pop((post_id, gzip), None)
+        since = watcher.kept_since(post_id)
+        if since is None:  # a version heard of, its notice not yet
+            return None
+        kept = self._local.get(post_id, gzip, watcher.version, since)
+        if kept is None:
             return None
         return Stored(post_id, kept.slug, kept.status, kept.page, kept.etag)
 

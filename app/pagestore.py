@@ -17,18 +17,20 @@ the copy has room (`full` not yet seen); after that, only a page a worker reads 
 again. Readers spread evenly over ten times more essays than the copy holds had it rewritten on
 nearly every request, slower than no copy at all.
 
-Small rows, bytes in files: a row holds a page's slug, status and ETag and where its bytes are,
-in `bytes-<n>.bin` beside the SQLite file (both workers append to the newest; `O_APPEND` places
-each write whole at its end). A worker keeps the rows it read while its content version stays
-the same (`StoredPages._places`, the memo's rule), so a page read again before the next write is
-one `pread`. The bytes stay within two files: when the newest is full the next starts and the
-one before it is removed, its rows becoming misses.
+Small rows, bytes in files: a row says where a page is, in `bytes-<n>.bin` beside the SQLite
+file (both workers append to the newest; `O_APPEND` places each write whole at its end); the
+bytes begin with the page's slug, status and ETag. A worker remembers every row it read, in a
+compact index of its own (`_index`: three integers an entry, about 5 MB at 100,000 essays read
+in both encodings), so a page it found once is one `pread` after, with no query, until the post
+changes: readers spread over the whole archive (a crawler) then cost what one popular page's
+read costs. The bytes stay within two files: when the newest is full the next starts and the one
+before it is removed, its rows becoming misses.
 
 Never stale: a page is kept with the content version the worker that read it held from before
 its query began until after it ended (the memo's rule), so its bytes hold every write up to
 that version. A worker answers it only while its watcher is trusted (`app/watch.py`) and has
 heard, one after the other, the notices of every write since that version, and none of them
-named this post (`Watcher.page_current`): each write's notice names the posts whose pages it
+named this post (`Watcher.kept_since`): each write's notice names the posts whose pages it
 changed. Such a worker has heard of every acknowledged write, so a page kept there is the one
 in the database. A page no write changed stays good across writes: the engine's new essay
 every cycle changes its own page and its neighbours', not the archive's.
@@ -44,6 +46,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -66,23 +69,20 @@ CREATE TABLE IF NOT EXISTS pages (
     post_id INTEGER NOT NULL,
     gzip INTEGER NOT NULL,
     version INTEGER NOT NULL,
-    slug TEXT NOT NULL,
-    status TEXT NOT NULL,
-    etag BLOB,
     file INTEGER NOT NULL,
     at INTEGER NOT NULL,
     length INTEGER NOT NULL,
     UNIQUE (post_id, gzip)
 )
 """
-GET_SQL = (
-    "SELECT slug, status, etag, file, at, length, version FROM pages"
-    " WHERE post_id = ? AND gzip = ? AND version BETWEEN ? AND ?"
-)
+GET_SQL = "SELECT file, at, length, version FROM pages WHERE post_id = ? AND gzip = ?"
 # REPLACE deletes the row it replaces: the rowid orders the rows by when they were kept.
-PUT_SQL = "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+PUT_SQL = "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?)"
 TRIM_SQL = "DELETE FROM pages WHERE rowid <= (SELECT max(rowid) FROM pages) - ?"
-NO_PAGE = -1  # `length` of a row kept without a page
+# The bytes of an entry: slug, status, ETag (empty: none), each ended by a NUL (none of them
+# holds one), then b"P" and the page, or b"N": kept without a page.
+WITH_PAGE, WITHOUT_PAGE = b"P", b"N"
+AT_BITS = 40  # the index packs a file's number and an offset in it into one integer
 
 
 class Kept(NamedTuple):
@@ -95,9 +95,6 @@ class Kept(NamedTuple):
 class Place(NamedTuple):
     """Where a kept page is: its row, without the bytes."""
 
-    slug: str
-    status: str
-    etag: bytes | None
     file: int
     at: int
     length: int
@@ -120,6 +117,11 @@ class LocalPages:
         self.full = False
         self._warned = False  # a broken file is said once, not on every request
         self._readers: dict[int, int] = {}  # bytes file -> fd open to read, or -1: gone
+        # Every row this worker read (see the module): for post id * 2 + gzip, three integers
+        # from 3 * that key: file << AT_BITS | at, length, version (-1: none). Posts past the
+        # bound's ids are not indexed (each read asks the file).
+        self._index = array("q")
+        self._index_keys = 2 * max(max_entries, 1)
         self._writer: tuple[int, int] | None = None  # the bytes file appended to, its fd
         self._conn = sqlite3.connect(
             self.path, timeout=5, isolation_level=None, check_same_thread=False
@@ -132,38 +134,71 @@ class LocalPages:
         self._conn.execute("PRAGMA busy_timeout=0")
 
     def get(self, post_id: int, gzip: bool, version: int, since: int | None = None) -> Kept | None:
+        """The page kept for this post and encoding under a version from `since` to `version`
+        (see `locate`), if there is one."""
         place = self.locate(post_id, gzip, version, since)
-        return None if place is None else self.read(place)
+        if place is None:
+            return None
+        kept = self.read(place)
+        key = 3 * (2 * post_id + gzip)
+        if kept is None and key < len(self._index):  # its file was removed: a newer row?
+            self._index[key + 2] = -1
+        return kept
 
     def locate(
         self, post_id: int, gzip: bool, version: int, since: int | None = None
     ) -> Place | None:
         """Where the page kept for this post and encoding is, if it was kept under a content
-        version from `since` (default: `version` itself) to `version`. Whether a write since
-        changed it is the caller's to tell (`Watcher.page_current`, app/watch.py)."""
+        version from `since` (default: `version` itself) to `version`: the caller knows no
+        write changed it in between (`Watcher.kept_since`, app/watch.py). From this worker's
+        index when it holds such a row; else from the file (and the index then holds it)."""
         lowest = version if since is None else since
+        key = 3 * (2 * post_id + gzip)
+        index = self._index
+        if key < len(index) and lowest <= index[key + 2] <= version:
+            pos = index[key]
+            return Place(pos >> AT_BITS, pos & ((1 << AT_BITS) - 1), index[key + 1], index[key + 2])
         try:
-            row = self._conn.execute(GET_SQL, (post_id, int(gzip), lowest, version)).fetchone()
+            row = self._conn.execute(GET_SQL, (post_id, int(gzip))).fetchone()
         except sqlite3.Error as exc:
             self._warn(exc)
             return None
-        return None if row is None else Place(*row)
+        if row is None:
+            return None
+        place = Place(*row)
+        self._remember(key, place)
+        return place if lowest <= place.version <= version else None
+
+    def _remember(self, key: int, place: Place) -> None:
+        index = self._index
+        if key >= 3 * self._index_keys:
+            return
+        if key >= len(index):  # grown to this key, and some way past it
+            index.extend([-1] * (max(key + 3, len(index) * 5 // 4) - len(index)))
+        index[key] = place.file << AT_BITS | place.at
+        index[key + 1], index[key + 2] = place.length, place.version
 
     def read(self, place: Place) -> Kept | None:
         """The page at `place`; None: its file was removed since (a miss)."""
-        if place.length == NO_PAGE:
-            return Kept(place.slug, place.status, place.etag, None)
-        page = self._read(place.file, place.at, place.length)
-        return None if page is None else Kept(place.slug, place.status, place.etag, page)
+        data = self._read(place.file, place.at, place.length)
+        if data is None:
+            return None
+        try:
+            slug, status, etag, rest = data.split(b"\0", 3)
+        except ValueError:  # not an entry (cannot happen but for a broken file): a miss
+            return None
+        page = rest[1:] if rest[:1] == WITH_PAGE else None
+        return Kept(slug.decode(), status.decode(), etag or None, page)
 
     def put(self, post_id: int, gzip: bool, version: int, kept: Kept) -> None:
         try:
+            head = b"%s\0%s\0%s\0" % (kept.slug.encode(), kept.status.encode(), kept.etag or b"")
             if kept.page is None:
-                number, at, length = 0, 0, NO_PAGE
+                number, at, length = self._append([head, WITHOUT_PAGE])
             else:
-                number, at, length = self._append(kept.page)
-            row = (post_id, int(gzip), version, kept.slug, kept.status, kept.etag)
-            self._conn.execute(PUT_SQL, (*row, number, at, length))
+                number, at, length = self._append([head, WITH_PAGE, kept.page])
+            row = (post_id, int(gzip), version, number, at, length)
+            self._conn.execute(PUT_SQL, row)
             self._writes += 1
             if self._writes % TRIM_EVERY == 0:
                 if self._conn.execute(TRIM_SQL, (self.max_entries,)).rowcount > 0:
@@ -188,17 +223,18 @@ class LocalPages:
             return None
         return data if len(data) == length else None
 
-    def _append(self, page: bytes) -> tuple[int, int, int]:
-        """Append the page to the newest bytes file (the other worker may append to it too:
-        O_APPEND places each write whole at the end); the file, where the page starts, its
-        length. Once the file is full (whoever filled it), the next starts and the next append
-        looks for the newest file again; until then no folder listing."""
+    def _append(self, parts: list[bytes]) -> tuple[int, int, int]:
+        """Append an entry to the newest bytes file in one write (the other worker may append
+        to it too: O_APPEND places each write whole at the end); the file, where the entry
+        starts, its length. Once the file is full (whoever filled it), the next starts and the
+        next append looks for the newest file again; until then no folder listing."""
         if self._writer is None:
             newest = self._newest()
             fd = os.open(self._bytes_path(newest), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._writer = (newest, fd)
         number, fd = self._writer
-        if os.write(fd, page) != len(page):
+        length = sum(len(part) for part in parts)
+        if os.writev(fd, parts) != length:
             raise OSError("short write")  # its row is not written: the bytes are unused
         end = os.lseek(fd, 0, os.SEEK_CUR)  # this descriptor's own position: after the write
         if end >= self.file_bytes:
@@ -206,7 +242,7 @@ class LocalPages:
             self.full = True  # the next file's start removes the one before it
             os.close(fd)
             self._writer = None
-        return number, end - len(page), len(page)
+        return number, end - length, length
 
     def _newest(self) -> int:
         numbers = [

@@ -218,6 +218,14 @@ class Watcher:
         if len(self.changed) > CHANGED_LIMIT:
             self._forget_pages(version)
 
+    def kept_since(self, post_id: int) -> int | None:
+        """The oldest content version a post's page may have been read under and still be its
+        page at `self.version`: no notice since named it. None: the notices heard so far do
+        not tell (a version read whose notice has not come yet)."""
+        if self.pages_known != self.version:
+            return None
+        return max(self.pages_from, self.changed.get(post_id, -1))
+
     def _forget_pages(self, version: int) -> None:
         """Start the record of changed pages again at `version` (-1: at the next version
         read): pages kept under an older one are no longer trusted."""

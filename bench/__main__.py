@@ -232,6 +232,10 @@ def _measure(
         for side in (url, static_url):
             done = load.wrk_pass(side, e.first_pass)
             print(f"  first pass: {done.requests} requests, {done.rps:.0f}/s", file=sys.stderr)
+        # What the pass wrote (PostgreSQL's page copy: 1.5 GB at 100,000 essays) goes to disk
+        # before measuring, as nginx's pages did (`_add_pages`): else its writeback stalls the
+        # row (p99 60-750 ms against 4.6 ms without).
+        os.sync()
     server.peak_total = server.peak_worker = 0
     # As `peer.sh` does: app, nginx, app, nginx; the ratio of the means. (nginx alone ran at
     # 97-119k requests/s within one night's run: one run of each tied a ratio to one moment.)

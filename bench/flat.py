@@ -12,6 +12,7 @@ along; the one not being loaded is idle.
 """
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -84,6 +85,7 @@ def _endpoint(
         load.wrk(url(side), 1, e.script, headers=e.headers)
         if e.first_pass is not None:  # as `_measure` does: every page read once first
             load.wrk_pass(url(side), e.first_pass)
+            os.sync()  # its writes on disk before measuring, as `_measure` does
     p99: dict[str, list[float]] = {small: [], large: []}
     rps: dict[str, list[float]] = {small: [], large: []}
     for round_ in range(args.flat_rounds):

@@ -50,7 +50,9 @@ def write(
         "ratio = the endpoint's requests/s over nginx serving the same bytes as a static file, "
         "measured in the same run (a 304 row: over nginx answering 304 to its own ETag; a "
         "random-essay row: over nginx serving every essay's page at its own path, drawn by the "
-        "same wrk script, and its notes give the ratio to nginx serving the one popular page). "
+        "same wrk script, and its notes give the ratio to nginx serving the one popular page; "
+        "the every-essay row is measured after one pass that reads each page once, on both "
+        "sides). "
         "p99 x = p99 over the same endpoint's p99 at the smallest size.",
         "",
     ]

@@ -23,7 +23,22 @@ def test_a_page_is_answered_only_under_the_version_it_was_kept_at(tmp_path: Path
     assert pages.get(1, True, 7) is None  # the other encoding was not kept
     newer = PAGE._replace(page=b"<html>two</html>", etag=b'W/"p2"')
     pages.put(1, False, 8, newer)  # replaces: one row per post and encoding
-    assert (pages.get(1, False, 7), pages.get(1, False, 8)) == (None, newer)
+    assert pages.get(1, False, 8) == newer
+    other = LocalPages(tmp_path / "pages.sqlite", 100)  # another worker: the row of 8 only
+    assert (other.get(1, False, 7), other.get(1, False, 8)) == (None, newer)
+
+
+def test_a_worker_finds_again_a_page_it_found_without_a_query(tmp_path: Path) -> None:
+    """Its index remembers the rows it read: the second read of a page asks only the bytes
+    file, so a broken table no longer matters to it; a page it never found is a miss."""
+    pages = LocalPages(tmp_path / "pages.sqlite", 100)
+    for post_id in (1, 2):
+        pages.put(post_id, False, 3, PAGE)
+    assert pages.get(1, False, 3) == PAGE
+    pages._conn.close()  # no more queries
+    assert pages.get(1, False, 5, since=3) == PAGE
+    assert pages.get(1, False, 5, since=4) is None  # changed since it was kept: not the index's
+    assert pages.get(2, False, 3) is None
 
 
 def test_a_page_is_answered_when_kept_under_a_version_in_the_range_asked(tmp_path: Path) -> None:
