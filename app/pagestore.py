@@ -76,6 +76,12 @@ CREATE TABLE IF NOT EXISTS pages (
 )
 """
 GET_SQL = "SELECT file, at, length, version FROM pages WHERE post_id = ? AND gzip = ?"
+# The rows written since a worker last looked, in the order written (REPLACE gives a new rowid).
+SINCE_SQL = (
+    "SELECT rowid, post_id, gzip, file, at, length, version FROM pages"
+    " WHERE rowid > ? ORDER BY rowid LIMIT ?"
+)
+CATCH_UP_ROWS = 256  # read into the index on a miss: about 0.3 ms
 # REPLACE deletes the row it replaces: the rowid orders the rows by when they were kept.
 PUT_SQL = "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?)"
 TRIM_SQL = "DELETE FROM pages WHERE rowid <= (SELECT max(rowid) FROM pages) - ?"
@@ -122,6 +128,7 @@ class LocalPages:
         # bound's ids are not indexed (each read asks the file).
         self._index = array("q")
         self._index_keys = 2 * max(max_entries, 1)
+        self._seen = 0  # the last rowid read into the index (`_catch_up`)
         self._writer: tuple[int, int] | None = None  # the bytes file appended to, its fd
         self._conn = sqlite3.connect(
             self.path, timeout=5, isolation_level=None, check_same_thread=False
@@ -154,11 +161,14 @@ class LocalPages:
         index when it holds such a row; else from the file (and the index then holds it)."""
         lowest = version if since is None else since
         key = 3 * (2 * post_id + gzip)
-        index = self._index
-        if key < len(index) and lowest <= index[key + 2] <= version:
-            pos = index[key]
-            return Place(pos >> AT_BITS, pos & ((1 << AT_BITS) - 1), index[key + 1], index[key + 2])
+        place = self._indexed(key, lowest, version)
+        if place is not None:
+            return place
         try:
+            if self._catch_up():  # rows written since this worker looked: maybe this one
+                place = self._indexed(key, lowest, version)
+                if place is not None:
+                    return place
             row = self._conn.execute(GET_SQL, (post_id, int(gzip))).fetchone()
         except sqlite3.Error as exc:
             self._warn(exc)
@@ -169,12 +179,30 @@ class LocalPages:
         self._remember(key, place)
         return place if lowest <= place.version <= version else None
 
+    def _indexed(self, key: int, lowest: int, version: int) -> Place | None:
+        index = self._index
+        if key < len(index) and lowest <= index[key + 2] <= version:
+            pos = index[key]
+            return Place(pos >> AT_BITS, pos & ((1 << AT_BITS) - 1), index[key + 1], index[key + 2])
+        return None
+
+    def _catch_up(self) -> bool:
+        """Read into the index the rows written since this worker last looked (either
+        worker's), `CATCH_UP_ROWS` at most: a worker comes to know the pages the other kept
+        without a query for each. Whether there were any."""
+        rows = self._conn.execute(SINCE_SQL, (self._seen, CATCH_UP_ROWS)).fetchall()
+        for _, post_id, gzip, *place in rows:
+            self._remember(3 * (2 * post_id + gzip), Place(*place))
+        if rows:
+            self._seen = rows[-1][0]
+        return bool(rows)
+
     def _remember(self, key: int, place: Place) -> None:
         index = self._index
         if key >= 3 * self._index_keys:
             return
-        if key >= len(index):  # grown to this key, and some way past it
-            index.extend([-1] * (max(key + 3, len(index) * 5 // 4) - len(index)))
+        if key >= len(index):  # grown to this key, and some way past it (whole entries)
+            index.extend([-1] * (max(key + 3, len(index) // 12 * 15) - len(index)))
         index[key] = place.file << AT_BITS | place.at
         index[key + 1], index[key + 2] = place.length, place.version
 
@@ -184,11 +212,18 @@ class LocalPages:
         if data is None:
             return None
         try:
-            slug, status, etag, rest = data.split(b"\0", 3)
+            ends_slug = data.index(0)
+            ends_status = data.index(0, ends_slug + 1)
+            ends_etag = data.index(0, ends_status + 1)
         except ValueError:  # not an entry (cannot happen but for a broken file): a miss
             return None
-        page = rest[1:] if rest[:1] == WITH_PAGE else None
-        return Kept(slug.decode(), status.decode(), etag or None, page)
+        with_page = data[ends_etag + 1] == WITH_PAGE[0]
+        return Kept(
+            data[:ends_slug].decode(),
+            data[ends_slug + 1 : ends_status].decode(),
+            data[ends_status + 1 : ends_etag] or None,
+            data[ends_etag + 2 :] if with_page else None,  # the one copy of the page
+        )
 
     def put(self, post_id: int, gzip: bool, version: int, kept: Kept) -> None:
         try:

@@ -3,6 +3,7 @@ only under the content version it was kept at, the file stays within its bound, 
 file only means asking the database."""
 
 import os
+import random
 import sqlite3
 from pathlib import Path
 
@@ -28,30 +29,37 @@ def test_a_page_is_answered_only_under_the_version_it_was_kept_at(tmp_path: Path
     assert (other.get(1, False, 7), other.get(1, False, 8)) == (None, newer)
 
 
-def test_a_worker_finds_again_a_page_it_found_without_a_query(tmp_path: Path) -> None:
-    """Its index remembers the rows it read: the second read of a page asks only the bytes
-    file, so a broken table no longer matters to it; a page it never found is a miss."""
-    pages = LocalPages(tmp_path / "pages.sqlite", 100)
+def test_a_worker_indexes_the_rows_either_worker_kept_without_a_query_each(
+    tmp_path: Path,
+) -> None:
+    """On a miss its index reads the rows written since it last looked, a batch at a time, and
+    keeps them: a page known so is one `pread`, with no query (even with the table gone); a
+    row written after it last looked it cannot know without the table."""
+    first, second = (LocalPages(tmp_path / "pages.sqlite", 100) for _ in range(2))
     for post_id in (1, 2):
-        pages.put(post_id, False, 3, PAGE)
-    assert pages.get(1, False, 3) == PAGE
-    pages._conn.close()  # no more queries
-    assert pages.get(1, False, 5, since=3) == PAGE
-    assert pages.get(1, False, 5, since=4) is None  # changed since it was kept: not the index's
-    assert pages.get(2, False, 3) is None
+        second.put(post_id, False, 3, PAGE)
+    assert first.get(1, False, 3) == PAGE  # one miss: both rows read into its index
+    second.put(3, False, 3, PAGE)
+    first._conn.close()  # no more queries
+    assert first.get(2, False, 5, since=3) == PAGE
+    assert first.get(2, False, 5, since=4) is None  # changed since it was kept
+    assert first.get(3, False, 3) is None
 
 
-def test_a_page_is_answered_when_kept_under_a_version_in_the_range_asked(tmp_path: Path) -> None:
-    """A worker that knows no write changed a page since version 5 takes it kept under 5-9
-    (the watcher tells which: app/watch.py); kept under 4, or under 10 (a worker ahead of
-    this one), it is a miss."""
-    pages = LocalPages(tmp_path / "pages.sqlite", 100)
-    for post_id, kept_at in ((1, 4), (2, 5), (3, 9), (4, 10)):
-        pages.put(post_id, False, kept_at, PAGE)
-    found = {n: pages.locate(n, False, 9, since=5) for n in range(1, 5)}
-    assert [n for n, place in found.items() if place is not None] == [2, 3]
-    assert found[3] is not None and found[3].version == 9
-    assert pages.get(3, False, 9, since=5) == PAGE
+def test_every_page_of_many_is_found_in_any_order(tmp_path: Path) -> None:
+    """The index grows as posts come: every entry read back whole, in both encodings."""
+    first, second = (LocalPages(tmp_path / "pages.sqlite", 2000) for _ in range(2))
+    kept = {
+        (n, gzip): PAGE._replace(slug=f"s{n}", page=b"%d" % n * (n % 7), etag=None)
+        for n in range(1, 700)
+        for gzip in (False, True)
+    }
+    for (n, gzip), page in kept.items():
+        first.put(n, gzip, 2, page)
+    order = list(kept)
+    random.Random(3).shuffle(order)
+    assert all(second.get(n, gzip, 2) == kept[n, gzip] for n, gzip in order)
+    assert all(second.get(n, gzip, 2) == kept[n, gzip] for n, gzip in reversed(order))
 
 
 def test_every_worker_sees_what_another_kept(tmp_path: Path) -> None:
