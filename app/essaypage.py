@@ -403,7 +403,9 @@ class StoredPages:
                     self._keep(stored, bool(gzip))
                     if self._local is not None and self._admit(post_id, gzip):
                         copy = Kept(stored.slug, stored.status, stored.etag, stored.page)
-                        self._local.put(post_id, bool(gzip), version, copy)
+                        self._local.put_later(post_id, bool(gzip), version, copy)
+            if self._local is not None:
+                self._local.flush()  # the rows of this read's pages, in one transaction
             return found
 
         return fetch

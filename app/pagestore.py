@@ -38,8 +38,10 @@ The file lives as long as one `workshop serve` (a fresh one each start, removed 
 database reset under another run never meets an old copy. A serve that was killed cannot remove
 its folder: the next serve on the machine does (`app/tempfolders.py`).
 
-Best effort: a read that fails is a miss, a write that would wait for the other worker is
-skipped. The file never decides what is answered, only whether the server is asked.
+Best effort: a read that fails is a miss; rows are written a database read's pages at a time
+(`put_later`, `flush`), and rows that would wait for the other worker's write wait for the next
+flush instead (a bounded number). The file never decides what is answered, only whether the
+server is asked.
 """
 
 import contextlib
@@ -82,6 +84,7 @@ SINCE_SQL = (
     " WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
 CATCH_UP_ROWS = 256  # read into the index on a miss: about 0.3 ms
+PENDING_ROWS = 1024  # rows waiting for a flush the other worker's lock put off, at most
 # REPLACE deletes the row it replaces: the rowid orders the rows by when they were kept.
 PUT_SQL = "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?)"
 TRIM_SQL = "DELETE FROM pages WHERE rowid <= (SELECT max(rowid) FROM pages) - ?"
@@ -129,6 +132,7 @@ class LocalPages:
         self._index = array("q")
         self._index_keys = 2 * max(max_entries, 1)
         self._seen = 0  # the last rowid read into the index (`_catch_up`)
+        self._pending: list[tuple[int, int, int, int, int, int]] = []  # rows to write (`flush`)
         self._writer: tuple[int, int] | None = None  # the bytes file appended to, its fd
         self._conn = sqlite3.connect(
             self.path, timeout=5, isolation_level=None, check_same_thread=False
@@ -226,20 +230,47 @@ class LocalPages:
         )
 
     def put(self, post_id: int, gzip: bool, version: int, kept: Kept) -> None:
+        """Keep a page now (`put_later`, then `flush`)."""
+        self.put_later(post_id, gzip, version, kept)
+        self.flush()
+
+    def put_later(self, post_id: int, gzip: bool, version: int, kept: Kept) -> None:
+        """Append the page's bytes now; its row goes in with the others at the next `flush`:
+        one write transaction for the pages of one database read, not one each. Both
+        workers filling the copy at once had one write in twenty skipped (the other's
+        transaction held the lock)."""
         try:
             head = b"%s\0%s\0%s\0" % (kept.slug.encode(), kept.status.encode(), kept.etag or b"")
             if kept.page is None:
                 number, at, length = self._append([head, WITHOUT_PAGE])
             else:
                 number, at, length = self._append([head, WITH_PAGE, kept.page])
-            row = (post_id, int(gzip), version, number, at, length)
-            self._conn.execute(PUT_SQL, row)
-            self._writes += 1
-            if self._writes % TRIM_EVERY == 0:
-                if self._conn.execute(TRIM_SQL, (self.max_entries,)).rowcount > 0:
+        except OSError:
+            return  # full, or cut short: the next read asks
+        if len(self._pending) < PENDING_ROWS:
+            self._pending.append((post_id, int(gzip), version, number, at, length))
+
+    def flush(self) -> None:
+        """Write the rows `put_later` left, in one transaction; if the other worker holds the
+        lock they wait for the next flush (without waiting now)."""
+        if not self._pending:
+            return
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(PUT_SQL, self._pending)
+                written = len(self._pending)
+                trim = self._writes // TRIM_EVERY != (self._writes + written) // TRIM_EVERY
+                if trim and self._conn.execute(TRIM_SQL, (self.max_entries,)).rowcount > 0:
                     self.full = True
-        except (sqlite3.Error, OSError):
-            pass  # busy (the other worker writes), full, or cut short: the next read asks
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error:
+            return  # busy (the other worker writes), or broken: kept for the next flush
+        self._writes += written
+        self._pending = []
 
     def _read(self, number: int, at: int, length: int) -> bytes | None:
         fd = self._readers.get(number)
