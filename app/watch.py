@@ -232,15 +232,6 @@ class Watcher:
         self.pages_from = self.pages_known = version
         self.changed = {}
 
-    def page_current(self, post_id: int, kept_at: int) -> bool:
-        """Whether a post's page read under version `kept_at` is its page at `self.version`:
-        nothing changed it since, as far as the notices heard one after the other tell."""
-        return (
-            self.pages_known == self.version
-            and self.pages_from <= kept_at <= self.version
-            and self.changed.get(post_id, -1) <= kept_at
-        )
-
     def _raise(self, version: int) -> None:
         if version > self.version:
             self.version = version
