@@ -19,12 +19,13 @@ nearly every request, slower than no copy at all.
 
 Small rows, bytes in files: a row says where a page is, in `bytes-<n>.bin` beside the SQLite
 file (both workers append to the newest; `O_APPEND` places each write whole at its end); the
-bytes begin with the page's slug, status and ETag. A worker remembers every row it read, in a
-compact index of its own (`_index`: three integers an entry, about 5 MB at 100,000 essays read
-in both encodings), so a page it found once is one `pread` after, with no query, until the post
-changes: readers spread over the whole archive (a crawler) then cost what one popular page's
-read costs. The bytes stay within two files: when the newest is full the next starts and the one
-before it is removed, its rows becoming misses.
+bytes begin with the page's slug, status and ETag. Each worker keeps the rows in a compact
+index of its own (`_index`: three integers an entry, about 5 MB at 100,000 essays read in both
+encodings), reading on a miss the rows either worker wrote since it last looked (`_catch_up`),
+so a page the copy holds is one `pread`, with no query, until the post changes: readers spread
+over the whole archive (a crawler) cost one `pread` a page, as on SQLite. The bytes stay
+within two files: when the newest is full the next starts and the one before it is removed,
+its rows becoming misses.
 
 Never stale: a page is kept with the content version the worker that read it held from before
 its query began until after it ended (the memo's rule), so its bytes hold every write up to
@@ -138,7 +139,7 @@ class LocalPages:
             self.path, timeout=5, isolation_level=None, check_same_thread=False
         )
         # Both workers start at once: the setup waits for the other's; after it, a write never
-        # waits (it is skipped instead).
+        # waits (its rows wait for the next flush instead).
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=OFF")  # a copy: lost on a crash, read again
         self._conn.execute(SCHEMA)
