@@ -43,6 +43,7 @@ of requests as before.
 import asyncio
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -62,6 +63,10 @@ RETRY_SECONDS = 1.0  # after a failure, before connecting again
 WAIT_LIMIT_SECONDS = 5.0
 PAGES_CHANGED = "workshop.pages_changed"  # a write's session: the posts whose pages it changed
 PAYLOAD_LIMIT = 7900  # bytes: PostgreSQL's NOTIFY takes under 8000
+# A write's notice (`notify`): VERSION, VERSION:* or VERSION:ID,ID,... Anything else on the
+# channel is another worker's probe, its id: host:pid:token, where the host may be all digits
+# (a container's id): so the whole payload is matched, not its first part.
+NOTICE = re.compile(rb"(\d+)(?::(\*|[\d,]*))?")
 CHANGED_LIMIT = 100_000  # posts recorded before the record starts again (bounded memory)
 
 VERSION_SQL = "SELECT value FROM site_state WHERE name = 'content_version'"
@@ -199,10 +204,12 @@ class Watcher:
         if payload == self.id.encode():
             self._heard_own = True
             return
-        version, listed, ids = payload.partition(b":")
-        if version.isdigit():  # else another worker's own notice
-            self._note_pages(int(version), ids if listed and ids != b"*" else None)
-            self._raise(int(version))
+        notice = NOTICE.fullmatch(payload)
+        if notice is None:
+            return  # another worker's probe
+        version, ids = int(notice[1]), notice[2]
+        self._note_pages(version, ids if ids != b"*" else None)
+        self._raise(version)
 
     def _note_pages(self, version: int, ids: bytes | None) -> None:
         """Record the posts whose pages `version` changed (None: maybe any)."""

@@ -424,6 +424,36 @@ def test_a_notice_names_the_posts_whose_pages_its_write_changed(engine) -> None:
     assert heard == [f"{version}:1,3", f"{version}:*", f"{version}"]
 
 
+def test_a_worker_on_a_host_named_by_digits_is_not_taken_for_a_version(
+    engine, monkeypatch
+) -> None:
+    """Each watcher's probe goes to every listener: from a host whose name is all digits (a
+    container's id) its payload, host:pid:token, began like a notice. Heard as version
+    123456789012, it froze the worker there: every real notice was older, and pages edited
+    after it were served stale."""
+    _postgresql(engine)
+
+    async def scenario() -> tuple[int, int, int]:
+        first = watch.Watcher(engine)
+        monkeypatch.setattr(watch.socket, "gethostname", lambda: "123456789012")
+        second = watch.Watcher(engine)
+        try:
+            await _trusted(first)
+            await _trusted(second)  # its probe went out to every listener, the first too
+            await asyncio.sleep(0.2)
+            held = first.version
+            await asyncio.to_thread(add_post, engine)  # acknowledged: both heard it
+            return held, first.version, second.version
+        finally:
+            await first.close()
+            await second.close()
+
+    before = _version(engine)
+    held, first, second = asyncio.run(scenario())
+    assert held == before
+    assert first == second == _version(engine) > before
+
+
 def test_a_page_no_write_changed_is_answered_from_the_copy_across_writes(
     engine, settings, tmp_path
 ) -> None:
