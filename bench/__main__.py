@@ -229,13 +229,8 @@ def _measure(
     load.wrk(url, 1, e.script, headers=e.headers)  # warm-ups, discarded
     load.wrk(static_url, 1, static_script, headers=static_headers)
     if e.first_pass is not None:  # every page read once, on both sides (`Endpoint.first_pass`)
-        for side in (url, static_url):
-            done = load.wrk_pass(side, e.first_pass)
+        for done in load.first_passes([url, static_url], e.first_pass):
             print(f"  first pass: {done.requests} requests, {done.rps:.0f}/s", file=sys.stderr)
-        # What the pass wrote (PostgreSQL's page copy: 1.5 GB at 100,000 essays) goes to disk
-        # before measuring, as nginx's pages did (`_add_pages`): else its writeback stalls the
-        # row (p99 60-750 ms against 4.6 ms without).
-        os.sync()
     server.peak_total = server.peak_worker = 0
     # As `peer.sh` does: app, nginx, app, nginx; the ratio of the means. (nginx alone ran at
     # 97-119k requests/s within one night's run: one run of each tied a ratio to one moment.)

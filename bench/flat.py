@@ -12,7 +12,6 @@ along; the one not being loaded is idle.
 """
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -84,8 +83,7 @@ def _endpoint(
         e = found[side][name]
         load.wrk(url(side), 1, e.script, headers=e.headers)
         if e.first_pass is not None:  # as `_measure` does: every page read once first
-            load.wrk_pass(url(side), e.first_pass)
-            os.sync()  # its writes on disk before measuring, as `_measure` does
+            load.first_passes([url(side)], e.first_pass)
     p99: dict[str, list[float]] = {small: [], large: []}
     rps: dict[str, list[float]] = {small: [], large: []}
     for round_ in range(args.flat_rounds):
