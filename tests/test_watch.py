@@ -424,9 +424,7 @@ def test_a_notice_names_the_posts_whose_pages_its_write_changed(engine) -> None:
     assert heard == [f"{version}:1,3", f"{version}:*", f"{version}"]
 
 
-def test_a_worker_on_a_host_named_by_digits_is_not_taken_for_a_version(
-    engine, monkeypatch
-) -> None:
+def test_a_worker_on_a_host_named_by_digits_is_not_taken_for_a_version(engine, monkeypatch) -> None:
     """Each watcher's probe goes to every listener: from a host whose name is all digits (a
     container's id) its payload, host:pid:token, began like a notice. Heard as version
     123456789012, it froze the worker there: every real notice was older, and pages edited
