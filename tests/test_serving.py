@@ -3,6 +3,7 @@
 streamed bodies and pipelining, over a real socket."""
 
 import inspect
+import json
 import socket
 import time
 from urllib.parse import urlsplit
@@ -373,3 +374,129 @@ def test_answers_at_the_front_door_carry_the_current_date(engine, live_server) -
     time.sleep(1.5)
     second = httpx.get(live_server.url + path).headers["date"]
     assert parsedate_to_datetime(second) > parsedate_to_datetime(first)
+
+
+# --- repeats: a request head answered before, byte for byte, is answered without parsing ------
+
+
+def _ids_and_answers(sock: socket.socket, request: bytes, times: int) -> list[Answer]:
+    answers = []
+    for _ in range(times):
+        sock.sendall(request)
+        answers.append(_read_answer(sock, head=request.startswith(b"HEAD")))
+    return answers
+
+
+def _same_but_date_and_id(answers: list[Answer]) -> None:
+    def seen(answer: Answer) -> Answer:
+        status, headers, body = answer
+        kept = {k: v for k, v in headers.items() if k.decode() not in PER_REQUEST}
+        return status, kept, body
+
+    assert [seen(answer) for answer in answers[1:]] == [seen(answers[0])] * (len(answers) - 1)
+    ids = {answer[1][b"x-request-id"] for answer in answers}
+    assert len(ids) == len(answers)  # each repeat is a request of its own, with its own id
+
+
+def test_a_repeated_request_is_answered_afresh_each_time(settings, engine, tmp_path) -> None:
+    """The same bytes asked again and again on one connection (a stored page, a cache hit and
+    its 304, HEAD) get the answer the first asking got, each with its own id, each logged; and
+    after an edit and a delete, the same bytes get the new page and then the 410, never the
+    page they got before."""
+    essay, *_ = _essays(engine, settings, count=1)
+    path = post_path(essay)
+    server = start_server(settings, tmp_path)
+    try:
+        httpx.get(server.url + "/")  # cached: the front door answers it from now on
+        home_etag = httpx.get(server.url + "/").headers["etag"]
+        asked = [
+            _request(path),
+            _request(path, "Accept-Encoding: gzip"),
+            _request(path, method="HEAD"),
+            _request("/"),
+            _request("/", f"If-None-Match: {home_etag}"),
+        ]
+        with _connect(server.url) as sock:
+            for request in asked:  # the first asking fills the cache, the rest are hits
+                _same_but_date_and_id(_ids_and_answers(sock, request, 5)[1:])
+            status, _, body = _ids_and_answers(sock, asked[0], 1)[0]
+            assert status.startswith(b"HTTP/1.1 200 ") and essay.title.encode() in body
+
+            with write_session(engine) as session:
+                current = posts.load_views(session, [posts.get_post(session, essay.id)])[0]
+                edited = current.to_input().model_copy(update={"body": "Breadth is *gone*."})
+                posts.update_post(session, essay.id, edited, "Workshop")
+            for request in (asked[0], asked[0]):
+                status, _, body = _ids_and_answers(sock, request, 1)[0]
+                assert status.startswith(b"HTTP/1.1 200 ") and b"<em>gone</em>" in body
+            status, _, _ = _ids_and_answers(sock, asked[4], 1)[0]
+            assert status.startswith(b"HTTP/1.1 200 ")  # the front page changed: no 304
+
+            with write_session(engine) as session:
+                posts.delete_post(session, essay.id)  # type: ignore[arg-type]
+            for _ in range(2):
+                status, _, _ = _ids_and_answers(sock, asked[0], 1)[0]
+                assert status.startswith(b"HTTP/1.1 410 ")
+    finally:
+        stop_server(server)
+    logged = [json.loads(line) for line in server.log.read_text().splitlines() if "{" in line]
+    home_304s = [e for e in logged if e.get("path") == "/" and e.get("status") == 304]
+    assert len(home_304s) == 5  # every repeat is in the request log
+
+
+def test_repeats_of_pages_read_on_the_event_loop(settings, engine, tmp_path) -> None:
+    """With the response cache off, a PostgreSQL worker reads every stored page on the event
+    loop: a repeat hands the front door's pending read to the parse of its bytes, which awaits
+    it (SQLite reads at once). Repeats of an old slug and an unknown id, which the read sends
+    the ASGI way after all, get the redirect and the error page each time."""
+    first, second, *_ = _essays(engine, settings, count=2)
+    server = start_server(settings, tmp_path, WORKSHOP_RESPONSE_CACHE="false")
+    asked = {
+        _request(post_path(first)): b"200",
+        _request(f"/read/{second.id}/an-old-slug"): b"301",
+        _request("/read/999999/nothing", "Accept: text/html"): b"404",
+        _request(post_path(second), method="HEAD"): b"200",
+    }
+    try:
+        with _connect(server.url) as sock:
+            for request, status in asked.items():
+                answers = _ids_and_answers(sock, request, 3)
+                assert [a[0].split(b" ")[1] for a in answers] == [status] * 3, request
+                _same_but_date_and_id(answers)
+    finally:
+        stop_server(server)
+
+
+def test_a_request_split_over_reads_or_sent_with_another_is_parsed(engine, live_server) -> None:
+    """Only a whole request read alone is taken as a repeat: the same bytes in two reads, or
+    two requests in one read, are parsed, and answered as asked."""
+    post = add_post(engine)
+    request = _request(post_path(post))
+    with _connect(live_server.url) as sock:
+        first = _ids_and_answers(sock, request, 3)[1:]  # cached, then kept as a repeat
+        sock.sendall(request[:10])
+        time.sleep(0.05)  # the server reads the start alone
+        sock.sendall(request[10:])
+        split = _read_answer(sock)
+        sock.sendall(request + _request("/healthz"))
+        pending = bytearray()
+        together = [_read_answer(sock, pending=pending) for _ in range(2)]
+        again = _ids_and_answers(sock, request, 1)
+    _same_but_date_and_id([*first, split, together[0], *again])
+    assert together[1][0].startswith(b"HTTP/1.1 200 ") and together[1][2].startswith(b"{")
+
+
+def test_repeats_are_bounded() -> None:
+    from app.serving import Repeats
+
+    repeats = Repeats(max_bytes=30, max_head=11)
+    asked = ("GET", "/", b"", [(b"host", b"a")])
+    repeats.note(b"x" * 12, asked)
+    assert repeats.get(b"x" * 12) is None  # a head over max_head bytes is not kept
+    for n in range(3):
+        repeats.note(b"head %05d" % n, asked)  # 10 bytes each
+        repeats.note(b"head %05d" % n, asked)  # kept once
+    assert repeats.bytes == 30 and repeats.get(b"head 00002") is asked
+    repeats.note(b"head 00003", asked)  # full: emptied, then kept
+    kept = [repeats.get(b"head %05d" % n) for n in range(4)]
+    assert kept == [None, None, None, asked] and repeats.bytes == 10
