@@ -36,6 +36,7 @@ SQLite, 1,000 essays, `wrk -t2 -c32`, three runs of each build alternating: `/`'
 """
 
 import asyncio
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -107,6 +108,15 @@ class HeldWrites:
 _NOT_TOLD: Any = object()
 
 
+class _Raised:
+    """What the front door raised when asked a repeat's question, for the parse to raise."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
 class Repeats:
     """Request heads the front door answered, by their exact bytes: what it was asked.
 
@@ -114,24 +124,37 @@ class Repeats:
     crawler or a load generator, a reader reloading): parsing them again gives the same
     question. `OneSendHttpProtocol.data_received` asks the front door that question straight
     away; the answer is the front door's own, made afresh each time (at the current version,
-    with a new request id, counted and logged). Bounded: a head over `max_head` bytes is not
-    kept, and the table is emptied once the heads it holds pass `max_bytes`.
+    with a new request id, counted and logged). Bounded: a head over `max_head` bytes or
+    `max_fields` header lines is not kept, and the table is emptied once what it holds passes
+    `max_bytes` (`_size`: the head and its parsed copy).
     """
 
-    def __init__(self, max_bytes: int = 4 << 20, max_head: int = 2048) -> None:
-        self.max_bytes, self.max_head = max_bytes, max_head
+    def __init__(
+        self, max_bytes: int = 8 << 20, max_head: int = 2048, max_fields: int = 40
+    ) -> None:
+        self.max_bytes, self.max_head, self.max_fields = max_bytes, max_head, max_fields
         self.bytes = 0
         self._asked: dict[bytes, Asked] = {}
         self.get = self._asked.get
 
     def note(self, data: bytes, asked: "Asked") -> None:
-        if len(data) > self.max_head or data in self._asked:
+        fields = len(asked[3])
+        if len(data) > self.max_head or fields > self.max_fields or data in self._asked:
             return
-        if self.bytes + len(data) > self.max_bytes:
+        size = _size(data, fields)
+        if self.bytes + size > self.max_bytes:
             self._asked.clear()
             self.bytes = 0
         self._asked[data] = asked
-        self.bytes += len(data)
+        self.bytes += size
+
+
+def _size(data: bytes, fields: int) -> int:
+    """At least what a kept head costs in memory: its bytes twice (the key, and the path and
+    header values parsed from it); per header line a tuple of two bytes objects and the list's
+    slot for it (`sys.getsizeof`: 130 bytes beyond their contents, taken as 170); the question's
+    tuple, the key's object and the table's slot (about 250, taken as 400)."""
+    return 2 * len(data) + 170 * fields + 400
 
 
 class OneSendHttpProtocol(HttpToolsProtocol):
@@ -166,7 +189,7 @@ class OneSendHttpProtocol(HttpToolsProtocol):
             super().data_received(data)
             return
         idle = not self._mid_message  # the parser is between requests
-        if idle:
+        if idle and len(data) <= REPEATS.max_head:
             asked = REPEATS.get(data)
             if asked is not None and self._answer_repeat(asked, data):
                 return
@@ -183,22 +206,26 @@ class OneSendHttpProtocol(HttpToolsProtocol):
             return False
         method, path, query, headers = asked
         try:
-            found = self._front(method, path, query, headers)  # type: ignore[misc]
-        except Exception:  # asked again by the parse, which logs it
-            return False
+            found: Any = self._front(method, path, query, headers)  # type: ignore[misc]
+        except Exception as exc:  # raised again in the parse, which logs it
+            found = _Raised(exc)
         if not isinstance(found, tuple):
             self._told = found
             try:
                 self._begun, self._asked = 0, None
                 super().data_received(data)
             finally:
-                if self._told is not _NOT_TOLD and self._told is not None:
+                if inspect.iscoroutine(self._told):  # not taken (the parse always takes it)
                     self._told.close()
                 self._told = _NOT_TOLD
             return True
         self._idle_since = None  # as a read does
-        self._write_answer(found)
-        self.on_response_complete()
+        try:
+            self._write_answer(found)
+            self.on_response_complete()
+        except Exception:  # as the parse's callbacks would fail: httptools' error, uvicorn's 400
+            self.logger.exception("Exception answering a repeated request")
+            self.send_400_response("Invalid HTTP request received.")
         return True
 
     def _may_answer_here(self) -> bool:
@@ -315,6 +342,8 @@ class OneSendHttpProtocol(HttpToolsProtocol):
         try:
             if self._told is not _NOT_TOLD:  # a repeat: the front door was asked already
                 found, self._told = self._told, _NOT_TOLD
+                if isinstance(found, _Raised):
+                    raise found.exc
             else:
                 found = front(*asked)
         except Exception as exc:  # the ASGI way answers it

@@ -487,16 +487,113 @@ def test_a_request_split_over_reads_or_sent_with_another_is_parsed(engine, live_
 
 
 def test_repeats_are_bounded() -> None:
-    from app.serving import Repeats
+    from app.serving import Repeats, _size
 
-    repeats = Repeats(max_bytes=30, max_head=11)
+    one = _size(b"head 00000", 1)
+    repeats = Repeats(max_bytes=3 * one, max_head=11, max_fields=2)
     asked = ("GET", "/", b"", [(b"host", b"a")])
-    repeats.note(b"x" * 12, asked)
-    assert repeats.get(b"x" * 12) is None  # a head over max_head bytes is not kept
+    repeats.note(b"x" * 12, asked)  # over max_head bytes: not kept
+    repeats.note(b"many", ("GET", "/", b"", [(b"a", b"b")] * 3))  # over max_fields: not kept
+    assert repeats.get(b"x" * 12) is None and repeats.get(b"many") is None
     for n in range(3):
-        repeats.note(b"head %05d" % n, asked)  # 10 bytes each
+        repeats.note(b"head %05d" % n, asked)
         repeats.note(b"head %05d" % n, asked)  # kept once
-    assert repeats.bytes == 30 and repeats.get(b"head 00002") is asked
+    assert repeats.bytes == 3 * one and repeats.get(b"head 00002") is asked
     repeats.note(b"head 00003", asked)  # full: emptied, then kept
     kept = [repeats.get(b"head %05d" % n) for n in range(4)]
-    assert kept == [None, None, None, asked] and repeats.bytes == 10
+    assert kept == [None, None, None, asked] and repeats.bytes == one
+
+
+class _Wire:
+    """An asyncio transport that keeps what is written to it, for the protocol in process."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.sent += chunk
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def _asked_in_process(app, requests: list[bytes], fail_on: int | None = None) -> dict:
+    """`requests` sent one after another on one connection of the server's protocol, in process:
+    each answer, whether its bytes were parsed, and every question put to the front door (the
+    `fail_on`th raising, as a bug in it would)."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from app.serving import OneSendHttpProtocol
+
+    config = uvicorn.Config(app, http=OneSendHttpProtocol, lifespan="off", log_level="warning")
+    config.load()
+    protocol = OneSendHttpProtocol(config, ServerState(), {})
+    wire = _Wire()
+    protocol.connection_made(wire)  # type: ignore[arg-type]
+    front, asked = protocol._front, []
+    assert front is not None
+
+    def counted(*question):
+        asked.append(question)
+        if len(asked) == fail_on:
+            raise RuntimeError("the front door failed")
+        return front(*question)
+
+    protocol._front = counted
+    answers, parsed = [], []
+    for request in requests:
+        protocol._begun, before = -1, len(wire.sent)  # every parse counts messages from 0
+        done = protocol.server_state.total_requests + 1
+        protocol.data_received(request)
+        while protocol.server_state.total_requests < done:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the held write goes out at the end of the loop's step
+        parsed.append(protocol._begun != -1)
+        answers.append(bytes(wire.sent[before:]))
+    protocol.connection_lost(None)
+    return {"answers": answers, "parsed": parsed, "asked": asked}
+
+
+def test_a_repeat_is_not_parsed_and_asks_the_front_door_once(settings, engine) -> None:
+    """In process: the same request head again is answered without parsing it; every request,
+    parsed or not, asks the front door once (a repeat whose answer must be awaited, or goes the
+    ASGI way, hands what it was told to the parse); after an edit the same bytes get the new
+    page; a front door that raises on a repeat is asked once, and the ASGI way answers."""
+    essay, *_ = _essays(engine, settings, count=1)
+    request = _request(post_path(essay))
+    app = create_app(settings)
+    with TestClient(app, base_url=SITE_URL) as client:
+        seen = client.portal.call(_asked_in_process, app, [request] * 6)
+        assert len(seen["asked"]) == 6 and seen["parsed"][0]
+        assert not all(seen["parsed"][1:])  # repeats, once the front door answered at once
+        for answer in seen["answers"]:
+            assert answer.startswith(b"HTTP/1.1 200 ") and essay.title.encode() in answer
+
+        with write_session(engine) as session:
+            current = posts.load_views(session, [posts.get_post(session, essay.id)])[0]
+            edited = current.to_input().model_copy(update={"body": "Breadth is *gone*."})
+            posts.update_post(session, essay.id, edited, "Workshop")
+        seen = client.portal.call(_asked_in_process, app, [request] * 4, 3)
+        assert len(seen["asked"]) == 4  # the third raised, and was not asked again
+        assert all(b"<em>gone</em>" in answer for answer in seen["answers"])
+        assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in seen["answers"])
+    app.state.engine.dispose()
