@@ -36,7 +36,6 @@ SQLite, 1,000 essays, `wrk -t2 -c32`, three runs of each build alternating: `/`'
 """
 
 import asyncio
-import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -106,15 +105,6 @@ class HeldWrites:
 
 
 _NOT_TOLD: Any = object()
-
-
-class _Raised:
-    """What the front door raised when asked a repeat's question, for the parse to raise."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
 
 
 class Repeats:
@@ -208,15 +198,13 @@ class OneSendHttpProtocol(HttpToolsProtocol):
         try:
             found: Any = self._front(method, path, query, headers)  # type: ignore[misc]
         except Exception as exc:  # raised again in the parse, which logs it
-            found = _Raised(exc)
+            found = exc
         if not isinstance(found, tuple):
-            self._told = found
+            self._told = found  # the parse of the same bytes reaches `_answer_here`, and takes it
             try:
                 self._begun, self._asked = 0, None
                 super().data_received(data)
             finally:
-                if inspect.iscoroutine(self._told):  # not taken (the parse always takes it)
-                    self._told.close()
                 self._told = _NOT_TOLD
             return True
         self._idle_since = None  # as a read does
@@ -342,8 +330,8 @@ class OneSendHttpProtocol(HttpToolsProtocol):
         try:
             if self._told is not _NOT_TOLD:  # a repeat: the front door was asked already
                 found, self._told = self._told, _NOT_TOLD
-                if isinstance(found, _Raised):
-                    raise found.exc
+                if isinstance(found, Exception):
+                    raise found
             else:
                 found = front(*asked)
         except Exception as exc:  # the ASGI way answers it
