@@ -376,7 +376,7 @@ def test_answers_at_the_front_door_carry_the_current_date(engine, live_server) -
     assert parsedate_to_datetime(second) > parsedate_to_datetime(first)
 
 
-# --- repeats: a request head answered before, byte for byte, is answered without parsing ------
+# --- repeats: header lines the front door took before, after a plain line, are not parsed -----
 
 
 def _ids_and_answers(sock: socket.socket, request: bytes, times: int) -> list[Answer]:
@@ -486,22 +486,59 @@ def test_a_request_split_over_reads_or_sent_with_another_is_parsed(engine, live_
     assert together[1][0].startswith(b"HTTP/1.1 200 ") and together[1][2].startswith(b"{")
 
 
+def test_repeats_read_only_plain_request_lines() -> None:
+    """A known rest after a plain request line is the question its line gives; any other line
+    (method, version, spacing, a percent sign, a fragment, a control character) is not read
+    here, and goes to the parse."""
+    from app.serving import Repeats, _size
+
+    repeats, headers = Repeats(), [(b"host", b"a")]
+    rest = b"Host: a\r\n\r\n"
+    repeats.note(b"GET /x HTTP/1.1\r\n" + rest, headers)
+    plain = b"GET /read/7/a-b_c.d~e HTTP/1.1\r\n" + rest
+    assert repeats.get(plain) == ("GET", "/read/7/a-b_c.d~e", b"", headers)
+    query = b"HEAD /search?q=a+b&page=2? HTTP/1.1\r\n" + rest
+    assert repeats.get(query) == ("HEAD", "/search", b"q=a+b&page=2?", headers)
+    assert repeats.get(b"GET /? HTTP/1.1\r\n" + rest) == ("GET", "/", b"", headers)
+    for line in [
+        b"POST / HTTP/1.1",
+        b"get / HTTP/1.1",
+        b"GET / HTTP/1.0",
+        b"GET  / HTTP/1.1",
+        b"GET / HTTP/1.1 ",
+        b"GET /%2e%2e/ HTTP/1.1",
+        b"GET /a#b HTTP/1.1",
+        b"GET /a\tb HTTP/1.1",
+        b"GET http://example.com/ HTTP/1.1",
+        b"GET * HTTP/1.1",
+        b"GET /\xc3\xa9 HTTP/1.1",
+        b"GET / HTTP/1.1\n",
+    ]:
+        assert repeats.get(line + b"\r\n" + rest) is None, line
+    assert repeats.get(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n") is None  # another rest
+    assert repeats.get(b"GET / HTTP/1.1\r\n" + rest + b"GET") is None  # more after it
+    repeats.note(b"GET / HTTP/1.0\r\nHost: c\r\n\r\n", headers)  # not a plain line: not kept
+    repeats.note(b"GET / HTTP/1.1\nHost: d\r\n\r\n", headers)
+    assert repeats.bytes == _size(rest, 1)
+
+
 def test_repeats_are_bounded() -> None:
     from app.serving import Repeats, _size
 
-    one = _size(b"head 00000", 1)
-    repeats = Repeats(max_bytes=3 * one, max_head=11, max_fields=2)
-    asked = ("GET", "/", b"", [(b"host", b"a")])
-    repeats.note(b"x" * 12, asked)  # over max_head bytes: not kept
-    repeats.note(b"many", ("GET", "/", b"", [(b"a", b"b")] * 3))  # over max_fields: not kept
-    assert repeats.get(b"x" * 12) is None and repeats.get(b"many") is None
-    for n in range(3):
-        repeats.note(b"head %05d" % n, asked)
-        repeats.note(b"head %05d" % n, asked)  # kept once
-    assert repeats.bytes == 3 * one and repeats.get(b"head 00002") is asked
-    repeats.note(b"head 00003", asked)  # full: emptied, then kept
-    kept = [repeats.get(b"head %05d" % n) for n in range(4)]
-    assert kept == [None, None, None, asked] and repeats.bytes == one
+    one = _size(b"Host: 00000\r\n\r\n", 1)
+    repeats = Repeats(max_bytes=3 * one, max_head=40, max_fields=2)
+    headers = [(b"host", b"a")]
+    repeats.note(b"GET / HTTP/1.1\r\nHost: " + b"x" * 30 + b"\r\n\r\n", headers)  # too long
+    repeats.note(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", [(b"a", b"b")] * 3)  # too many lines
+    assert repeats.bytes == 0
+    heads = [b"GET / HTTP/1.1\r\nHost: %05d\r\n\r\n" % n for n in range(4)]
+    for head in heads[:3]:
+        repeats.note(head, headers)
+        repeats.note(head.replace(b"GET /", b"HEAD /x"), headers)  # the same rest: kept once
+    assert repeats.bytes == 3 * one and repeats.get(heads[2]) == ("GET", "/", b"", headers)
+    repeats.note(heads[3], headers)  # full: emptied, then kept
+    kept = [repeats.get(head) is not None for head in heads]
+    assert kept == [False, False, False, True] and repeats.bytes == one
 
 
 class _Wire:
@@ -533,16 +570,22 @@ class _Wire:
         pass
 
 
-async def _asked_in_process(app, requests: list[bytes], fail_on: int | None = None) -> dict:
+async def _asked_in_process(
+    app, requests: list[bytes], fail_on: int | None = None, unanswered: int | None = None
+) -> dict:
     """`requests` sent one after another on one connection of the server's protocol, in process:
     each answer, whether its bytes were parsed, and every question put to the front door (the
-    `fail_on`th raising, as a bug in it would)."""
+    `fail_on`th raising, as a bug in it would). From request number `unanswered` (0-based) on,
+    no answer is awaited. The worker's `Repeats` start empty."""
     import asyncio
 
     import uvicorn
     from uvicorn.server import ServerState
 
+    from app import serving
     from app.serving import OneSendHttpProtocol
+
+    serving.REPEATS = serving.Repeats()
 
     config = uvicorn.Config(app, http=OneSendHttpProtocol, lifespan="off", log_level="warning")
     config.load()
@@ -553,24 +596,92 @@ async def _asked_in_process(app, requests: list[bytes], fail_on: int | None = No
     assert front is not None
 
     def counted(*question):
-        asked.append(question)
+        method, path, query, headers = question
+        asked.append((method, path, query, list(headers)))  # as asked: trailers come later
         if len(asked) == fail_on:
             raise RuntimeError("the front door failed")
         return front(*question)
 
     protocol._front = counted
     answers, parsed = [], []
-    for request in requests:
+    for n, request in enumerate(requests):
         protocol._begun, before = -1, len(wire.sent)  # every parse counts messages from 0
         done = protocol.server_state.total_requests + 1
         protocol.data_received(request)
         while protocol.server_state.total_requests < done:
+            if unanswered is not None and n >= unanswered:
+                await asyncio.sleep(0.05)
+                break
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.005)  # the held write goes out at the end of the loop's step
         parsed.append(protocol._begun != -1)
         answers.append(bytes(wire.sent[before:]))
     protocol.connection_lost(None)
     return {"answers": answers, "parsed": parsed, "asked": asked}
+
+
+def test_a_crawler_is_parsed_once(settings, engine) -> None:
+    """In process: requests for other pages with the same header lines (a crawler, a reader
+    browsing) are answered without parsing once the first is, and ask the front door what the
+    parse would; another header line, or a line `Repeats` does not read, is parsed; each gets
+    its own page."""
+    essays = _essays(engine, settings, count=3)
+    paths = [post_path(essay) for essay in essays]
+    requests = [
+        _request(paths[0]),
+        _request(paths[1]),
+        _request(paths[2], method="HEAD"),
+        _request(paths[2], "Accept-Encoding: gzip"),
+        _request(paths[1], "Accept-Encoding: gzip"),
+        _request(paths[0]).replace(b"HTTP/1.1", b"HTTP/1.0"),  # a known rest, another line
+    ]
+    app = create_app(settings)
+    with TestClient(app, base_url=SITE_URL) as client:
+        # Once to have every page read (a page PostgreSQL must read first is awaited, and the
+        # parse of its bytes awaits it), then again with `Repeats` empty.
+        client.portal.call(_asked_in_process, app, requests)
+        seen = client.portal.call(_asked_in_process, app, requests)
+    app.state.engine.dispose()
+    assert seen["parsed"] == [True, False, False, True, False, True]
+    host, gzip = [(b"host", b"127.0.0.1")], [(b"accept-encoding", b"gzip")]
+    assert seen["asked"] == [  # HTTP/1.0 is not the front door's
+        ("GET", paths[0], b"", host),
+        ("GET", paths[1], b"", host),
+        ("HEAD", paths[2], b"", host),
+        ("GET", paths[2], b"", host + gzip),
+        ("GET", paths[1], b"", host + gzip),
+    ]
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in seen["answers"])
+    for n, essay in [(0, essays[0]), (1, essays[1]), (5, essays[0])]:
+        assert b"<title>" + essay.title.encode() in seen["answers"][n]
+    assert seen["answers"][2].endswith(b"\r\n\r\n")  # HEAD: no body
+    assert b"content-encoding: gzip" in seen["answers"][4]
+
+
+def test_a_body_or_trailers_are_never_taken_as_known_header_lines(settings, engine) -> None:
+    """In process: a chunked request's trailers are not header lines, so its head is not kept
+    (another request with the same bytes after its line is parsed too); and after trailers
+    that close the connection, the parser reads nothing more, and neither does `Repeats`."""
+    first, second = (post_path(essay) for essay in _essays(engine, settings, count=2))
+    chunked = "Transfer-Encoding: chunked\r\n\r\n0\r\nAccept-Encoding: gzip"
+    closing = "Transfer-Encoding: chunked\r\n\r\n0\r\nConnection: close"
+    requests = [
+        _request(first, chunked),
+        _request(second, chunked),
+        _request(first),  # kept
+        _request(second, closing),
+        _request(second),  # known, but the parser reads no more
+    ]
+    app = create_app(settings)
+    with TestClient(app, base_url=SITE_URL) as client:
+        seen = client.portal.call(_asked_in_process, app, requests, None, 4)
+    app.state.engine.dispose()
+    assert seen["parsed"] == [True, True, True, True, True]
+    assert [question[3] for question in seen["asked"][:2]] == [
+        [(b"host", b"127.0.0.1"), (b"transfer-encoding", b"chunked")]
+    ] * 2  # no trailer among them: identity pages
+    assert [answer[:15] for answer in seen["answers"]] == [b"HTTP/1.1 200 OK"] * 4 + [b""]
+    assert not any(b"content-encoding: gzip" in answer for answer in seen["answers"])
 
 
 def test_a_repeat_is_not_parsed_and_asks_the_front_door_once(settings, engine) -> None:
