@@ -203,8 +203,6 @@ _NEIGHBOURS = select(P.id, P.published_at).where(P.id.in_(bindparam("ids", expan
 # Pages kept per worker (see `StoredPages`).
 MEMO_ENTRIES = 1000
 MEMO_BYTES = 8 * 1024 * 1024
-# SQLite: where pages are (a pack row), kept per worker under the same rule (about 0.5 KB each).
-PLACES_ENTRIES = 20_000
 # PostgreSQL: pages a worker read from the server, remembered so that a page goes into the
 # machine's copy only when it is read again (see `StoredPages._admit`). Few, so that readers
 # spread evenly over the archive rarely write: at 100,000 essays, one page in 50 read from the
@@ -233,9 +231,9 @@ class StoredPages:
     and a write is seen at once, as by the response cache. Bounded (`MEMO_ENTRIES`,
     `MEMO_BYTES`): when full it starts again, so a stream of random essays costs no bookkeeping.
     A page's bytes come from its pack file (`app/pagepack.py`), and the small row saying where
-    they are is kept under the same rule, far more of them (`PLACES_ENTRIES`, about 0.5 KB
-    each): a page read again before the next write costs one `pread`. (On PostgreSQL the
-    machine's copy keeps an index of its own, below.)
+    they are is kept under the same rule, compactly, the whole archive's (`pagepack.Places`,
+    about 100 bytes each): a page read again before the next write costs one `pread`. (On
+    PostgreSQL the machine's copy keeps an index of its own, below.)
     On PostgreSQL the read runs on the event loop, shared with the requests waiting at the same
     time (`app/pgshared.py`): one statement per round trip reads every post they asked for, as
     fresh as a query of each request's own. With the response cache on, the pages read are kept
@@ -274,7 +272,7 @@ class StoredPages:
         self._packs = pagepack.PackReader(where) if where is not None else None
         # SQLite: where pages are, kept per content version (see the class): post id -> its
         # pack row (`_read`). (The machine's copy on PostgreSQL keeps its own index.)
-        self._places: dict[Any, Any] = {}
+        self._places = pagepack.Places(page_key)
         self._asked: set[int] = set()  # PostgreSQL: pages read from the server (`_admit`)
         self._memo: dict[tuple[int, bool], Stored] = {}
         self._memo_version = -1
@@ -337,13 +335,7 @@ class StoredPages:
         """The kept pages hold for this content version: any other drops them all."""
         if version != self._memo_version:
             self._memo, self._memo_version, self._memo_bytes = {}, version, 0
-            self._places = {}
-
-    def _place(self, key: Any, place: Any) -> None:
-        """Keep where a page is, under the memo's version; when full, start again."""
-        if len(self._places) >= PLACES_ENTRIES:
-            self._places = {}
-        self._places[key] = place
+            self._places.clear()
 
     def _keep(self, found: Stored, gzip: bool) -> None:
         size = _size(found)
@@ -418,19 +410,19 @@ class StoredPages:
             # Where its bytes are, as read under this content version (the memo's rule).
             packed = self._places.get(post_id) if version is not None else None
             if packed is None:
-                packed = self._fetchone(pagepack.PACKED_SQL, post_id, version)
-                if packed is not None and version is not None:
-                    self._place(post_id, packed)
+                row = self._fetchone(pagepack.PACKED_SQL, post_id, version)
+                if row is not None:
+                    packed = self._places.row(post_id, row, keep=version is not None)
             if packed is not None:
-                key, slug, etag, name, at, html_len, gzip_len = packed
-                if key != self.page_key:
+                ours, slug, etag, name, at, html_len, gzip_len = packed
+                if not ours:
                     return Stored(post_id, slug, STATUS_PUBLISHED, None, None)
                 if gzip:
                     page = self._packs.read(name, at + html_len, gzip_len)
                 else:
                     page = self._packs.read(name, at, html_len)
                 if page is not None:
-                    return Stored(post_id, slug, STATUS_PUBLISHED, page, etag.encode())
+                    return Stored(post_id, slug, STATUS_PUBLISHED, page, etag)
         row = self._fetchone(STORED_GZIP_SQL if gzip else STORED_SQL, post_id, version)
         if row is None:  # no stored page (unknown, withdrawn, not stored yet): the route says
             return Stored(post_id, "", "", None, None)
