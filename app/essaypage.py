@@ -300,7 +300,10 @@ class StoredPages:
         self._memo_at(version)
         found = self._memo.get((post_id, gzip))
         if found is None:
-            found = self._read(post_id, gzip, version)
+            try:
+                found = self._read(post_id, gzip, version, wait=False)
+            except pagepack.Cold:
+                return None  # its bytes are on disk: `read` waits for them in a thread
             self._keep(found, gzip)
         return found
 
@@ -311,9 +314,11 @@ class StoredPages:
         return await self.read(post_id, gzip)
 
     async def read(self, post_id: int, gzip: bool = False) -> Stored:
-        """PostgreSQL: what `get` reads once `get_now` could not tell, read on the event loop
-        with the requests waiting meanwhile (a query that starts after this call)."""
-        assert self._pg is not None  # SQLite always knows now
+        """What `get` reads once `get_now` could not tell. PostgreSQL: read on the event loop
+        with the requests waiting meanwhile (a query that starts after this call). SQLite: a
+        page whose bytes were on disk, read in a thread (`pagepack.PackReader`)."""
+        if self._pg is None:
+            return await self._read_waiting(post_id, gzip)
         found = await self._pg[gzip].get(post_id)
         if found is None:
             raise PostNotFound(f"no post with id {post_id}")
@@ -402,25 +407,21 @@ class StoredPages:
 
         return fetch
 
-    def _read(self, post_id: int, gzip: bool, version: int | None = None) -> Stored:
+    def _read(
+        self, post_id: int, gzip: bool, version: int | None = None, wait: bool = True
+    ) -> Stored:
         """SQLite: the stored page as of now, or (with the content version just read) in the
         read transaction held for that version (`app/heldreads.py`): its bytes from the pack
-        file where they are packed (`app/pagepack.py`), else from its `essay_pages` row."""
+        file where they are packed (`app/pagepack.py`), else from its `essay_pages` row.
+        With `wait` False, raises `pagepack.Cold` rather than wait for the disk."""
         if self._packs is not None:
-            # Where its bytes are, as read under this content version (the memo's rule).
-            packed = self._places.get(post_id) if version is not None else None
-            if packed is None:
-                row = self._fetchone(pagepack.PACKED_SQL, post_id, version)
-                if row is not None:
-                    packed = self._places.row(post_id, row, keep=version is not None)
+            packed = self._packed(post_id, version)
             if packed is not None:
                 ours, slug, etag, name, at, html_len, gzip_len = packed
                 if not ours:
                     return Stored(post_id, slug, STATUS_PUBLISHED, None, None)
-                if gzip:
-                    page = self._packs.read(name, at + html_len, gzip_len)
-                else:
-                    page = self._packs.read(name, at, html_len)
+                start, length = (at + html_len, gzip_len) if gzip else (at, html_len)
+                page = self._packs.read(name, start, length, wait)
                 if page is not None:
                     return Stored(post_id, slug, STATUS_PUBLISHED, page, etag)
         row = self._fetchone(STORED_GZIP_SQL if gzip else STORED_SQL, post_id, version)
@@ -430,6 +431,32 @@ class StoredPages:
         if key != self.page_key:
             return Stored(post_id, slug, STATUS_PUBLISHED, None, None)
         return Stored(post_id, slug, STATUS_PUBLISHED, page, etag.encode())
+
+    def _packed(self, post_id: int, version: int | None) -> Any:
+        """SQLite: where a page's bytes are (`pagepack.Places.row`), as read under this content
+        version (kept by the memo's rule), or None: not packed."""
+        packed = self._places.get(post_id) if version is not None else None
+        if packed is None:
+            row = self._fetchone(pagepack.PACKED_SQL, post_id, version)
+            if row is not None:
+                packed = self._places.row(post_id, row, keep=version is not None)
+        return packed
+
+    async def _read_waiting(self, post_id: int, gzip: bool) -> Stored:
+        """SQLite: the page `get_now` found on disk, its bytes read in a thread, while this
+        worker answers the pages in memory."""
+        assert self._packs is not None and self._versions is not None
+        version = self._versions.read_now()
+        assert version is not None  # SQLite always knows now
+        self._memo_at(version)
+        packed = self._packed(post_id, version)
+        if packed is not None and packed[0]:  # this build's page, packed
+            _, slug, etag, name, at, html_len, gzip_len = packed
+            start, length = (at + html_len, gzip_len) if gzip else (at, html_len)
+            page = await self._packs.read_waiting(name, start, length)
+            if page is not None:
+                return Stored(post_id, slug, STATUS_PUBLISHED, page, etag)
+        return self._read(post_id, gzip, version)  # anything else, as `get_now` reads it
 
     def _fetchone(self, sql: str, post_id: int, version: int | None) -> Any:
         try:

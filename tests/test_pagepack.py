@@ -4,7 +4,9 @@ back, never changes what a reader gets; `workshop pages refresh --all` leaves on
 does a refresh once left-behind bytes would outweigh the pages in use. PostgreSQL
 never writes the table."""
 
+import asyncio
 import gzip
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -356,3 +358,53 @@ def test_places_keep_a_whole_archive_of_rows_compactly(monkeypatch) -> None:
     for n in range(1, 40):
         places.row(n, rows[n])
     assert 0 < len(places) < 39 and places.get(39) is not None and places.get(1) is None
+
+
+def _evicted(where: Path) -> bool:
+    """Ask the kernel to let go of the pack files' cached pages; whether it can (a tmpfs keeps
+    them: there every read is in memory). No read checks it: a read that misses starts the
+    kernel reading ahead, and the file is back in memory."""
+    for path in where.glob(f"*{pagepack.SUFFIX}"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    resolved = str(where.resolve())
+    under = [m for m in mounts if resolved == m[0] or resolved.startswith(m[0].rstrip("/") + "/")]
+    return max(under, key=lambda m: len(m[0]))[1] != "tmpfs"
+
+
+@sqlite_only
+def test_a_page_on_disk_is_read_in_a_thread_not_on_the_event_loop(site) -> None:
+    """A page whose pack bytes the kernel let go of is not read on the event loop, where the
+    wait for the disk would stall every request of the worker: `get_now` cannot tell, and
+    `read` (which the front door awaits) gives the same page, read in a thread. Then it is in
+    memory again, and `get_now` tells at once."""
+    client, engine, renderer, where = site
+    made = [_create(engine, renderer, n) for n in (1, 2)]
+    served = _pages(client, made)
+    stored = client.app.fastapi.state.stored_pages  # type: ignore[attr-defined]
+    post = made[0]
+
+    async def read_cold() -> list[tuple[essaypage.Stored | None, essaypage.Stored]]:
+        fresh = essaypage.StoredPages(engine, stored.page_key)  # nothing kept yet
+        try:
+            found = []
+            for gzip in (False, True):
+                assert where is not None
+                cold = _evicted(where)
+                now = fresh.get_now(post.id, gzip)
+                assert (now is None) == cold
+                found.append((now, await fresh.read(post.id, gzip)))
+            assert fresh.get_now(post.id, True) is not None  # just read: in memory again
+            return found
+        finally:
+            await fresh.close()
+
+    (plain_now, plain), (zipped_now, zipped) = asyncio.run(read_cold())
+    assert plain.page == served[post.id][0] and zipped.page == served[post.id][1]
+    assert plain.slug == post.slug and plain.etag is not None and zipped.etag == plain.etag
+    for now, read in ((plain_now, plain), (zipped_now, zipped)):
+        assert now is None or now == read
