@@ -271,7 +271,7 @@ class StoredPages:
         where = pagepack.folder(engine)
         self._packs = pagepack.PackReader(where) if where is not None else None
         # SQLite: where pages are, kept per content version (see the class): post id -> its
-        # pack row (`_read`). (The machine's copy on PostgreSQL keeps its own index.)
+        # pack row (`_packed`). (The machine's copy on PostgreSQL keeps its own index.)
         self._places = pagepack.Places(page_key)
         self._asked: set[int] = set()  # PostgreSQL: pages read from the server (`_admit`)
         self._memo: dict[tuple[int, bool], Stored] = {}
@@ -279,8 +279,9 @@ class StoredPages:
         self._memo_bytes = 0
 
     def get_now(self, post_id: int, gzip: bool = False) -> Stored | None:
-        """What `get` reads, if it can be told without waiting: always on SQLite; on
-        PostgreSQL, a page kept while the watcher is trusted. None: only `get` can tell."""
+        """What `get` reads, if it can be told without waiting: on SQLite, unless the page's
+        bytes are on disk (read in a thread: `read`); on PostgreSQL, a page kept while the
+        watcher is trusted. None: only `get` can tell."""
         if self._pg is not None:
             if self._watched:
                 watcher = watch.for_engine(self.engine)
@@ -424,6 +425,10 @@ class StoredPages:
                 page = self._packs.read(name, start, length, wait)
                 if page is not None:
                     return Stored(post_id, slug, STATUS_PUBLISHED, page, etag)
+        return self._unpacked(post_id, gzip, version)
+
+    def _unpacked(self, post_id: int, gzip: bool, version: int | None) -> Stored:
+        """SQLite: the stored page from its `essay_pages` row (not packed, or its file gone)."""
         row = self._fetchone(STORED_GZIP_SQL if gzip else STORED_SQL, post_id, version)
         if row is None:  # no stored page (unknown, withdrawn, not stored yet): the route says
             return Stored(post_id, "", "", None, None)
@@ -446,17 +451,29 @@ class StoredPages:
         """SQLite: the page `get_now` found on disk, its bytes read in a thread, while this
         worker answers the pages in memory."""
         assert self._packs is not None and self._versions is not None
+        version = self._now()
+        packed = self._packed(post_id, version)
+        if packed is None:  # not packed (any more): its row has it
+            return self._unpacked(post_id, gzip, version)
+        ours, slug, etag, name, at, html_len, gzip_len = packed
+        if not ours:
+            return Stored(post_id, slug, STATUS_PUBLISHED, None, None)
+        start, length = (at + html_len, gzip_len) if gzip else (at, html_len)
+        page = await self._packs.read_waiting(name, start, length)
+        if page is None:  # its file gone or short: its row has it, as of now
+            return self._unpacked(post_id, gzip, self._now())
+        found = Stored(post_id, slug, STATUS_PUBLISHED, page, etag)
+        if self._memo_version == version:  # nothing written meanwhile: kept, as `get_now` does
+            self._keep(found, gzip)
+        return found
+
+    def _now(self) -> int:
+        """SQLite: the content version now, the memo held for it."""
+        assert self._versions is not None
         version = self._versions.read_now()
         assert version is not None  # SQLite always knows now
         self._memo_at(version)
-        packed = self._packed(post_id, version)
-        if packed is not None and packed[0]:  # this build's page, packed
-            _, slug, etag, name, at, html_len, gzip_len = packed
-            start, length = (at + html_len, gzip_len) if gzip else (at, html_len)
-            page = await self._packs.read_waiting(name, start, length)
-            if page is not None:
-                return Stored(post_id, slug, STATUS_PUBLISHED, page, etag)
-        return self._read(post_id, gzip, version)  # anything else, as `get_now` reads it
+        return version
 
     def _fetchone(self, sql: str, post_id: int, version: int | None) -> Any:
         try:

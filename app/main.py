@@ -88,10 +88,11 @@ class Workshop(RequestLogMiddleware):
     ) -> "Answer | Coroutine[Any, Any, Answer | None] | None":
         """The answer to a request that memory or one local read gives without waiting (a
         stored essay page, a response-cache hit), counted and logged as this request log does
-        every answer; for a stored page that must be read on the event loop (PostgreSQL), the
-        coroutine that reads it and gives the answer so counted (None: ask through ASGI after
-        all); None: ask through ASGI. The server asks this before it builds an ASGI request
-        (`app/serving.py`); the answer is the one ASGI would give, asked in the same order."""
+        every answer; for a stored page that must be read on the event loop (PostgreSQL) or in
+        a thread (SQLite, its bytes on disk), the coroutine that reads it and gives the answer
+        so counted (None: ask through ASGI after all); None: ask through ASGI. The server asks
+        this before it builds an ASGI request (`app/serving.py`); the answer is the one ASGI
+        would give, asked in the same order."""
         start = time.perf_counter()
         label: str | None = reader.ESSAY_ROUTE
         answer = self._stored.answer_now(method, path, headers)

@@ -32,6 +32,7 @@ How it stays correct:
 """
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -59,7 +60,9 @@ K: Any = EssayPack
 # What a worker keeps of the pack rows it read (`Places`): their fields' bytes, about 100 a row
 # (at 100,000 essays, 10 MB and an index of 0.4 MB), up to this; when full it starts again.
 PLACES_BYTES = 16 * 1024 * 1024
-PLACES_IDS = 4_000_000  # a post with a larger id is not kept (each read asks the database)
+# A post with a larger id is not kept (each read asks the database); so the index of offsets
+# holds at most 16 MB (4 bytes an id), whatever `PLACES_BYTES` is.
+PLACES_IDS = 4_000_000
 # A kept row's fixed fields: at, html_len, gzip_len, its file (a number in `Places._names`),
 # whether it is this build's page, the ETag's length, the slug's length; then ETag and slug.
 _ROW = struct.Struct("<QIIHBBH")
@@ -274,16 +277,22 @@ class PackReader:
     """This process's open pack files of one database, by name (opened at their first read, on
     the event loop).
 
-    A read on the event loop never waits for the disk (`read` with `wait` False): bytes the
-    kernel let go of are read in a thread (`read_waiting`), and the worker answers other pages
-    meanwhile. Why: on a machine that pages out file pages nobody touched for a few seconds
-    (this one does: DAMON, up to 128 MB a second), a crawler over 100,000 essays met pages on
-    disk every round, and each wait stalled every request of the worker behind it: its p99
-    went from 5-7 ms to 8-65 ms, rounds with the most disk reads the worst."""
+    A page's read on the event loop does not wait for the disk (`read` with `wait` False):
+    bytes the kernel let go of are read in a thread (`read_waiting`), and the worker answers
+    other pages meanwhile. Why: on a machine that pages out file pages nobody touched for a
+    few seconds (this one does: DAMON, up to 128 MB a second), a crawler over 100,000 essays
+    met pages on disk every round, and each wait stalled every request of the worker behind
+    it: its p99 went from 5-7 ms to 8-65 ms, rounds with the most disk reads the worst. (The
+    pack row's own read in SQLite, with the response cache off every read, may still wait.)
+    Where the kernel or the file system cannot tell (no `RWF_NOWAIT`: a tmpfs, an older
+    kernel, not Linux), every read is a plain `pread`."""
 
     def __init__(self, where: Path) -> None:
         self.where = where
         self._files: dict[str, int] = {}  # name -> fd, or -1: not there (read the database)
+        self._nowait = getattr(os, "RWF_NOWAIT", None)  # None: reads cannot tell
+        self._reading = 0  # reads in threads now: `close` leaves their files to the last
+        self._closing = False
 
     def read(self, name: str, at: int, length: int, wait: bool = True) -> bytes | None:
         """The bytes, or None: no such file, or it reads short (read `essay_pages` instead).
@@ -292,28 +301,39 @@ class PackReader:
         if fd < 0:
             return None
         try:
-            if wait:
+            if wait or self._nowait is None:
                 data = os.pread(fd, length, at)
             else:
                 buffer = bytearray(length)
-                if os.preadv(fd, [buffer], at, os.RWF_NOWAIT) < length:
-                    raise Cold(name)  # partly on disk (or the file is short: the wait tells)
+                if os.preadv(fd, [buffer], at, self._nowait) < length:
+                    if os.fstat(fd).st_size < at + length:
+                        return None  # the file is short: no wait would give the bytes
+                    raise Cold(name)  # partly on disk
                 data = bytes(buffer)
         except BlockingIOError as exc:  # none of it in memory
             raise Cold(name) from exc
-        except OSError:
+        except OSError as exc:
+            if not wait and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                log.info("pack file reads cannot tell what is in memory (%s): plain reads", exc)
+                self._nowait = None
+                return self.read(name, at, length)
             return None
         return data if len(data) == length else None
 
     async def read_waiting(self, name: str, at: int, length: int) -> bytes | None:
         """What `read` gives, its wait for the disk in a thread."""
         fd = self._fd(name)  # files are opened on the event loop only
-        if fd < 0:
+        if fd < 0 or self._closing:
             return None
+        self._reading += 1
         try:
             data = await asyncio.to_thread(os.pread, fd, length, at)
         except OSError:
             return None
+        finally:
+            self._reading -= 1
+            if self._closing and not self._reading:
+                self.close()
         return data if len(data) == length else None
 
     def _fd(self, name: str) -> int:
@@ -332,6 +352,10 @@ class PackReader:
             return -1
 
     def close(self) -> None:
+        """Close the files, once no thread reads them (else the last read closes them)."""
+        self._closing = True
+        if self._reading:
+            return
         for fd in self._files.values():
             if fd >= 0:
                 os.close(fd)

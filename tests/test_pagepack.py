@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +122,22 @@ def test_a_page_is_served_from_its_pack_file_over_http(
         first = made[0]
         answer = httpx.get(f"{server.url}/read/{first['id']}/{first['slug']}")
         assert answer.content == stored[first["id"]][0]  # httpx decodes the gzip it asked for
+        # Another essay's bytes marked, then the file's pages let go of (as a machine short of
+        # memory does): its bytes on disk are read in a thread, and sent all the same.
+        second = made[1]
+        name, at, html_len, _ = rows[second["id"]]
+        page = stored[second["id"]][0]
+        marked = page.replace(b"Packed 2", b"PACKED 2")
+        with open(where / name, "r+b") as pack:
+            pack.seek(at)
+            pack.write(marked)
+            pack.flush()
+            os.fsync(pack.fileno())
+        _evict(where)
+        url = f"{server.url}/read/{second['id']}/{second['slug']}"
+        for _ in range(4):
+            answer = httpx.get(url, headers={"Accept-Encoding": "identity"})
+            assert answer.status_code == 200 and answer.content == marked
     finally:
         stop_server(server)
 
@@ -360,44 +377,72 @@ def test_places_keep_a_whole_archive_of_rows_compactly(monkeypatch) -> None:
     assert 0 < len(places) < 39 and places.get(39) is not None and places.get(1) is None
 
 
-def _evicted(where: Path) -> bool:
-    """Ask the kernel to let go of the pack files' cached pages; whether it can (a tmpfs keeps
-    them: there every read is in memory). No read checks it: a read that misses starts the
-    kernel reading ahead, and the file is back in memory."""
+def _can_evict(where: Path) -> bool:
+    """Whether the kernel lets go of a file's cached pages here when asked, and a read tells
+    (`RWF_NOWAIT`): a scratch file written, synced, dropped, read. (A tmpfs keeps its pages;
+    some file systems cannot tell.) Not the pack files: a read that misses starts the kernel
+    reading ahead, and the file would be back in memory."""
+    scratch = where / "scratch.bin"
+    scratch.write_bytes(os.urandom(64 * 1024))
+    fd = os.open(scratch, os.O_RDWR)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.preadv(fd, [bytearray(4096)], 32 * 1024, os.RWF_NOWAIT)
+        return False  # still in memory
+    except BlockingIOError:
+        return True
+    except OSError:  # cannot tell (EOPNOTSUPP, EINVAL)
+        return False
+    finally:
+        os.close(fd)
+        scratch.unlink()
+
+
+def _evict(where: Path) -> None:
     for path in where.glob(f"*{pagepack.SUFFIX}"):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-    mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
-    resolved = str(where.resolve())
-    under = [m for m in mounts if resolved == m[0] or resolved.startswith(m[0].rstrip("/") + "/")]
-    return max(under, key=lambda m: len(m[0]))[1] != "tmpfs"
 
 
 @sqlite_only
-def test_a_page_on_disk_is_read_in_a_thread_not_on_the_event_loop(site) -> None:
+def test_a_page_on_disk_is_read_in_a_thread_not_on_the_event_loop(site, monkeypatch) -> None:
     """A page whose pack bytes the kernel let go of is not read on the event loop, where the
     wait for the disk would stall every request of the worker: `get_now` cannot tell, and
-    `read` (which the front door awaits) gives the same page, read in a thread. Then it is in
-    memory again, and `get_now` tells at once."""
+    `read` (which the front door awaits) gives the same page, its bytes read in a thread.
+    Then they are in memory again, and `get_now` tells at once."""
     client, engine, renderer, where = site
+    assert where is not None
     made = [_create(engine, renderer, n) for n in (1, 2)]
     served = _pages(client, made)
     stored = client.app.fastapi.state.stored_pages  # type: ignore[attr-defined]
     post = made[0]
+    evictable = _can_evict(where)  # else (a tmpfs): every read is in memory, and answered now
+    read_in: list[int] = []
+    plain_pread = os.pread
+
+    def pread(fd: int, length: int, at: int) -> bytes:
+        read_in.append(threading.get_ident())
+        return plain_pread(fd, length, at)
+
+    monkeypatch.setattr(os, "pread", pread)
 
     async def read_cold() -> list[tuple[essaypage.Stored | None, essaypage.Stored]]:
         fresh = essaypage.StoredPages(engine, stored.page_key)  # nothing kept yet
+        loop_thread = threading.get_ident()
         try:
             found = []
             for gzip in (False, True):
-                assert where is not None
-                cold = _evicted(where)
+                _evict(where)
                 now = fresh.get_now(post.id, gzip)
-                assert (now is None) == cold
+                assert (now is None) == evictable
+                read_in.clear()
                 found.append((now, await fresh.read(post.id, gzip)))
+                if evictable:  # the bytes came from the pack file, in a thread
+                    assert read_in and loop_thread not in read_in
             assert fresh.get_now(post.id, True) is not None  # just read: in memory again
             return found
         finally:
@@ -408,3 +453,18 @@ def test_a_page_on_disk_is_read_in_a_thread_not_on_the_event_loop(site) -> None:
     assert plain.slug == post.slug and plain.etag is not None and zipped.etag == plain.etag
     for now, read in ((plain_now, plain), (zipped_now, zipped)):
         assert now is None or now == read
+
+
+def test_where_reads_cannot_tell_what_is_in_memory_they_are_plain(tmp_path) -> None:
+    """A kernel or file system without `RWF_NOWAIT` (a tmpfs here; an older kernel) fails the
+    read that would tell: the reader then reads plainly, for good, rather than give up the
+    pack file. And a file cut short is not taken for one on disk."""
+    (tmp_path / "1.pack").write_bytes(b"0123456789")
+    reader = pagepack.PackReader(tmp_path)
+    reader._nowait = 1 << 30  # a flag no kernel knows: EOPNOTSUPP, as on a tmpfs
+    assert reader.read("1.pack", 2, 5, wait=False) == b"23456"
+    assert reader._nowait is None and reader.read("1.pack", 4, 3, wait=False) == b"456"
+    reader = pagepack.PackReader(tmp_path)
+    assert reader.read("1.pack", 8, 5, wait=False) is None  # short: no wait would help
+    assert asyncio.run(reader.read_waiting("1.pack", 0, 4)) == b"0123"
+    reader.close()

@@ -316,10 +316,11 @@ class StoredEssayPages:
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
     ) -> "Answer | Coroutine[Any, Any, Answer | None] | None":
         """The stored page's answer, if it can be told without waiting; when only a read on
-        the event loop can tell (PostgreSQL, a page this worker does not keep), the coroutine
-        that reads it and gives the answer (None: the route answers after all); None: not a
-        stored page's request, ask through ASGI. Asked by the server's front door
-        (`app/serving.py`) before any ASGI work."""
+        the event loop or in a thread can tell (PostgreSQL, a page this worker does not keep;
+        SQLite, a page whose bytes are on disk), the coroutine that reads it and gives the
+        answer (None: the route answers after all); None: not a stored page's request, ask
+        through ASGI. Asked by the server's front door (`app/serving.py`) before any ASGI
+        work."""
         if method not in ("GET", "HEAD"):
             return None
         matched = _ESSAY_PATH.fullmatch(path)
